@@ -1,0 +1,333 @@
+//! Loading the embedded eBPF object, pinning its maps, and attaching its
+//! programs to interfaces.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/mcs`):
+//! - `MCS_SERVICES`, `MCS_BACKENDS`, `MCS_CT`, `MCS_DROPS`, `MCS_STATS`: the maps,
+//!   with BTF, so `bpftool map dump pinned <dir>/<map>` shows named fields;
+//! - `links/<interface>_ingress` and `links/<interface>_egress`: the TCX links
+//!   (see [`link_pin_path`]).
+//!
+//! Pinned maps and links outlive the agent: a restarted agent adopts the maps
+//! (conntrack included) and swaps its programs into the pinned links atomically,
+//! so established connections keep flowing across a restart.
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapInfo,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+    },
+    sys::SyscallError,
+};
+use mcs_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue, limits, map_names, program_names};
+use tracing::{debug, info, warn};
+
+/// The eBPF object built from `mcs-ebpf` by the build script.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcs-ebpf"));
+
+/// The default pin directory.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mcs";
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The expected shape of each map, checked against existing pins before they
+/// are adopted: an agent must never write one layout into a map of another.
+const MAP_SHAPES: [(&str, usize, usize); 5] = [
+    (map_names::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+    (map_names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
+    (map_names::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>()),
+    (map_names::DROPS, size_of::<u32>(), size_of::<u64>()),
+    (map_names::STATS, size_of::<u32>(), size_of::<u64>()),
+];
+
+/// How to load the object.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin maps (and, when attaching, links) here; `None` keeps everything
+    /// private to this process (packet tests).
+    pub pin_path: Option<PathBuf>,
+    /// Entries of the conntrack map.
+    pub conntrack_max: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { pin_path: None, conntrack_max: limits::CONNTRACK_MAX }
+    }
+}
+
+/// Loads the embedded object and its programs.
+///
+/// # Errors
+/// When the agent was built without the object, bpffs cannot be mounted, a
+/// pinned map has another layout, or the kernel refuses a map or program.
+pub fn load(options: &LoadOptions) -> Result<Ebpf> {
+    load_object(OBJECT, options)
+}
+
+/// Loads `object` (an `mcs-ebpf` build) and its programs.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
+    if object.is_empty() {
+        bail!(
+            "this mcs-agent was built with AYA_BUILD_SKIP=1 and embeds no eBPF object; \
+             rebuild it without that variable (`cargo xtask setup` installs bpf-linker)"
+        );
+    }
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(map_names::CONNTRACK, options.conntrack_max);
+    let mut pins = Vec::new();
+    if let Some(dir) = &options.pin_path {
+        prepare_pin_dir(dir)?;
+        for (name, key_size, value_size) in MAP_SHAPES {
+            let path = dir.join(name);
+            check_pinned_shape(&path, name, key_size, value_size)?;
+            pins.push((name, path));
+        }
+    }
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).context("loading the eBPF object")?;
+    for name in [program_names::FROM_POD, program_names::TO_POD, program_names::NOOP] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a tc classifier"))?;
+        program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
+    }
+    Ok(ebpf)
+}
+
+/// Makes sure `dir` is on a bpffs, mounting one at `/sys/fs/bpf` when that is
+/// where `dir` lives and nothing is mounted there yet, then creates `dir`.
+fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        info!("mounting bpffs at /sys/fs/bpf");
+        let source = CString::new("bpf").expect("static string has no NUL");
+        let target = CString::new("/sys/fs/bpf").expect("static string has no NUL");
+        // SAFETY: all pointers are valid NUL-terminated strings for the call.
+        let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+        }
+    }
+    fs::create_dir_all(dir.join("links")).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!("pin directory {} is not on a bpf filesystem", dir.display());
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string; st is writable.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut st) };
+    #[expect(clippy::useless_conversion, reason = "f_type's integer type differs between libcs")]
+    let fs_type = i64::from(st.f_type);
+    rc == 0 && fs_type == BPF_FS_MAGIC
+}
+
+fn check_pinned_shape(path: &Path, name: &str, key_size: usize, value_size: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = MapInfo::from_pin(path).with_context(|| format!("reading pinned map {}", path.display()))?;
+    let found = (info.key_size() as usize, info.value_size() as usize);
+    if found != (key_size, value_size) {
+        bail!(
+            "pinned map {} has key/value sizes {}/{} but this agent's {name} needs {key_size}/{value_size}; \
+             it was made by an incompatible version: run `mcs-agent cleanup --pin-path {}` \
+             (this drops tracked connections) and start again",
+            path.display(),
+            found.0,
+            found.1,
+            path.parent().unwrap_or(path).display(),
+        );
+    }
+    debug!(map = name, pin = %path.display(), "adopting pinned map");
+    Ok(())
+}
+
+/// How programs are attached on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links (Linux 6.6 and later), pinned when a pin directory is set.
+    Tcx,
+    /// Legacy clsact qdisc filters.
+    Clsact,
+}
+
+impl AttachMode {
+    /// TCX when the kernel has it, clsact otherwise.
+    #[must_use]
+    pub fn detect() -> Self {
+        use aya::util::KernelVersion;
+        match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) => Self::Tcx,
+            _ => Self::Clsact,
+        }
+    }
+}
+
+/// Attaches `mcs_from_pod` to the ingress and `mcs_to_pod` to the egress of
+/// `interface`. With TCX and a pin directory, the links are pinned, and a link
+/// already pinned for this interface gets the new program swapped in atomically.
+///
+/// # Errors
+/// When the interface does not exist or the kernel refuses the attachment.
+pub fn attach(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>, mode: AttachMode) -> Result<()> {
+    for (program_name, attach_type, suffix) in [
+        (program_names::FROM_POD, TcAttachType::Ingress, "ingress"),
+        (program_names::TO_POD, TcAttachType::Egress, "egress"),
+    ] {
+        let program: &mut SchedClassifier =
+            ebpf.program_mut(program_name).with_context(|| format!("program {program_name} is missing"))?.try_into()?;
+        let context = || format!("attaching {program_name} to {interface} {suffix}");
+        match (mode, pin_path) {
+            (AttachMode::Tcx, Some(dir)) => {
+                let pin = link_pin_path(dir, interface, suffix);
+                attach_tcx_pinned(program, interface, attach_type, &pin).with_context(context)?;
+            }
+            (AttachMode::Tcx, None) => {
+                // Unpinned: the link lives as long as `ebpf` does.
+                program
+                    .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .with_context(context)?;
+            }
+            (AttachMode::Clsact, _) => {
+                if let Err(e) = tc::qdisc_add_clsact(interface) {
+                    debug!(interface, error = %e, "clsact qdisc not added (it may exist already)");
+                }
+                // Replace filters left by an earlier run rather than stacking a second one.
+                if let Err(e) = tc::qdisc_detach_program(interface, attach_type, program_name) {
+                    debug!(interface, error = %e, "no earlier filter to remove");
+                }
+                let id = program
+                    .attach_with_options(interface, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
+                    .with_context(context)?;
+                if pin_path.is_some() {
+                    // Outlive the agent, as pinned TCX links do: a netlink
+                    // filter stays attached once its handle is forgotten.
+                    std::mem::forget(program.take_link(id).with_context(context)?);
+                }
+            }
+        }
+    }
+    info!(interface, ?mode, "attached");
+    Ok(())
+}
+
+/// Where the link of `interface` in direction `suffix` is pinned.
+///
+/// bpffs refuses names that contain a dot (it keeps them for its own files),
+/// and interface names may hold dots (`eth0.100`), so dots are escaped as
+/// `%2e` and percent signs as `%25`: `links/eth0%2e100_ingress`.
+#[must_use]
+pub fn link_pin_path(dir: &Path, interface: &str, suffix: &str) -> PathBuf {
+    let escaped = interface.replace('%', "%25").replace('.', "%2e");
+    dir.join("links").join(format!("{escaped}_{suffix}"))
+}
+
+fn attach_tcx_pinned(
+    program: &mut SchedClassifier,
+    interface: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<()> {
+    let existing = if pin.exists() { Some(PinnedLink::from_pin(pin)) } else { None };
+    match existing {
+        None => {}
+        Some(Ok(pinned)) => {
+            let link: SchedClassifierLink = FdLink::from(pinned).try_into()?;
+            match program.attach_to_link(link) {
+                Ok(id) => {
+                    // The pin keeps the link; our handle may go.
+                    drop(program.take_link(id)?);
+                    debug!(interface, pin = %pin.display(), "swapped program into pinned link");
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The interface the link belonged to is gone (or was
+                    // recreated): the link is defunct. Start afresh.
+                    warn!(interface, pin = %pin.display(), error = %e, "pinned link is stale; replacing it");
+                    fs::remove_file(pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+                }
+            }
+        }
+        Some(Err(LinkError::SyscallError(SyscallError { io_error, .. })))
+            if io_error.kind() == io::ErrorKind::NotFound => {}
+        Some(Err(e)) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
+    }
+    let id = program.attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))?;
+    let link: FdLink = program.take_link(id)?.try_into()?;
+    let pinned = link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+    // Dropping the handle closes our fd; the pin keeps the link attached.
+    drop(pinned);
+    Ok(())
+}
+
+/// Removes everything the agent pinned under `dir`: links first (which
+/// detaches the programs), then the maps. Tracked connections are lost.
+///
+/// # Errors
+/// When a pin exists but cannot be removed.
+pub fn cleanup(dir: &Path) -> Result<()> {
+    let links = dir.join("links");
+    if links.is_dir() {
+        for entry in fs::read_dir(&links).with_context(|| format!("reading {}", links.display()))? {
+            let path = entry?.path();
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            info!(pin = %path.display(), "removed link");
+        }
+        fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    for name in map_names::ALL {
+        let path = dir.join(name);
+        if path.exists() {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            info!(pin = %path.display(), "removed map");
+        }
+    }
+    if dir.is_dir() {
+        fs::remove_dir(dir).with_context(|| format!("removing {} (is something else pinned there?)", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_never_contain_a_dot_and_never_collide() {
+        let dir = Path::new("/sys/fs/bpf/mcs");
+        let names = ["eth0", "eth0.100", "eth0%2e100", "lxc_a", "veth.x.y"];
+        let paths: Vec<PathBuf> = names.iter().map(|n| link_pin_path(dir, n, "ingress")).collect();
+        for p in &paths {
+            let file = p.file_name().and_then(|f| f.to_str()).expect("utf-8 name");
+            assert!(!file.contains('.'), "{file}");
+        }
+        let unique: std::collections::BTreeSet<_> = paths.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{paths:?}");
+        assert_eq!(link_pin_path(dir, "eth0.100", "egress"), dir.join("links/eth0%2e100_egress"));
+    }
+}

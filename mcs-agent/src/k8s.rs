@@ -1,0 +1,302 @@
+//! The Kubernetes objects the agent reads.
+//!
+//! - `ServiceImport` (`multicluster.x-k8s.io/v1alpha1` and `/v1beta1`, one
+//!   schema) is defined here as plain serde structs: unknown fields are
+//!   ignored, but a known field of the wrong type is an error.
+//! - `EndpointSlice` comes from `k8s-openapi`
+//!   ([`k8s_openapi::api::discovery::v1::EndpointSlice`]).
+//!
+//! Values are kept as loosely typed as the API allows (ports are `i64`,
+//! protocols are strings) so that out-of-range or unknown values reach the
+//! translation, which rejects them with a reason that names the field.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// API group of the MCS API.
+pub const MCS_GROUP: &str = "multicluster.x-k8s.io";
+/// `apiVersion`s of `ServiceImport` that are read (they share one schema).
+pub const SERVICE_IMPORT_API_VERSIONS: [&str; 2] = ["multicluster.x-k8s.io/v1alpha1", "multicluster.x-k8s.io/v1beta1"];
+/// `kind` of a `ServiceImport`.
+pub const SERVICE_IMPORT_KIND: &str = "ServiceImport";
+/// `apiVersion` of the `EndpointSlice`s that are read.
+pub const ENDPOINT_SLICE_API_VERSION: &str = "discovery.k8s.io/v1";
+/// `kind` of an `EndpointSlice`.
+pub const ENDPOINT_SLICE_KIND: &str = "EndpointSlice";
+
+/// Label on an `EndpointSlice`: the name of the `ServiceImport` it belongs to.
+pub const LABEL_SERVICE_NAME: &str = "multicluster.kubernetes.io/service-name";
+/// Label on an `EndpointSlice`: the id of the cluster its endpoints are in.
+pub const LABEL_SOURCE_CLUSTER: &str = "multicluster.kubernetes.io/source-cluster";
+/// Label on an `EndpointSlice`: the controller that manages it.
+pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`] on the slices of ordinary (single-cluster)
+/// Services; such slices are never read as MCS slices.
+pub const MANAGED_BY_ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// `spec.type` of an import that gets a `ClusterSetIP`.
+pub const TYPE_CLUSTER_SET_IP: &str = "ClusterSetIP";
+/// `spec.type` of a headless import.
+pub const TYPE_HEADLESS: &str = "Headless";
+/// `spec.sessionAffinity` value that turns on client-IP affinity.
+pub const SESSION_AFFINITY_CLIENT_IP: &str = "ClientIP";
+/// `spec.sessionAffinity` value that turns affinity off.
+pub const SESSION_AFFINITY_NONE: &str = "None";
+
+/// `addressType` of an `EndpointSlice` of IPv4 addresses.
+pub const ADDRESS_TYPE_IPV4: &str = "IPv4";
+/// `addressType` of an `EndpointSlice` of IPv6 addresses.
+pub const ADDRESS_TYPE_IPV6: &str = "IPv6";
+/// `addressType` of an `EndpointSlice` of domain names.
+pub const ADDRESS_TYPE_FQDN: &str = "FQDN";
+
+/// An entry of `spec.ipFamilies`.
+pub const IP_FAMILY_IPV4: &str = "IPv4";
+/// An entry of `spec.ipFamilies`.
+pub const IP_FAMILY_IPV6: &str = "IPv6";
+
+/// The namespace an object without `metadata.namespace` is in (as `kubectl
+/// apply` would put it with the default context).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Whether `api_version`/`kind` name a `ServiceImport` this module can read.
+#[must_use]
+pub fn is_service_import(api_version: &str, kind: &str) -> bool {
+    kind == SERVICE_IMPORT_KIND && SERVICE_IMPORT_API_VERSIONS.contains(&api_version)
+}
+
+/// Whether `api_version`/`kind` name an `EndpointSlice` this module can read.
+#[must_use]
+pub fn is_endpoint_slice(api_version: &str, kind: &str) -> bool {
+    kind == ENDPOINT_SLICE_KIND && api_version == ENDPOINT_SLICE_API_VERSION
+}
+
+/// The namespace of an object: `metadata.namespace`, or [`DEFAULT_NAMESPACE`]
+/// when it is unset or empty.
+#[must_use]
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+}
+
+/// The name of an object, empty when unset.
+#[must_use]
+pub fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+/// The value of label `key`, if the object has it.
+#[must_use]
+pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// A `ServiceImport` of the MCS API.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceImport {
+    /// `multicluster.x-k8s.io/v1alpha1` or `multicluster.x-k8s.io/v1beta1`.
+    pub api_version: String,
+    /// `ServiceImport`.
+    pub kind: String,
+    /// Standard object metadata.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: ObjectMeta,
+    /// What the importing cluster should expose.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub spec: ServiceImportSpec,
+    /// The exporting clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceImportStatus>,
+}
+
+impl ServiceImport {
+    /// The import's namespace (see [`namespace_of`]).
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        namespace_of(&self.metadata)
+    }
+
+    /// The import's name, empty when unset.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        name_of(&self.metadata)
+    }
+}
+
+/// `ServiceImport.spec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceImportSpec {
+    /// `ClusterSetIP` or `Headless`; empty means `ClusterSetIP`.
+    #[serde(rename = "type", default, deserialize_with = "null_as_default", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
+    /// The `ClusterSetIPs`, at most one per family, in `ip_families` order.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// `IPv4` / `IPv6`, one per entry of `ips`.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    /// The service ports.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// `None` or `ClientIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    /// Settings of `ClientIP` affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+}
+
+/// An entry of `ServiceImport.spec.ports`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The port's name; matched against the names of the slices' ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (the default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Application protocol; no dataplane effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    /// The service port. Wider than a port on purpose: range errors are
+    /// reported by the translation, which names the field.
+    pub port: i64,
+}
+
+/// `ServiceImport.spec.sessionAffinityConfig`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    /// Settings of `ClientIP` affinity.
+    #[serde(rename = "clientIP", default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+/// `ServiceImport.spec.sessionAffinityConfig.clientIP`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// Affinity timeout, 1..=86400; unset means 10800.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+}
+
+/// `ServiceImport.status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceImportStatus {
+    /// The exporting clusters, oldest export first.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// An entry of `ServiceImport.status.clusters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The cluster id.
+    pub cluster: String,
+}
+
+/// Reads an explicit `null` as the type's default, as the API server does.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<ServiceImport, String> {
+        serde_json::from_value(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_a_full_import_and_ignores_unknown_fields() {
+        let import = parse(serde_json::json!({
+            "apiVersion": "multicluster.x-k8s.io/v1beta1",
+            "kind": "ServiceImport",
+            "metadata": {"namespace": "demo", "name": "web", "uid": "1234"},
+            "spec": {
+                "type": "ClusterSetIP",
+                "ips": ["198.19.0.1"],
+                "ipFamilies": ["IPv4"],
+                "ports": [{"name": "http", "protocol": "TCP", "appProtocol": "http", "port": 80}],
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "somethingNew": {"x": 1}
+            },
+            "status": {"clusters": [{"cluster": "east"}, {"cluster": "west", "extra": true}]}
+        }))
+        .expect("a full import parses");
+        assert_eq!(import.namespace(), "demo");
+        assert_eq!(import.name(), "web");
+        assert_eq!(import.spec.type_, TYPE_CLUSTER_SET_IP);
+        assert_eq!(import.spec.ips, ["198.19.0.1"]);
+        assert_eq!(import.spec.ip_families, ["IPv4"]);
+        assert_eq!(
+            import.spec.ports,
+            [ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                app_protocol: Some("http".into()),
+                port: 80,
+            }]
+        );
+        assert_eq!(import.spec.session_affinity.as_deref(), Some("ClientIP"));
+        let timeout = import.spec.session_affinity_config.and_then(|c| c.client_ip).and_then(|c| c.timeout_seconds);
+        assert_eq!(timeout, Some(60));
+        let clusters: Vec<_> = import.status.expect("status").clusters.into_iter().map(|c| c.cluster).collect();
+        assert_eq!(clusters, ["east", "west"]);
+    }
+
+    #[test]
+    fn missing_and_null_fields_default() {
+        let import = parse(serde_json::json!({
+            "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+            "kind": "ServiceImport",
+            "metadata": {"name": "web"},
+            "spec": {"type": null, "ips": null, "ports": [{"port": 70000}]}
+        }))
+        .expect("sparse import parses");
+        assert_eq!(import.namespace(), DEFAULT_NAMESPACE);
+        assert_eq!(import.spec.type_, "");
+        assert!(import.spec.ips.is_empty());
+        assert_eq!(import.spec.ports[0].port, 70000, "range is checked by translation, not serde");
+        assert_eq!(import.status, None);
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let err = parse(serde_json::json!({
+            "apiVersion": "multicluster.x-k8s.io/v1beta1",
+            "kind": "ServiceImport",
+            "spec": {"ports": [{"port": "80"}]}
+        }))
+        .expect_err("a string port is rejected");
+        assert!(err.contains("expected i64"), "{err}");
+        let err = parse(serde_json::json!({
+            "apiVersion": "multicluster.x-k8s.io/v1beta1",
+            "kind": "ServiceImport",
+            "spec": {"ips": "198.19.0.1"}
+        }))
+        .expect_err("a scalar ips is rejected");
+        assert!(err.contains("expected a sequence"), "{err}");
+    }
+
+    #[test]
+    fn recognises_kinds() {
+        assert!(is_service_import("multicluster.x-k8s.io/v1alpha1", "ServiceImport"));
+        assert!(is_service_import("multicluster.x-k8s.io/v1beta1", "ServiceImport"));
+        assert!(!is_service_import("multicluster.x-k8s.io/v1beta1", "ServiceExport"));
+        assert!(!is_service_import("net.gke.io/v1", "ServiceImport"));
+        assert!(is_endpoint_slice("discovery.k8s.io/v1", "EndpointSlice"));
+        assert!(!is_endpoint_slice("discovery.k8s.io/v1beta1", "EndpointSlice"));
+    }
+}

@@ -1,0 +1,634 @@
+//! Loading `ServiceImport`s and `EndpointSlice`s from a directory of manifests.
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory is read,
+//! in file-name order; hidden files and subdirectories are skipped. A YAML file
+//! may hold several documents separated by `---` lines.
+//!
+//! In each document (and in each item of a `List`):
+//! - a `ServiceImport` of `multicluster.x-k8s.io/v1alpha1` or `/v1beta1` and an
+//!   `EndpointSlice` of `discovery.k8s.io/v1` are read;
+//! - a `List`, `ServiceImportList` or `EndpointSliceList` is read item by item;
+//! - any other object is ignored (logged at debug level).
+//!
+//! A document that cannot be read yields a [`LoadError`] naming the file, the
+//! document, the object and the field; the other documents are read all the
+//! same.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{Map, Value};
+
+use crate::k8s::{self, ServiceImport};
+
+/// The objects read from manifests.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// `ServiceImport`s, in the order they were read.
+    pub imports: Vec<ServiceImport>,
+    /// `EndpointSlice`s, in the order they were read.
+    pub slices: Vec<EndpointSlice>,
+}
+
+impl Inputs {
+    fn extend(&mut self, other: Self) {
+        self.imports.extend(other.imports);
+        self.slices.extend(other.slices);
+    }
+}
+
+/// A document, or a whole file, that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file.
+    pub file: PathBuf,
+    /// The 1-based number of the document in the file, counting only documents
+    /// that are not empty; 0 when the error is about the whole file.
+    pub document: usize,
+    /// `"Kind namespace/name"` (or `"Kind name"`) when known.
+    pub object: Option<String>,
+    /// What is wrong, starting with the field's path when there is one.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, " document {}", self.document)?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, " ({object})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Reads every manifest file directly in `dir`.
+///
+/// Unreadable files and documents become [`LoadError`]s; only a directory that
+/// cannot be listed is an `Err`.
+///
+/// # Errors
+/// When `dir` cannot be listed.
+pub fn load_dir(dir: &Path) -> anyhow::Result<(Inputs, Vec<LoadError>)> {
+    let mut inputs = Inputs::default();
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    let entries = fs::read_dir(dir).with_context(|| format!("reading manifest directory {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading manifest directory {}", dir.display()))?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            tracing::debug!(file = %path.display(), "skipping a file whose name is not UTF-8");
+            continue;
+        };
+        if name.starts_with('.') || !is_manifest_name(name) {
+            continue;
+        }
+        // `fs::metadata` follows symlinks: a link to a manifest is read.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push((name.to_owned(), path)),
+            Ok(_) => tracing::debug!(file = %path.display(), "skipping a manifest-named entry that is not a file"),
+            Err(err) => errors.push(file_error(path, &err)),
+        }
+    }
+    files.sort();
+    for (_, path) in files {
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let (file_inputs, file_errors) = parse_str(&path, &text);
+                inputs.extend(file_inputs);
+                errors.extend(file_errors);
+            }
+            Err(err) => errors.push(file_error(path, &err)),
+        }
+    }
+    Ok((inputs, errors))
+}
+
+/// Reads the manifests in `text`, which came from `source_name`.
+///
+/// `source_name` is used in errors and picks the format: a `.json` name is
+/// read as one JSON document, anything else as (multi-document) YAML.
+#[must_use]
+pub fn parse_str(source_name: &Path, text: &str) -> (Inputs, Vec<LoadError>) {
+    let mut reader = Reader { file: source_name, document: 0, inputs: Inputs::default(), errors: Vec::new() };
+    let is_json = source_name.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if is_json {
+        if !text.trim().is_empty() {
+            reader.document = 1;
+            match serde_json::from_str::<Value>(text) {
+                Ok(value) => reader.object(value, ""),
+                Err(err) => reader.error(None, err.to_string()),
+            }
+        }
+    } else {
+        for (first_line, chunk) in split_yaml_documents(text) {
+            if is_blank_yaml(chunk) {
+                continue;
+            }
+            reader.document += 1;
+            // Pad with the lines before the chunk so that the parser's line
+            // numbers are those of the file.
+            let padded = format!("{}{chunk}", "\n".repeat(first_line));
+            match serde_yaml::from_str::<Value>(&padded) {
+                Ok(value) => reader.object(value, ""),
+                Err(err) => reader.error(None, err.to_string()),
+            }
+        }
+    }
+    (reader.inputs, reader.errors)
+}
+
+fn is_manifest_name(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["yaml", "yml", "json"].iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn file_error(file: PathBuf, err: &std::io::Error) -> LoadError {
+    LoadError { file, document: 0, object: None, message: format!("cannot read: {err}") }
+}
+
+/// Splits a YAML stream at its `---` lines, as `kubectl` does. Returns each
+/// document's text with the 0-based line it starts on. The text after `---` on
+/// a separator line belongs to the next document.
+fn split_yaml_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut start_line = 0;
+    let mut offset = 0;
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let is_separator =
+            line.strip_prefix("---").is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace));
+        if is_separator {
+            documents.push((start_line, &text[start..offset]));
+            start = offset + 3;
+            start_line = line_no;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents
+}
+
+/// Whether a YAML document holds nothing but blank lines and comments.
+fn is_blank_yaml(chunk: &str) -> bool {
+    chunk.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#')
+    })
+}
+
+/// Joins a field path prefix (`""`, `"items[2]"`) and a path inside it.
+fn join_path(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{path}"),
+    }
+}
+
+/// `"path: message"`, or the message alone when the path is empty.
+fn at(path: &str, message: impl fmt::Display) -> String {
+    if path.is_empty() { message.to_string() } else { format!("{path}: {message}") }
+}
+
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// `"Kind namespace/name"` from an object's raw fields, when its name is known.
+fn object_label(kind: &str, map: &Map<String, Value>) -> Option<String> {
+    let metadata = map.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?;
+    Some(match metadata.get("namespace").and_then(Value::as_str) {
+        Some(namespace) if !namespace.is_empty() => format!("{kind} {namespace}/{name}"),
+        _ => format!("{kind} {name}"),
+    })
+}
+
+/// The kinds of typed lists that are read, with the kind of their items.
+const TYPED_LISTS: [(&str, &str); 2] =
+    [("ServiceImportList", k8s::SERVICE_IMPORT_KIND), ("EndpointSliceList", k8s::ENDPOINT_SLICE_KIND)];
+
+/// Reads the documents of one file.
+struct Reader<'a> {
+    file: &'a Path,
+    /// The number of the document being read (1-based).
+    document: usize,
+    inputs: Inputs,
+    errors: Vec<LoadError>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, object: Option<String>, message: String) {
+        self.errors.push(LoadError { file: self.file.to_owned(), document: self.document, object, message });
+    }
+
+    /// Reads one object; `prefix` is its path in the document (`""` for the
+    /// document itself, `"items[2]"` for an item of a list).
+    fn object(&mut self, value: Value, prefix: &str) {
+        let map = match &value {
+            Value::Null => return, // An empty document or a null list item.
+            Value::Object(map) => map,
+            other => {
+                let message =
+                    at(prefix, format_args!("expected a mapping with apiVersion and kind, found {}", describe(other)));
+                self.error(None, message);
+                return;
+            }
+        };
+        let (api_version, kind) = match (Self::string_field(map, "apiVersion"), Self::string_field(map, "kind")) {
+            (Ok(api_version), Ok(kind)) => (api_version.to_owned(), kind.to_owned()),
+            (Err(message), _) => {
+                let object = object_label("?", map);
+                self.error(object, at(&join_path(prefix, "apiVersion"), message));
+                return;
+            }
+            (_, Err(message)) => {
+                let object = object_label("?", map);
+                self.error(object, at(&join_path(prefix, "kind"), message));
+                return;
+            }
+        };
+        let object = object_label(&kind, map);
+        if k8s::is_service_import(&api_version, &kind) {
+            if let Some(import) = self.typed::<ServiceImport>(value, prefix, object) {
+                self.inputs.imports.push(import);
+            }
+        } else if k8s::is_endpoint_slice(&api_version, &kind) {
+            if let Some(slice) = self.typed::<EndpointSlice>(value, prefix, object) {
+                self.inputs.slices.push(slice);
+            }
+        } else if kind == "List" {
+            self.list(value, prefix, None);
+        } else if let Some(&(_, item_kind)) = TYPED_LISTS.iter().find(|(list_kind, _)| *list_kind == kind) {
+            self.list(value, prefix, Some((&api_version, item_kind)));
+        } else {
+            tracing::debug!(
+                file = %self.file.display(),
+                document = self.document,
+                api_version,
+                kind,
+                "ignoring an object of a kind the agent does not read"
+            );
+        }
+    }
+
+    fn string_field<'m>(map: &'m Map<String, Value>, key: &str) -> Result<&'m str, String> {
+        match map.get(key) {
+            None | Some(Value::Null) => Err("missing".to_owned()),
+            Some(Value::String(s)) if s.is_empty() => Err("empty".to_owned()),
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(format!("expected a string, found {}", describe(other))),
+        }
+    }
+
+    /// Deserializes an object of a kind that is read; `None` after an error.
+    fn typed<T: serde::de::DeserializeOwned + HasMeta>(
+        &mut self,
+        value: Value,
+        prefix: &str,
+        object: Option<String>,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(typed) if typed.name().is_empty() => {
+                self.error(object, at(&join_path(prefix, "metadata.name"), "missing"));
+                None
+            }
+            Ok(typed) => Some(typed),
+            Err(err) => {
+                let path = err.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                self.error(object, at(&join_path(prefix, &path), err.inner()));
+                None
+            }
+        }
+    }
+
+    /// Reads the items of a list. `defaults` is the `apiVersion` and `kind`
+    /// that the items of a typed list may leave out.
+    fn list(&mut self, value: Value, prefix: &str, defaults: Option<(&str, &str)>) {
+        let Value::Object(mut map) = value else { return };
+        let items = match map.remove("items") {
+            None | Some(Value::Null) => return,
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                let message =
+                    at(&join_path(prefix, "items"), format_args!("expected a sequence, found {}", describe(&other)));
+                self.error(None, message);
+                return;
+            }
+        };
+        for (index, mut item) in items.into_iter().enumerate() {
+            if let (Some((api_version, kind)), Value::Object(item_map)) = (defaults, &mut item) {
+                item_map.entry("apiVersion").or_insert_with(|| api_version.into());
+                item_map.entry("kind").or_insert_with(|| kind.into());
+            }
+            self.object(item, &join_path(prefix, &format!("items[{index}]")));
+        }
+    }
+}
+
+/// The objects whose name is checked after reading.
+trait HasMeta {
+    fn name(&self) -> &str;
+}
+
+impl HasMeta for ServiceImport {
+    fn name(&self) -> &str {
+        k8s::name_of(&self.metadata)
+    }
+}
+
+impl HasMeta for EndpointSlice {
+    fn name(&self) -> &str {
+        k8s::name_of(&self.metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, text: &str) -> (Inputs, Vec<LoadError>) {
+        parse_str(Path::new(name), text)
+    }
+
+    fn import_names(inputs: &Inputs) -> Vec<String> {
+        inputs.imports.iter().map(|i| format!("{}/{}", i.namespace(), i.name())).collect()
+    }
+
+    fn slice_names(inputs: &Inputs) -> Vec<String> {
+        inputs.slices.iter().map(|s| k8s::name_of(&s.metadata).to_owned()).collect()
+    }
+
+    fn messages(errors: &[LoadError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    const IMPORT_WEB: &str = "\
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceImport
+metadata:
+  namespace: demo
+  name: web
+spec:
+  type: ClusterSetIP
+  ips: [198.19.0.1]
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+";
+
+    const SLICE_EAST: &str = "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  namespace: demo
+  name: web-east
+  labels:
+    multicluster.kubernetes.io/service-name: web
+    multicluster.kubernetes.io/source-cluster: east
+addressType: IPv4
+ports:
+- name: http
+  protocol: TCP
+  port: 8080
+endpoints:
+- addresses: [198.18.0.10]
+  conditions: {ready: true}
+";
+
+    #[test]
+    fn reads_a_multi_document_file() {
+        let text = format!(
+            "# header comment\n---\n{IMPORT_WEB}---\n{SLICE_EAST}--- # trailing comment\n\
+             apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\n\
+             metadata: {{name: api, namespace: other}}\nspec: {{type: Headless}}\n---\n"
+        );
+        let (inputs, errors) = parse("all.yaml", &text);
+        assert_eq!(messages(&errors), Vec::<String>::new());
+        assert_eq!(import_names(&inputs), ["demo/web", "other/api"]);
+        assert_eq!(slice_names(&inputs), ["web-east"]);
+        let web = &inputs.imports[0];
+        assert_eq!(web.spec.ips, ["198.19.0.1"]);
+        assert_eq!(web.spec.ports[0].port, 80);
+        let slice = &inputs.slices[0];
+        assert_eq!(slice.address_type, "IPv4");
+        let ports = slice.ports.as_ref().expect("slice ports");
+        assert_eq!(ports[0].port, Some(8080));
+        assert_eq!(inputs.imports[1].spec.type_, "Headless");
+    }
+
+    #[test]
+    fn a_malformed_document_does_not_hide_the_others() {
+        let bad = IMPORT_WEB.replace("port: 80", "port: x");
+        let text = format!("{IMPORT_WEB}---\n{}---\n{bad}---\n{SLICE_EAST}", IMPORT_WEB.replace("web", "api"));
+        let (inputs, errors) = parse("deploy/examples/x.yaml", &text);
+        assert_eq!(import_names(&inputs), ["demo/web", "demo/api"]);
+        assert_eq!(slice_names(&inputs), ["web-east"]);
+        assert_eq!(
+            messages(&errors),
+            [
+                r#"deploy/examples/x.yaml document 3 (ServiceImport demo/web): spec.ports[0].port: invalid type: string "x", expected i64"#
+            ]
+        );
+        assert_eq!(errors[0].document, 3);
+        assert_eq!(errors[0].object.as_deref(), Some("ServiceImport demo/web"));
+    }
+
+    #[test]
+    fn errors_name_file_document_object_and_field() {
+        let bad_slice = SLICE_EAST.replace("port: 8080", "port: 8080.5");
+        let no_name = IMPORT_WEB.replace("  name: web\n", "");
+        let text = format!("{bad_slice}---\n{no_name}---\nkind: ServiceImport\n---\n- just\n- a list\n");
+        let (inputs, errors) = parse("m.yaml", &text);
+        assert!(inputs.imports.is_empty() && inputs.slices.is_empty(), "{inputs:?}");
+        assert_eq!(
+            messages(&errors),
+            [
+                "m.yaml document 1 (EndpointSlice demo/web-east): ports[0].port: invalid type: floating point `8080.5`, expected i32",
+                "m.yaml document 2: metadata.name: missing",
+                "m.yaml document 3: apiVersion: missing",
+                "m.yaml document 4: expected a mapping with apiVersion and kind, found a sequence",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_names_the_line_of_the_file_and_spares_the_others() {
+        let text = format!("{IMPORT_WEB}---\nmetadata: [unclosed\n---\n{SLICE_EAST}");
+        let (inputs, errors) = parse("s.yaml", &text);
+        assert_eq!(import_names(&inputs), ["demo/web"]);
+        assert_eq!(slice_names(&inputs), ["web-east"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].document, 2);
+        let separator_line = IMPORT_WEB.lines().count() + 1;
+        assert!(
+            errors[0].message.contains(&format!("line {}", separator_line + 1)),
+            "the error should give the line in the file: {}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_ignored() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: web, namespace: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec: {replicas: \"not even checked\"}
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata: {name: old, namespace: demo}
+---
+apiVersion: v1
+kind: ConfigMapList
+items: [{kind: ServiceImport}]
+";
+        let (inputs, errors) = parse("other.yaml", text);
+        assert!(inputs.imports.is_empty() && inputs.slices.is_empty(), "{inputs:?}");
+        assert_eq!(messages(&errors), Vec::<String>::new());
+    }
+
+    #[test]
+    fn lists_are_read_item_by_item() {
+        let text = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: demo}
+- apiVersion: multicluster.x-k8s.io/v1beta1
+  kind: ServiceImport
+  metadata: {name: web, namespace: demo}
+  spec: {ips: [198.19.0.1], ports: [{port: 80}]}
+- apiVersion: multicluster.x-k8s.io/v1beta1
+  kind: ServiceImport
+  metadata: {name: bad, namespace: demo}
+  spec: {ports: [{port: "80"}]}
+- apiVersion: v1
+  kind: List
+  items:
+  - apiVersion: multicluster.x-k8s.io/v1beta1
+    kind: ServiceImport
+    metadata: {name: nested, namespace: demo}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSliceList
+items:
+- metadata: {name: typed-item, namespace: demo}
+  addressType: IPv4
+  endpoints: []
+"#;
+        let (inputs, errors) = parse("list.yaml", text);
+        assert_eq!(import_names(&inputs), ["demo/web", "demo/nested"]);
+        assert_eq!(slice_names(&inputs), ["typed-item"]);
+        assert_eq!(
+            messages(&errors),
+            [
+                r#"list.yaml document 1 (ServiceImport demo/bad): items[2].spec.ports[0].port: invalid type: string "80", expected i64"#
+            ]
+        );
+    }
+
+    #[test]
+    fn json_files_are_read() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
+             "metadata": {"name": "web", "namespace": "demo"},
+             "spec": {"ips": ["198.19.0.1"], "ports": [{"name": "http", "port": 80}]}}
+        ]}"#;
+        let (inputs, errors) = parse("x.json", text);
+        assert_eq!(messages(&errors), Vec::<String>::new());
+        assert_eq!(import_names(&inputs), ["demo/web"]);
+
+        let (_, errors) = parse("broken.json", "{\"kind\": ");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].document, 1);
+    }
+
+    #[test]
+    fn blank_documents_are_not_counted() {
+        let bad = IMPORT_WEB.replace("port: 80", "port: []");
+        let text = format!("---\n# only a comment\n---\n\n---\n{bad}");
+        let (_, errors) = parse("b.yaml", &text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].document, 1);
+    }
+
+    /// A fresh, empty directory under the system's temporary directory.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mcs-agent-manifests-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temporary directory");
+        dir
+    }
+
+    #[test]
+    fn load_dir_reads_manifest_files_in_name_order() {
+        let dir = temp_dir("load");
+        let write = |name: &str, text: &str| fs::write(dir.join(name), text).expect("write manifest");
+        write("b.yaml", &IMPORT_WEB.replace("web", "second"));
+        write("a.yml", &format!("{}---\n{SLICE_EAST}", IMPORT_WEB.replace("web", "first")));
+        write(
+            "c.json",
+            r#"{"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+               "metadata": {"name": "third", "namespace": "demo"}, "spec": {"ips": 5}}"#,
+        );
+        write(".hidden.yaml", &IMPORT_WEB.replace("web", "hidden"));
+        write("notes.txt", &IMPORT_WEB.replace("web", "notes"));
+        fs::create_dir(dir.join("sub.yaml")).expect("create subdirectory");
+        fs::write(dir.join("sub.yaml").join("d.yaml"), IMPORT_WEB.replace("web", "nested")).expect("write nested");
+
+        let (inputs, errors) = load_dir(&dir).expect("the directory is readable");
+        assert_eq!(import_names(&inputs), ["demo/first", "demo/second"]);
+        assert_eq!(slice_names(&inputs), ["web-east"]);
+        assert_eq!(
+            messages(&errors),
+            [format!(
+                "{} document 1 (ServiceImport demo/third): spec.ips: invalid type: integer `5`, expected a sequence",
+                dir.join("c.json").display()
+            )]
+        );
+
+        fs::remove_dir_all(&dir).expect("remove temporary directory");
+        let err = load_dir(&dir).expect_err("a missing directory is an error");
+        assert!(err.to_string().contains(&dir.display().to_string()), "{err:#}");
+    }
+
+    #[test]
+    fn splits_documents_at_separator_lines_only() {
+        let text = "a: 1\n---\nb: '---'\n----\n--- c: 3\n---";
+        let docs = split_yaml_documents(text);
+        assert_eq!(docs, [(0, "a: 1\n"), (1, "\nb: '---'\n----\n"), (4, " c: 3\n"), (5, "")]);
+    }
+}

@@ -1,0 +1,3 @@
+pub fn demo(_c: usize) -> anyhow::Result<()> {
+    anyhow::bail!("todo")
+}

@@ -1,0 +1,169 @@
+//! Developer commands for the MCS dataplane. Run them as root from the
+//! workspace: `cargo xtask <command>`.
+//!
+//! - `setup`: install the toolchain pieces and Debian packages (idempotent);
+//! - `build-ebpf`: build the eBPF object on its own, for bpftool and llvm-objdump;
+//! - `test`: lint, then run every test (unit, packet, integration);
+//! - `demo`: a demo ClusterSet in network namespaces, driven by deploy/examples.
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install rust-src (nightly), bpf-linker and the Debian packages the tests use.
+    Setup,
+    /// Build the eBPF object into target/bpfel-unknown-none/release/mcs-ebpf.
+    BuildEbpf,
+    /// Lint, then run every test: unit, packet (`test_run`) and netns integration.
+    Test {
+        /// Skip clippy and rustfmt.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Run the demo ClusterSet: build, create namespaces, start the agent, send traffic, tear down.
+    Demo {
+        /// Connections to send.
+        #[arg(long, default_value_t = 12)]
+        connections: usize,
+    },
+}
+
+/// The workspace root.
+#[must_use]
+pub fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Runs `cmd`, failing with the command line when it does not succeed.
+///
+/// # Errors
+/// When the command cannot start or exits unsuccessfully.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its standard output.
+///
+/// # Errors
+/// When the command cannot start or exits unsuccessfully.
+pub fn cmd_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    let target_dir = workspace().join("target");
+    run(cargo()
+        .args(["+nightly", "build", "--package", "mcs-ebpf", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf"))?;
+    Ok(target_dir.join("bpfel-unknown-none/release/mcs-ebpf"))
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("run this as root: the tests create network namespaces and load eBPF programs");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// What a test run may leave behind, and must not.
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(list) = cmd_output(Command::new("ip").args(["netns", "list"])) {
+        found.extend(list.lines().filter(|l| l.starts_with("mcs")).map(|l| format!("netns {l}")));
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        found.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("mcs-test") || n.starts_with("mcs-demo"))
+                .map(|n| format!("pin /sys/fs/bpf/{n}")),
+        );
+    }
+    found
+}
+
+fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
+    require_root()?;
+    setup::setup()?;
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    // Integration tests start these binaries; `cargo test` alone does not build
+    // another package's binaries.
+    run(cargo().args(["build", "--bins"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--no-fail-fast"]);
+    // The tests share kernel state (namespaces, bpffs): one at a time.
+    cmd.args(["--", "--test-threads=1"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    let result = run(&mut cmd);
+    let left = leftovers();
+    if !left.is_empty() {
+        bail!("tests left state behind: {}", left.join(", "));
+    }
+    result
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::BuildEbpf => {
+            setup::setup()?;
+            let object = build_ebpf()?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
+        Cmd::Demo { connections } => {
+            require_root()?;
+            setup::setup()?;
+            demo::demo(connections)
+        }
+    }
+}
