@@ -433,6 +433,23 @@ mod tests {
     }
 
     #[test]
+    fn sequential_source_ports_spread_evenly() {
+        // Kernels hand out ephemeral ports in steps of 1 or 2 from one client.
+        for step in [1u16, 2] {
+            let mut hits = [0u32; 5];
+            for i in 0..4000u16 {
+                let sport = (32_768 + i * step).to_be();
+                let hash =
+                    flow_hash(ipv4_to_nbo(Ipv4Addr::new(198, 18, 0, 2)), 0x0a00_0001, sport, 80u16.to_be(), proto::TCP);
+                hits[usize::from(slot_for_hash(hash, 4))] += 1;
+            }
+            for (slot, n) in hits.iter().enumerate().skip(1) {
+                assert!((900..1100).contains(n), "step {step}: slot {slot} got {n} of 4000 flows");
+            }
+        }
+    }
+
+    #[test]
     fn hash_depends_on_every_field() {
         let base = flow_hash(1, 2, 3, 4, 6);
         assert_ne!(base, flow_hash(9, 2, 3, 4, 6));

@@ -1,13 +1,18 @@
 //! tc programs of the MCS dataplane.
 //!
 //! - `mcs_from_pod` (ingress of pod-facing interfaces): packets to a
-//!   ClusterSetIP:port are DNATed to a backend pod and tracked.
+//!   a ClusterSetIP and service port get their destination rewritten to a
+//!   backend pod (DNAT) and are tracked.
 //! - `mcs_to_pod` (egress of pod-facing interfaces): replies of tracked flows
 //!   get the ClusterSetIP:port back as their source.
 //!
 //! Entry points are thin; each concern has its module.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "the verifier sees one flat program per entry point; BPF-to-BPF calls would cost more than these small helpers"
+)]
 
 mod conntrack;
 mod maps;
@@ -32,11 +37,9 @@ use crate::{
 /// Not ours: let the next program, or the stack, decide (`TC_ACT_UNSPEC`, `TCX_NEXT`).
 const VERDICT_NEXT: i32 = -1;
 /// Translated: pass it on.
-#[expect(clippy::cast_possible_wrap, reason = "TC_ACT_OK is 0")]
-const VERDICT_PASS: i32 = TC_ACT_OK as i32;
+const VERDICT_PASS: i32 = TC_ACT_OK;
 /// Dropped, and counted under a reason.
-#[expect(clippy::cast_possible_wrap, reason = "TC_ACT_SHOT is 2")]
-const VERDICT_DROP: i32 = TC_ACT_SHOT as i32;
+const VERDICT_DROP: i32 = TC_ACT_SHOT;
 
 #[inline(always)]
 fn drop_packet(reason: DropReason) -> i32 {
@@ -46,6 +49,7 @@ fn drop_packet(reason: DropReason) -> i32 {
 
 /// Ingress of pod-facing interfaces: DNAT to a backend.
 #[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "the classifier macro fixes the signature")]
 pub fn mcs_from_pod(ctx: TcContext) -> i32 {
     match parse::parse(&ctx) {
         Packet::Other => VERDICT_NEXT,
@@ -91,6 +95,7 @@ pub fn mcs_from_pod(ctx: TcContext) -> i32 {
 
 /// Egress of pod-facing interfaces: restore the ClusterSetIP on replies.
 #[classifier]
+#[expect(clippy::needless_pass_by_value, reason = "the classifier macro fixes the signature")]
 pub fn mcs_to_pod(ctx: TcContext) -> i32 {
     let Packet::Flow(flow) = parse::parse(&ctx) else {
         return VERDICT_NEXT;

@@ -5,12 +5,18 @@
 //! so the caller can decide by destination whether that matters.
 use aya_ebpf::programs::TcContext;
 use mcs_common::proto;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
 /// Length of the Ethernet header.
-pub const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_LEN: usize = EthHdr::LEN;
 /// The most header bytes the parser reads: Ethernet, IPv4 with options, TCP.
-const MAX_HEADERS: u32 = 14 + 60 + 20;
+#[expect(clippy::cast_possible_truncation, reason = "a few dozen bytes")]
+const MAX_HEADERS: u32 = (EthHdr::LEN + 60 + TcpHdr::LEN) as u32;
 
 /// Offset of the IPv4 header checksum within the IPv4 header.
 pub const IP_CSUM_OFF: usize = 10;
@@ -100,25 +106,19 @@ pub fn parse(ctx: &TcContext) -> Packet {
     if ctx.data() + want as usize > ctx.data_end() {
         let _ = ctx.pull_data(want);
     }
-    let Some(data) = bounds(ctx, ETH_LEN + 20) else {
+    let Some(data) = bounds(ctx, EthHdr::LEN + Ipv4Hdr::LEN) else {
         return Packet::Other;
     };
-    // SAFETY: `bounds` checked that ETH_LEN + 20 bytes are in the packet.
-    let (ether_type, vihl, frag, ip_proto, saddr, daddr) = unsafe {
-        let eth = data as *const u8;
-        let ip = eth.add(ETH_LEN);
-        (
-            u16::from_be((eth.add(12) as *const u16).read_unaligned()),
-            *ip,
-            u16::from_be((ip.add(6) as *const u16).read_unaligned()),
-            *ip.add(9),
-            (ip.add(IP_SADDR_OFF) as *const u32).read_unaligned(),
-            (ip.add(IP_DADDR_OFF) as *const u32).read_unaligned(),
-        )
+    // SAFETY: `bounds` checked that the Ethernet and IPv4 headers are in the
+    // packet; both types are `repr(C, packed)` byte arrays, read unaligned.
+    let (eth, ip) = unsafe {
+        ((data as *const EthHdr).read_unaligned(), ((data + EthHdr::LEN) as *const Ipv4Hdr).read_unaligned())
     };
-    if ether_type != ETH_P_IP || vihl >> 4 != 4 {
+    if eth.ether_type != EtherType::Ipv4 as u16 || ip.vihl >> 4 != 4 {
         return Packet::Other;
     }
+    let (vihl, frag, ip_proto) = (ip.vihl, u16::from_be_bytes(ip.frags), ip.proto);
+    let (saddr, daddr) = (u32::from_ne_bytes(ip.src_addr), u32::from_ne_bytes(ip.dst_addr));
     let ihl = usize::from(vihl & 0x0f);
     if ihl < 5 {
         return Packet::Untranslatable { daddr, why: Untranslatable::Malformed };
@@ -131,7 +131,7 @@ pub fn parse(ctx: &TcContext) -> Packet {
         return Packet::Untranslatable { daddr, why: Untranslatable::OtherProtocol };
     }
     let l4_off = ETH_LEN + ihl * 4;
-    let l4_len = if ip_proto == proto::TCP { 20 } else { 8 };
+    let l4_len = if ip_proto == proto::TCP { TcpHdr::LEN } else { UdpHdr::LEN };
     let Some(data) = bounds(ctx, l4_off + l4_len) else {
         return Packet::Untranslatable { daddr, why: Untranslatable::Malformed };
     };
@@ -139,8 +139,8 @@ pub fn parse(ctx: &TcContext) -> Packet {
     let (sport, dport, tcp_flags, tcp_doff) = unsafe {
         let l4 = (data as *const u8).add(l4_off);
         (
-            (l4 as *const u16).read_unaligned(),
-            (l4.add(2) as *const u16).read_unaligned(),
+            l4.cast::<u16>().read_unaligned(),
+            l4.add(2).cast::<u16>().read_unaligned(),
             if ip_proto == proto::TCP { *l4.add(13) } else { 0 },
             if ip_proto == proto::TCP { *l4.add(12) >> 4 } else { 5 },
         )

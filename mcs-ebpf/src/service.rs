@@ -10,7 +10,7 @@ use crate::{
 #[inline(always)]
 pub fn is_cluster_set_ip(daddr: u32) -> bool {
     let key = ServiceKey { addr: daddr, port: 0, slot: 0, proto: 0, pad: [0; 3] };
-    MCS_SERVICES.get_ptr(&key).is_some()
+    MCS_SERVICES.get_ptr(key).is_some()
 }
 
 /// The master entry of the service port the flow is addressed to.
@@ -18,7 +18,7 @@ pub fn is_cluster_set_ip(daddr: u32) -> bool {
 pub fn lookup_master(flow: &Flow) -> Option<ServiceValue> {
     let key = ServiceKey { addr: flow.daddr, port: flow.dport, slot: 0, proto: flow.proto, pad: [0; 3] };
     // SAFETY: the value is copied out at once; the pointer is not kept.
-    MCS_SERVICES.get_ptr(&key).map(|v| unsafe { *v })
+    MCS_SERVICES.get_ptr(key).map(|v| unsafe { *v })
 }
 
 /// Why no backend could be selected.
@@ -44,7 +44,7 @@ pub fn select_backend(flow: &Flow, master: &ServiceValue) -> Result<(u32, Backen
         pad: [0; 3],
     };
     // SAFETY: values are copied out at once; the pointers are not kept.
-    let backend_id = MCS_SERVICES.get_ptr(&key).map(|v| unsafe { (*v).backend_id }).ok_or(SelectError::Missing)?;
+    let backend_id = MCS_SERVICES.get_ptr(key).map(|v| unsafe { (*v).backend_id }).ok_or(SelectError::Missing)?;
     let backend = MCS_BACKENDS.get_ptr(backend_id).map(|v| unsafe { *v }).ok_or(SelectError::Missing)?;
     Ok((backend_id, backend))
 }

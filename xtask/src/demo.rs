@@ -1,3 +1,166 @@
-pub fn demo(_c: usize) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+//! `cargo xtask demo`: a ClusterSet in network namespaces, driven by the
+//! manifests in `deploy/examples/demo`.
+//!
+//! 1. Three clusters: `local` holds the client pod and the node where the agent
+//!    runs; `east` and `west` each hold two pods serving their identity (east on
+//!    8080/TCP and 5353/UDP, west on 9080/TCP and 5354/UDP).
+//! 2. The agent attaches to the client pod's veth and programs the ServiceImport
+//!    demo/whoami (ClusterSetIP 198.19.0.10, http 80/TCP and dns 53/UDP).
+//! 3. The client connects to the ClusterSetIP; each answer names its pod.
+//! 4. Everything is torn down, even on error.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use mcs_tests::{
+    client::{tcp_ask, udp_ask},
+    netns::cleanup_stale,
+    topology::{ClusterSpec, Topology, TopologySpec},
+};
+
+use crate::{cmd_output, workspace};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const PIN_PATH: &str = "/sys/fs/bpf/mcs-demo";
+/// (cluster index, name, TCP port, UDP port) of the exporting clusters.
+const EXPORTERS: [(usize, &str, u16, u16); 2] = [(1, "east", 8080, 5353), (2, "west", 9080, 5354)];
+
+/// The agent process; on drop it is stopped and its pins removed.
+struct Agent {
+    child: Child,
+    binary: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: `pid` is our own child process, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // SIGTERM leaves the datapath pinned on purpose; the demo removes it.
+        let status =
+            Command::new(&self.binary).args(["cleanup", "--pin-path", PIN_PATH]).stderr(Stdio::null()).status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("demo: `mcs-agent cleanup --pin-path {PIN_PATH}` failed");
+        }
+    }
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    let path = workspace().join("target/debug").join(name);
+    if !path.is_file() {
+        bail!("{} is missing: `cargo build --bins` should have built it", path.display());
+    }
+    Ok(path)
+}
+
+/// Runs the demo.
+pub fn demo(connections: usize, hold: u64) -> Result<()> {
+    for stale in cleanup_stale() {
+        eprintln!("demo: removed {stale} left by an earlier run");
+    }
+    if Path::new(PIN_PATH).exists() {
+        std::fs::remove_dir_all(PIN_PATH).with_context(|| format!("removing stale {PIN_PATH}"))?;
+    }
+    let agent_bin = binary("mcs-agent")?;
+    let server_bin = binary("mcs-testsrv")?;
+    let manifests = workspace().join("deploy/examples/demo");
+
+    println!("== building the ClusterSet: clusters local (client), east and west (2 pods each)");
+    let spec = TopologySpec {
+        clusters: vec![ClusterSpec::new("local", 0), ClusterSpec::new("east", 2), ClusterSpec::new("west", 2)],
+    };
+    let mut topology = Topology::build("mcsdemo", &spec);
+    for (cluster, _, tcp, udp) in EXPORTERS {
+        for pod in 0..2 {
+            topology.start_server_with(&server_bin, cluster, pod, tcp, udp);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (cluster, name, tcp, udp) in EXPORTERS {
+        for pod in 0..2 {
+            topology.wait_server(cluster, pod, tcp, udp, deadline);
+            println!(
+                "   {name}/pod{pod}  {:<13} serving {tcp}/TCP {udp}/UDP",
+                topology.pod_ip(cluster, pod).to_string()
+            );
+        }
+    }
+    println!("   client pod   {}  on node {}", topology.client_ip(), topology.node(0).name());
+
+    println!("== starting mcs-agent on the client's node with {}", manifests.display());
+    let child = topology
+        .node(0)
+        .nsenter_command(&agent_bin)
+        .args(["run", "--manifests"])
+        .arg(&manifests)
+        .args(["--interfaces", topology.client_iface(), "--cluster-id", "local", "--pin-path", PIN_PATH])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting mcs-agent")?;
+    let _agent = Agent { child, binary: agent_bin };
+    let http = SocketAddrV4::new(VIP, 80);
+    let ready = Instant::now() + Duration::from_secs(15);
+    while topology.client().enter(|| tcp_ask(http, Duration::from_millis(300))).is_err() {
+        if Instant::now() > ready {
+            bail!("the ClusterSetIP did not answer within 15 s of starting the agent");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    println!("== {connections} TCP connections from {} to {http}", topology.client_ip());
+    let mut per_cluster: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 1..=connections {
+        let (identity, peer) = topology
+            .client()
+            .enter(|| tcp_ask(http, Duration::from_secs(2)))
+            .with_context(|| format!("connection {i} to {http}"))?;
+        let (cluster_name, pod) = identity.split_once('/').unwrap_or((identity.as_str(), ""));
+        let pod_addr = EXPORTERS
+            .iter()
+            .find(|(_, name, _, _)| *name == cluster_name)
+            .and_then(|(c, _, tcp, _)| {
+                let j: usize = pod.trim_start_matches("pod").parse().ok()?;
+                Some(format!("{}:{tcp}", topology.pod_ip(*c, j)))
+            })
+            .unwrap_or_default();
+        println!("   connection {i:>2}: peer {peer}  answered by cluster {cluster_name:<5} {pod} ({pod_addr})");
+        *per_cluster.entry(cluster_name.to_owned()).or_default() += 1;
+    }
+    let dns = SocketAddrV4::new(VIP, 53);
+    let (identity, from) =
+        topology.client().enter(|| udp_ask(dns, Duration::from_secs(2))).with_context(|| format!("UDP to {dns}"))?;
+    println!("   UDP query to {dns}: answered by {identity}, reply from {from}");
+    let summary: Vec<String> = per_cluster.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    println!("== answers per cluster: {}", summary.join(", "));
+    if per_cluster.len() < 2 {
+        bail!("only {} cluster(s) answered; expected both east and west", per_cluster.len());
+    }
+
+    println!("== bpftool map dump pinned {PIN_PATH}/MCS_SERVICES (first entries)");
+    let dump =
+        cmd_output(Command::new("bpftool").args(["map", "dump", "pinned", &format!("{PIN_PATH}/MCS_SERVICES")]))?;
+    for line in dump.lines().take(24) {
+        println!("   {line}");
+    }
+    if hold > 0 {
+        println!("== holding for {hold} s: try `bpftool map dump pinned {PIN_PATH}/MCS_CT`");
+        thread::sleep(Duration::from_secs(hold));
+    }
+    println!("== tearing down");
+    Ok(())
 }

@@ -42,6 +42,9 @@ enum Cmd {
         /// Connections to send.
         #[arg(long, default_value_t = 12)]
         connections: usize,
+        /// Keep the demo running this many seconds after the traffic, to look around with bpftool.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
 }
 
@@ -96,15 +99,10 @@ fn build_ebpf() -> Result<PathBuf> {
 
 fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 {
         bail!("run this as root: the tests create network namespaces and load eBPF programs");
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// What a test run may leave behind, and must not.
@@ -131,6 +129,12 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        // The eBPF crate only builds for the BPF target, with nightly.
+        run(cargo()
+            .args(["+nightly", "clippy", "--package", "mcs-ebpf", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
     }
     // Integration tests start these binaries; `cargo test` alone does not build
     // another package's binaries.
@@ -160,10 +164,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { no_lint, filter } => test(no_lint, filter.as_deref()),
-        Cmd::Demo { connections } => {
+        Cmd::Demo { connections, hold } => {
             require_root()?;
             setup::setup()?;
-            demo::demo(connections)
+            run(cargo().args(["build", "--bins"]))?;
+            demo::demo(connections, hold)
         }
     }
 }

@@ -1,0 +1,77 @@
+//! The map types of `mcs-common`, as compiled for the host, must have exactly
+//! the layout the eBPF object's BTF describes: same size, same field names,
+//! same offsets. `bpftool btf dump` reads the BTF; nothing here trusts
+//! `mcs-common` to describe itself.
+use std::{collections::BTreeMap, mem::offset_of, process::Command};
+
+use mcs_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue};
+
+/// Struct name → (size, [(field, bit offset)]) from `bpftool btf dump ... format raw`.
+fn btf_structs() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
+    let object = std::env::temp_dir().join(format!("mcs-test-btf-{}.o", std::process::id()));
+    std::fs::write(&object, mcs_agent::ebpf::OBJECT).expect("write the embedded object");
+    let out = Command::new("bpftool").args(["btf", "dump", "file"]).arg(&object).args(["format", "raw"]).output();
+    let _ = std::fs::remove_file(&object);
+    let out = out.expect("run bpftool (installed by `cargo xtask setup`)");
+    assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8 output");
+    let mut structs = BTreeMap::new();
+    let mut current: Option<(String, usize, Vec<(String, usize)>)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.split_once("] STRUCT '").map(|(_, r)| r) {
+            if let Some((name, size, fields)) = current.take() {
+                structs.insert(name, (size, fields));
+            }
+            let (name, rest) = rest.split_once('\'').expect("quoted struct name");
+            let size = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("size="))
+                .and_then(|s| s.parse().ok())
+                .expect("struct size");
+            current = Some((name.to_owned(), size, Vec::new()));
+        } else if line.starts_with('\t') {
+            if let Some((_, _, fields)) = current.as_mut() {
+                let field = line.trim().split('\'').nth(1).expect("quoted field").to_owned();
+                let bits = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("bits_offset="))
+                    .and_then(|s| s.parse().ok())
+                    .expect("bits_offset");
+                fields.push((field, bits));
+            }
+        } else if let Some((name, size, fields)) = current.take() {
+            structs.insert(name, (size, fields));
+        }
+    }
+    if let Some((name, size, fields)) = current.take() {
+        structs.insert(name, (size, fields));
+    }
+    structs
+}
+
+macro_rules! layout {
+    ($ty:ty, [$($field:ident),+ $(,)?]) => {
+        (
+            stringify!($ty),
+            size_of::<$ty>(),
+            vec![$((stringify!($field).to_owned(), offset_of!($ty, $field) * 8)),+],
+        )
+    };
+}
+
+#[test]
+fn shared_map_types_match_the_object_btf() {
+    let btf = btf_structs();
+    let expected = [
+        layout!(ServiceKey, [addr, port, slot, proto, pad]),
+        layout!(ServiceValue, [backend_id, count, flags, service_id, affinity_timeout]),
+        layout!(Backend, [addr, port, proto, flags, cluster_id]),
+        layout!(CtKey, [saddr, daddr, sport, dport, proto, dir, pad]),
+        layout!(CtValue, [nat_addr, nat_port, flags, pad, backend_id, service_id, created_ns, last_seen_ns]),
+    ];
+    for (name, size, fields) in expected {
+        let (btf_size, btf_fields) = btf.get(name).unwrap_or_else(|| panic!("{name} is not in the object's BTF"));
+        assert_eq!(*btf_size, size, "{name}: BTF size vs host size");
+        assert_eq!(btf_fields, &fields, "{name}: BTF fields (name, bit offset) vs host");
+    }
+}
