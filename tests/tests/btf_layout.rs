@@ -6,8 +6,11 @@ use std::{collections::BTreeMap, mem::offset_of, process::Command};
 
 use mcs_common::{Backend, CtKey, CtValue, ServiceKey, ServiceValue};
 
-/// Struct name → (size, [(field, bit offset)]) from `bpftool btf dump ... format raw`.
-fn btf_structs() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
+/// A struct's size in bytes and its fields as (name, bit offset).
+type Layout = (usize, Vec<(String, usize)>);
+
+/// Struct name → layout, from `bpftool btf dump ... format raw`.
+fn btf_structs() -> BTreeMap<String, Layout> {
     let object = std::env::temp_dir().join(format!("mcs-test-btf-{}.o", std::process::id()));
     std::fs::write(&object, mcs_agent::ebpf::OBJECT).expect("write the embedded object");
     let out = Command::new("bpftool").args(["btf", "dump", "file"]).arg(&object).args(["format", "raw"]).output();
@@ -16,11 +19,11 @@ fn btf_structs() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
     assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("utf-8 output");
     let mut structs = BTreeMap::new();
-    let mut current: Option<(String, usize, Vec<(String, usize)>)> = None;
+    let mut current: Option<(String, Layout)> = None;
     for line in text.lines() {
         if let Some(rest) = line.split_once("] STRUCT '").map(|(_, r)| r) {
-            if let Some((name, size, fields)) = current.take() {
-                structs.insert(name, (size, fields));
+            if let Some((name, layout)) = current.take() {
+                structs.insert(name, layout);
             }
             let (name, rest) = rest.split_once('\'').expect("quoted struct name");
             let size = rest
@@ -28,9 +31,9 @@ fn btf_structs() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
                 .find_map(|w| w.strip_prefix("size="))
                 .and_then(|s| s.parse().ok())
                 .expect("struct size");
-            current = Some((name.to_owned(), size, Vec::new()));
+            current = Some((name.to_owned(), (size, Vec::new())));
         } else if line.starts_with('\t') {
-            if let Some((_, _, fields)) = current.as_mut() {
+            if let Some((_, (_, fields))) = current.as_mut() {
                 let field = line.trim().split('\'').nth(1).expect("quoted field").to_owned();
                 let bits = line
                     .split_whitespace()
@@ -39,12 +42,12 @@ fn btf_structs() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
                     .expect("bits_offset");
                 fields.push((field, bits));
             }
-        } else if let Some((name, size, fields)) = current.take() {
-            structs.insert(name, (size, fields));
+        } else if let Some((name, layout)) = current.take() {
+            structs.insert(name, layout);
         }
     }
-    if let Some((name, size, fields)) = current.take() {
-        structs.insert(name, (size, fields));
+    if let Some((name, layout)) = current.take() {
+        structs.insert(name, layout);
     }
     structs
 }

@@ -11,17 +11,16 @@
 //! The agent is driven by the manifests in `deploy/examples/demo`.
 use std::{
     collections::BTreeMap,
-    fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use mcs_tests::{
-    agent_path,
-    client::{tcp_ask, udp_ask},
+    agent::AgentGuard,
+    client::{HeldStream, tcp_ask, udp_ask},
     netns::unique_prefix,
     topology::{ClusterSpec, Topology, TopologySpec},
 };
@@ -33,72 +32,9 @@ const EAST: usize = 1;
 const WEST: usize = 2;
 const TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The agent process with its manifest directory and pins; all removed on drop.
-struct Agent {
-    child: Option<Child>,
-    manifests: PathBuf,
-    pin_path: PathBuf,
-}
-
-impl Agent {
-    fn start(topology: &Topology, prefix: &str) -> Self {
-        let manifests = std::env::temp_dir().join(format!("{prefix}-manifests"));
-        fs::create_dir_all(&manifests).expect("create manifest dir");
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
-        for entry in fs::read_dir(&examples).expect("read deploy/examples/demo") {
-            let path = entry.expect("dir entry").path();
-            fs::copy(&path, manifests.join(path.file_name().expect("file name"))).expect("copy manifest");
-        }
-        let pin_path = PathBuf::from(format!("/sys/fs/bpf/mcs-test-{prefix}"));
-        let mut agent = Self { child: None, manifests, pin_path };
-        // Only the network namespace is entered, so the pins land in the shared bpffs.
-        let mut cmd = topology.node(0).nsenter_command(agent_path());
-        cmd.args(["run", "--manifests"])
-            .arg(&agent.manifests)
-            .args(["--interfaces", topology.client_iface(), "--cluster-id", "local", "--pin-path"])
-            .arg(&agent.pin_path)
-            .args(["--poll-interval-ms", "50"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        agent.child = Some(cmd.spawn().expect("start mcs-agent"));
-        agent
-    }
-
-    fn remove_manifest(&self, name: &str) {
-        fs::remove_file(self.manifests.join(name)).unwrap_or_else(|e| panic!("remove {name}: {e}"));
-    }
-
-    fn assert_running(&mut self) {
-        let child = self.child.as_mut().expect("agent started");
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("mcs-agent exited: {status}");
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM first: the agent must exit cleanly on it.
-            let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-            // SAFETY: the pid is our own child, not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if self.pin_path.exists()
-            && let Err(e) = fs::remove_dir_all(&self.pin_path)
-        {
-            eprintln!("removing {}: {e}", self.pin_path.display());
-        }
-        let _ = fs::remove_dir_all(&self.manifests);
-    }
+fn start_agent(topology: &Topology, prefix: &str) -> AgentGuard {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
+    AgentGuard::start(topology.node(0), prefix, &examples, topology.client_iface(), "local")
 }
 
 fn build() -> (Topology, String) {
@@ -128,7 +64,7 @@ fn ask_many(topology: &Topology, n: usize) -> Vec<std::io::Result<(String, Socke
 }
 
 /// Waits (at most `limit`) until `ok` holds for a batch of answers.
-fn wait_for(topology: &Topology, agent: &mut Agent, limit: Duration, what: &str, ok: impl Fn(&[String]) -> bool) {
+fn wait_for(topology: &Topology, agent: &mut AgentGuard, limit: Duration, what: &str, ok: impl Fn(&[String]) -> bool) {
     let deadline = Instant::now() + limit;
     let mut last = Vec::new();
     for _ in 0..200 {
@@ -149,7 +85,7 @@ fn wait_for(topology: &Topology, agent: &mut Agent, limit: Duration, what: &str,
 #[test]
 fn cluster_set_ip_reaches_pods_of_every_exporting_cluster() {
     let (topology, prefix) = build();
-    let mut agent = Agent::start(&topology, &prefix);
+    let mut agent = start_agent(&topology, &prefix);
     wait_for(&topology, &mut agent, Duration::from_secs(15), "agent programs the service", |answers| {
         answers.iter().all(|a| !a.starts_with("error"))
     });
@@ -208,4 +144,63 @@ fn cluster_set_ip_reaches_pods_of_every_exporting_cluster() {
         assert!(identity.starts_with("east/"), "connection {i} reached {identity} after west was removed");
     }
     agent.assert_running();
+}
+
+#[test]
+fn established_connections_survive_an_agent_restart() {
+    let (topology, prefix) = build();
+    let mut agent = start_agent(&topology, &prefix);
+    wait_for(&topology, &mut agent, Duration::from_secs(15), "agent programs the service", |answers| {
+        answers.iter().all(|a| !a.starts_with("error"))
+    });
+    let mut streams: Vec<HeldStream> = topology.client().enter(|| {
+        (0..4)
+            .map(|i| {
+                HeldStream::open(SocketAddrV4::new(VIP, HTTP), TIMEOUT).unwrap_or_else(|e| panic!("stream {i}: {e}"))
+            })
+            .collect()
+    });
+    for s in &mut streams {
+        s.ping().expect("ping before the restart");
+        assert_eq!(s.peer_addr(), SocketAddr::V4(SocketAddrV4::new(VIP, HTTP)));
+    }
+
+    // SIGTERM: the agent exits cleanly and leaves the datapath in place.
+    assert!(agent.stop(libc::SIGTERM), "mcs-agent exits 0 on SIGTERM");
+    for (i, s) in streams.iter_mut().enumerate() {
+        let who = s.ping().unwrap_or_else(|e| panic!("stream {i} while no agent runs: {e}"));
+        assert_eq!(who, s.identity(), "stream {i} kept its backend");
+    }
+    let (identity, _) = topology
+        .client()
+        .enter(|| tcp_ask(SocketAddrV4::new(VIP, HTTP), TIMEOUT))
+        .expect("new connections work while no agent runs");
+    assert!(identity.starts_with("east/") || identity.starts_with("west/"), "{identity}");
+
+    // A new agent adopts the pinned maps and links; nothing breaks.
+    agent.restart();
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        agent.assert_running();
+        for (i, s) in streams.iter_mut().enumerate() {
+            let who = s.ping().unwrap_or_else(|e| panic!("stream {i} across the restart: {e}"));
+            assert_eq!(who, s.identity(), "stream {i} kept its backend across the restart");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let answers = ask_many(&topology, 20);
+    for (i, a) in answers.iter().enumerate() {
+        assert!(a.is_ok(), "connection {i} after the restart: {a:?}");
+    }
+    let links = std::fs::read_dir(agent.pin_path.join("links")).expect("links dir").count();
+    assert_eq!(links, 2, "one pinned link per direction");
+    // The new programs replaced the old ones in place: one per direction.
+    let iface = topology.client_iface().to_owned();
+    let attached = topology.node(0).enter(|| {
+        [TcAttachType::Ingress, TcAttachType::Egress].map(|direction| {
+            let (_, programs) = SchedClassifier::query_tcx(&iface, direction).expect("query TCX");
+            programs.iter().map(|p| p.name_as_str().unwrap_or("?").to_owned()).collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(attached, [vec!["mcs_from_pod".to_owned()], vec!["mcs_to_pod".to_owned()]]);
 }

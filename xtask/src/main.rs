@@ -85,14 +85,23 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Cargo of the nightly toolchain, for the eBPF crate. `$CARGO` is the stable
+/// toolchain's own binary, which knows no `+nightly`.
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"]).current_dir(workspace());
+    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO"] {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
 fn build_ebpf() -> Result<PathBuf> {
     let target_dir = workspace().join("target");
-    run(cargo()
-        .args(["+nightly", "build", "--package", "mcs-ebpf", "--release", "--target", "bpfel-unknown-none"])
+    run(nightly_cargo()
+        .args(["build", "--package", "mcs-ebpf", "--release", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf"))?;
     Ok(target_dir.join("bpfel-unknown-none/release/mcs-ebpf"))
 }
@@ -130,11 +139,15 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
         // The eBPF crate only builds for the BPF target, with nightly.
-        run(cargo()
-            .args(["+nightly", "clippy", "--package", "mcs-ebpf", "--target", "bpfel-unknown-none"])
-            .args(["-Z", "build-std=core", "--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+        run(nightly_cargo().args(["clippy", "--package", "mcs-ebpf", "--target", "bpfel-unknown-none"]).args([
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+            "target/ebpf-clippy",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     // Integration tests start these binaries; `cargo test` alone does not build
     // another package's binaries.
@@ -146,12 +159,44 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    let result = run(&mut cmd);
+    let (status, passed, failed) = run_counting(&mut cmd)?;
     let left = leftovers();
+    // One closing line over every test binary, for people and for CI.
+    println!("tests: {passed} passed, {failed} failed");
     if !left.is_empty() {
         bail!("tests left state behind: {}", left.join(", "));
     }
-    result
+    if !status.success() || failed > 0 {
+        bail!("{failed} test(s) failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines.
+fn run_counting(cmd: &mut Command) -> Result<(std::process::ExitStatus, u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word).map(str::trim))
+                    .and_then(|n| n.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    Ok((child.wait().context("waiting for cargo test")?, passed, failed))
 }
 
 fn main() -> Result<()> {
