@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData},
 };
-use mcs_common::{Backend, DropReason, ServiceKey, ServiceValue, Stat, map_names};
+use mcs_common::{Backend, ServiceKey, ServiceValue, map_names};
 
 /// The service and backend maps, as the sync sees them.
 pub trait Dataplane {
@@ -79,18 +79,14 @@ impl Dataplane for AyaDataplane {
     }
 
     fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        self.services
-            .insert(key, value, 0)
-            .with_context(|| format!("writing {} entry {}", map_names::SERVICES, crate::sync::describe_key(&key)))
+        self.services.insert(key, value, 0).with_context(|| format!("writing {} entry {key}", map_names::SERVICES))
     }
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
         match self.services.remove(key) {
-            Err(e) if !is_not_found(&e) => Err(anyhow!(e).context(format!(
-                "deleting {} entry {}",
-                map_names::SERVICES,
-                crate::sync::describe_key(key)
-            ))),
+            Err(e) if !is_not_found(&e) => {
+                Err(anyhow!(e).context(format!("deleting {} entry {key}", map_names::SERVICES)))
+            }
             _ => Ok(()),
         }
     }
@@ -175,7 +171,7 @@ impl Dataplane for FakeDataplane {
             && !self.services.contains_key(&key)
             && self.services.len() >= cap
         {
-            bail!("writing {} entry {}: no space left (E2BIG)", map_names::SERVICES, crate::sync::describe_key(&key));
+            bail!("writing {} entry {key}: no space left (E2BIG)", map_names::SERVICES);
         }
         self.ops.push(Op::PutService(key, value));
         self.services.insert(key, value);
@@ -199,31 +195,4 @@ impl Dataplane for FakeDataplane {
         self.backends.remove(&id);
         Ok(())
     }
-}
-
-/// The datapath's counters, summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Drops by reason.
-    pub drops: Vec<(DropReason, u64)>,
-    /// Translation events.
-    pub stats: Vec<(Stat, u64)>,
-}
-
-/// Reads the counters from the per-CPU arrays `drops` and `stats`.
-///
-/// # Errors
-/// When a map cannot be read.
-pub fn read_counters(drops: &PerCpuArray<MapData, u64>, stats: &PerCpuArray<MapData, u64>) -> Result<Counters> {
-    let sum = |map: &PerCpuArray<MapData, u64>, index: u32| -> Result<u64> {
-        Ok(map.get(&index, 0).with_context(|| format!("reading counter {index}"))?.iter().sum())
-    };
-    let mut counters = Counters::default();
-    for reason in DropReason::ALL {
-        counters.drops.push((reason, sum(drops, reason as u32)?));
-    }
-    for stat in Stat::ALL {
-        counters.stats.push((stat, sum(stats, stat as u32)?));
-    }
-    Ok(counters)
 }

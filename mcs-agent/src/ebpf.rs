@@ -253,10 +253,8 @@ fn attach_tcx_pinned(
     attach_type: TcAttachType,
     pin: &Path,
 ) -> Result<()> {
-    let existing = if pin.exists() { Some(PinnedLink::from_pin(pin)) } else { None };
-    match existing {
-        None => {}
-        Some(Ok(pinned)) => {
+    match PinnedLink::from_pin(pin) {
+        Ok(pinned) => {
             let link: SchedClassifierLink = FdLink::from(pinned).try_into()?;
             match program.attach_to_link(link) {
                 Ok(id) => {
@@ -273,9 +271,8 @@ fn attach_tcx_pinned(
                 }
             }
         }
-        Some(Err(LinkError::SyscallError(SyscallError { io_error, .. })))
-            if io_error.kind() == io::ErrorKind::NotFound => {}
-        Some(Err(e)) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
     }
     let id = program.attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))?;
     let link: FdLink = program.take_link(id)?.try_into()?;

@@ -7,7 +7,7 @@
 //! pinned, so traffic keeps flowing until a new agent takes over or
 //! `mcs-agent cleanup` removes them.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fs,
     path::{Path, PathBuf},
@@ -82,7 +82,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let config = Config { cluster_id: options.cluster_id.clone() };
     let mut syncer = Syncer::new();
     let mut attached: BTreeMap<String, u32> = BTreeMap::new();
-    let mut missing_logged: BTreeMap<String, bool> = BTreeMap::new();
+    let mut missing_logged: BTreeSet<String> = BTreeSet::new();
     let mut last_fingerprint: Option<Fingerprint> = None;
     let mut last_problems: Vec<String> = Vec::new();
     let mut retry = false;
@@ -98,7 +98,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
         for name in &options.interfaces {
             let Some(index) = ifindex(name) else {
-                if !missing_logged.insert(name.clone(), true).unwrap_or(false) {
+                if missing_logged.insert(name.clone()) {
                     warn!(interface = %name, "interface not found; will attach when it appears");
                 }
                 attached.remove(name);

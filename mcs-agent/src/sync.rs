@@ -13,7 +13,7 @@
 //! A failure on one service port (a full map, say) is reported with the
 //! service's name and leaves that port as it was; the others are still
 //! written. After any failure the next sync re-reads the maps in full.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context as _, Result};
 use mcs_common::{BACKEND_F_TERMINATING, Backend, SERVICE_F_WILDCARD, ServiceKey, ServiceValue, limits};
@@ -59,8 +59,6 @@ pub struct Syncer {
     /// What the backends map holds.
     backends: BTreeMap<u32, Backend>,
     backend_ids: HashMap<BackendIdentity, u32>,
-    /// The values of `backend_ids`.
-    taken_ids: HashSet<u32>,
     clusters: BTreeMap<String, u32>,
     next_backend_id: u32,
     next_service_id: u32,
@@ -85,7 +83,6 @@ impl Syncer {
         self.services = dp.services()?.into_iter().collect();
         self.backends = dp.backends()?.into_iter().collect();
         self.backend_ids = self.backends.iter().map(|(id, b)| (BackendIdentity::from(b), *id)).collect();
-        self.taken_ids = self.backend_ids.values().copied().collect();
         self.next_backend_id = self.backends.keys().max().map_or(1, |m| m.saturating_add(1));
         self.next_service_id = self.services.values().map(|v| v.service_id).max().map_or(1, |m| m.saturating_add(1));
         self.stale = false;
@@ -101,14 +98,14 @@ impl Syncer {
         if let Some(id) = self.backend_ids.get(&identity) {
             return *id;
         }
-        // Ids only wrap after four billion allocations; skip those in use.
+        // The counter only moves forward, so ids handed out in one sync never
+        // collide; after it wraps (four billion ids later) it skips ids in use.
         let mut id = self.next_backend_id.max(1);
-        while self.backends.contains_key(&id) || self.taken_ids.contains(&id) {
+        while self.backends.contains_key(&id) {
             id = id.wrapping_add(1).max(1);
         }
         self.next_backend_id = id.wrapping_add(1).max(1);
         self.backend_ids.insert(identity, id);
-        self.taken_ids.insert(id);
         id
     }
 
@@ -236,7 +233,6 @@ impl Syncer {
                 Ok(()) => {
                     if let Some(b) = self.backends.remove(&id) {
                         self.backend_ids.remove(&BackendIdentity::from(&b));
-                        self.taken_ids.remove(&id);
                     }
                     outcome.writes += 1;
                 }
@@ -246,7 +242,6 @@ impl Syncer {
         // Ids handed out for backends that were never written are free again.
         let backends = &self.backends;
         self.backend_ids.retain(|_, id| backends.contains_key(id));
-        self.taken_ids = self.backend_ids.values().copied().collect();
     }
 
     fn write_port(
@@ -322,24 +317,8 @@ impl Syncer {
                 self.services.remove(key);
                 outcome.writes += 1;
             }
-            Err(e) => outcome.errors.push(format!("deleting {}: {e:#}", describe_key(key))),
+            Err(e) => outcome.errors.push(format!("deleting {key}: {e:#}")),
         }
-    }
-
-    /// The cluster names the syncer numbered, by number.
-    #[must_use]
-    pub fn cluster_names(&self) -> BTreeMap<u32, String> {
-        self.clusters.iter().map(|(name, id)| (*id, name.clone())).collect()
-    }
-}
-
-/// A services-map key as people read it: `198.19.0.10:80/6 slot 2`.
-#[must_use]
-pub fn describe_key(key: &ServiceKey) -> String {
-    if key.is_wildcard() {
-        format!("{} (ClusterSetIP marker)", key.ip())
-    } else {
-        format!("{}:{}/{} slot {}", key.ip(), key.port_host(), key.proto, key.slot)
     }
 }
 

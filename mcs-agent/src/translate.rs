@@ -237,8 +237,7 @@ pub fn translate(imports: &[ServiceImport], slices: &[EndpointSlice], config: &C
             skipped.push(skip(SkipReason::Invalid, message));
             continue;
         }
-        let present = index.clusters_of(&valid.namespace, &valid.name);
-        let selected = select_clusters(&valid, &present, config);
+        let selected = select_clusters(&valid, index.clusters_of(&valid.namespace, &valid.name), config);
         for port in &valid.ports {
             let key = valid.key(port);
             let candidates = collect_candidates(port, &selected, &mut warnings);
@@ -475,8 +474,8 @@ impl<'a> SliceIndex<'a> {
     }
 
     /// The *present* clusters of an import: those with at least one slice.
-    fn clusters_of(&self, namespace: &str, name: &str) -> ClusterSlices<'a> {
-        self.by_service.get(&(namespace, name)).cloned().unwrap_or_default()
+    fn clusters_of<'s>(&'s self, namespace: &'s str, name: &'s str) -> Option<&'s ClusterSlices<'s>> {
+        self.by_service.get(&(namespace, name))
     }
 }
 
@@ -489,8 +488,12 @@ fn slice_label(slice: &EndpointSlice) -> String {
 ///
 /// v1: every present cluster. The exporting-cluster cap goes here: rank the
 /// present clusters by `status.clusters`, then by id, and keep the first N.
-fn select_clusters<'a>(_import: &ValidImport, present: &ClusterSlices<'a>, _config: &Config) -> ClusterSlices<'a> {
-    present.clone()
+fn select_clusters<'a>(
+    _import: &ValidImport,
+    present: Option<&ClusterSlices<'a>>,
+    _config: &Config,
+) -> ClusterSlices<'a> {
+    present.cloned().unwrap_or_default()
 }
 
 /// An endpoint that may become a backend of one service port.

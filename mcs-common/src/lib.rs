@@ -115,7 +115,13 @@ impl ServiceKey {
     /// The entry of backend slot `slot` (1-based) of a service port.
     #[must_use]
     pub const fn slot(addr: Ipv4Addr, port: u16, proto: u8, slot: u16) -> Self {
-        Self { addr: ipv4_to_nbo(addr), port: port.to_be(), slot, proto, pad: [0; 3] }
+        Self::from_nbo(ipv4_to_nbo(addr), port.to_be(), proto, slot)
+    }
+
+    /// A key from an address and port already in NBO, as read from a packet.
+    #[must_use]
+    pub const fn from_nbo(addr: u32, port: u16, proto: u8, slot: u16) -> Self {
+        Self { addr, port, slot, proto, pad: [0; 3] }
     }
 
     /// The wildcard entry that marks `addr` as a ClusterSetIP.
@@ -140,6 +146,17 @@ impl ServiceKey {
     #[must_use]
     pub const fn port_host(&self) -> u16 {
         u16::from_be(self.port)
+    }
+}
+
+impl core::fmt::Display for ServiceKey {
+    /// `198.19.0.10:80/6 slot 2`, or `198.19.0.10 (ClusterSetIP marker)`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.is_wildcard() {
+            write!(f, "{} (ClusterSetIP marker)", self.ip())
+        } else {
+            write!(f, "{}:{}/{} slot {}", self.ip(), self.port_host(), self.proto, self.slot)
+        }
     }
 }
 
@@ -401,7 +418,12 @@ const _: () = {
 };
 
 #[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
 mod tests {
+    use std::string::ToString as _;
+
     use super::*;
 
     #[test]
@@ -414,6 +436,8 @@ mod tests {
         assert_eq!(key.port.to_ne_bytes(), [0x1f, 0x90]);
         assert_eq!(key.port_host(), 8080);
         assert_eq!(key.ip(), ip);
+        assert_eq!(key.to_string(), "198.19.0.10:8080/6 slot 0");
+        assert_eq!(ServiceKey::wildcard(ip).to_string(), "198.19.0.10 (ClusterSetIP marker)");
     }
 
     #[test]

@@ -14,9 +14,6 @@ use network_types::{
 
 /// Length of the Ethernet header.
 pub const ETH_LEN: usize = EthHdr::LEN;
-/// The most header bytes the parser reads: Ethernet, IPv4 with options, TCP.
-#[expect(clippy::cast_possible_truncation, reason = "a few dozen bytes")]
-const MAX_HEADERS: u32 = (EthHdr::LEN + 60 + TcpHdr::LEN) as u32;
 
 /// Offset of the IPv4 header checksum within the IPv4 header.
 pub const IP_CSUM_OFF: usize = 10;
@@ -29,7 +26,7 @@ pub const TCP_CSUM_OFF: usize = 16;
 /// Offset of the UDP checksum within the UDP header.
 pub const UDP_CSUM_OFF: usize = 6;
 
-/// TCP flag bits (byte 13 of the TCP header).
+/// `Flow::tcp_flags` bits, as in byte 13 of the TCP header.
 pub const TCP_FIN: u8 = 0x01;
 /// SYN.
 pub const TCP_SYN: u8 = 0x02;
@@ -92,34 +89,55 @@ pub enum Untranslatable {
     OtherProtocol,
 }
 
+/// A pointer to a `T` at `off` in the packet, when all of it is there.
+///
+/// Headers of a paged skb may lie beyond the linear area: only then, and only
+/// when the packet is long enough, are they pulled in (which costs a copy).
+/// The bounds check is made on the returned pointer itself, so the verifier
+/// ties every read through it to the check. The pointer is valid until the
+/// next call that may pull data: copy the header out before that.
 #[inline(always)]
-fn bounds(ctx: &TcContext, len: usize) -> Option<usize> {
-    let data = ctx.data();
-    if data + len > ctx.data_end() { None } else { Some(data) }
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let len = off + size_of::<T>();
+    if ctx.data() + len > ctx.data_end() {
+        #[expect(clippy::cast_possible_truncation, reason = "off is a header offset, below 100")]
+        let want = len as u32;
+        if ctx.len() < want || ctx.pull_data(want).is_err() {
+            return None;
+        }
+    }
+    let ptr = ctx.data() + off;
+    if ptr + size_of::<T>() > ctx.data_end() { None } else { Some(ptr as *const T) }
+}
+
+/// The L4 fields the datapath reads: both ports, then (TCP only) the data
+/// offset and flags bytes.
+#[repr(C)]
+struct L4Ports {
+    sport: u16,
+    dport: u16,
 }
 
 /// Parses the packet in `ctx`.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Packet {
-    // Headers of a paged skb may not all be in the linear area; pull them in.
-    let want = core::cmp::min(MAX_HEADERS, ctx.len());
-    if ctx.data() + want as usize > ctx.data_end() {
-        let _ = ctx.pull_data(want);
-    }
-    let Some(data) = bounds(ctx, EthHdr::LEN + Ipv4Hdr::LEN) else {
-        return Packet::Other;
-    };
-    // SAFETY: `bounds` checked that the Ethernet and IPv4 headers are in the
-    // packet; both types are `repr(C, packed)` byte arrays, read unaligned.
-    let (eth, ip) = unsafe {
-        ((data as *const EthHdr).read_unaligned(), ((data + EthHdr::LEN) as *const Ipv4Hdr).read_unaligned())
-    };
-    if eth.ether_type != EtherType::Ipv4 as u16 || ip.vihl >> 4 != 4 {
+    // Each header is copied out before the next `ptr_at`, which may pull data
+    // and so invalidate every earlier packet pointer.
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Packet::Other };
+    // SAFETY: `ptr_at` checked that the header is in the packet; the type is a
+    // `repr(C, packed)` byte array, read unaligned.
+    if unsafe { eth.read_unaligned() }.ether_type != EtherType::Ipv4 as u16 {
         return Packet::Other;
     }
-    let (vihl, frag, ip_proto) = (ip.vihl, u16::from_be_bytes(ip.frags), ip.proto);
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return Packet::Other };
+    // SAFETY: as above.
+    let ip = unsafe { ip.read_unaligned() };
+    if ip.vihl >> 4 != 4 {
+        return Packet::Other;
+    }
+    let (frag, ip_proto) = (u16::from_be_bytes(ip.frags), ip.proto);
     let (saddr, daddr) = (u32::from_ne_bytes(ip.src_addr), u32::from_ne_bytes(ip.dst_addr));
-    let ihl = usize::from(vihl & 0x0f);
+    let ihl = usize::from(ip.vihl & 0x0f);
     if ihl < 5 {
         return Packet::Untranslatable { daddr, why: Untranslatable::Malformed };
     }
@@ -127,26 +145,31 @@ pub fn parse(ctx: &TcContext) -> Packet {
     if frag & 0x3fff != 0 {
         return Packet::Untranslatable { daddr, why: Untranslatable::Fragment };
     }
-    if ip_proto != proto::TCP && ip_proto != proto::UDP {
-        return Packet::Untranslatable { daddr, why: Untranslatable::OtherProtocol };
-    }
     let l4_off = ETH_LEN + ihl * 4;
-    let l4_len = if ip_proto == proto::TCP { TcpHdr::LEN } else { UdpHdr::LEN };
-    let Some(data) = bounds(ctx, l4_off + l4_len) else {
-        return Packet::Untranslatable { daddr, why: Untranslatable::Malformed };
+    let malformed = Packet::Untranslatable { daddr, why: Untranslatable::Malformed };
+    let (ports, tcp_flags) = match ip_proto {
+        proto::TCP => {
+            let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else { return malformed };
+            // SAFETY: `ptr_at` checked that the whole TCP header is in the packet.
+            let tcp = unsafe { tcp.read_unaligned() };
+            if tcp.doff() < 5 {
+                return malformed;
+            }
+            let mut flags = 0;
+            for (set, bit) in [(tcp.fin(), TCP_FIN), (tcp.syn(), TCP_SYN), (tcp.rst(), TCP_RST)] {
+                if set != 0 {
+                    flags |= bit;
+                }
+            }
+            (L4Ports { sport: u16::from_ne_bytes(tcp.source), dport: u16::from_ne_bytes(tcp.dest) }, flags)
+        }
+        proto::UDP => {
+            let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else { return malformed };
+            // SAFETY: `ptr_at` checked that the whole UDP header is in the packet.
+            let udp = unsafe { udp.read_unaligned() };
+            (L4Ports { sport: u16::from_ne_bytes(udp.src), dport: u16::from_ne_bytes(udp.dst) }, 0)
+        }
+        _ => return Packet::Untranslatable { daddr, why: Untranslatable::OtherProtocol },
     };
-    // SAFETY: `bounds` checked that the L4 header (l4_len bytes at l4_off) is in the packet.
-    let (sport, dport, tcp_flags, tcp_doff) = unsafe {
-        let l4 = (data as *const u8).add(l4_off);
-        (
-            l4.cast::<u16>().read_unaligned(),
-            l4.add(2).cast::<u16>().read_unaligned(),
-            if ip_proto == proto::TCP { *l4.add(13) } else { 0 },
-            if ip_proto == proto::TCP { *l4.add(12) >> 4 } else { 5 },
-        )
-    };
-    if tcp_doff < 5 {
-        return Packet::Untranslatable { daddr, why: Untranslatable::Malformed };
-    }
-    Packet::Flow(Flow { l4_off, saddr, daddr, sport, dport, proto: ip_proto, tcp_flags })
+    Packet::Flow(Flow { l4_off, saddr, daddr, sport: ports.sport, dport: ports.dport, proto: ip_proto, tcp_flags })
 }

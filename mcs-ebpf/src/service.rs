@@ -9,14 +9,13 @@ use crate::{
 /// Whether `daddr` is a ClusterSetIP (has a wildcard entry).
 #[inline(always)]
 pub fn is_cluster_set_ip(daddr: u32) -> bool {
-    let key = ServiceKey { addr: daddr, port: 0, slot: 0, proto: 0, pad: [0; 3] };
-    MCS_SERVICES.get_ptr(key).is_some()
+    MCS_SERVICES.get_ptr(ServiceKey::from_nbo(daddr, 0, 0, 0)).is_some()
 }
 
 /// The master entry of the service port the flow is addressed to.
 #[inline(always)]
 pub fn lookup_master(flow: &Flow) -> Option<ServiceValue> {
-    let key = ServiceKey { addr: flow.daddr, port: flow.dport, slot: 0, proto: flow.proto, pad: [0; 3] };
+    let key = ServiceKey::from_nbo(flow.daddr, flow.dport, flow.proto, 0);
     // SAFETY: the value is copied out at once; the pointer is not kept.
     MCS_SERVICES.get_ptr(key).map(|v| unsafe { *v })
 }
@@ -36,13 +35,7 @@ pub fn select_backend(flow: &Flow, master: &ServiceValue) -> Result<(u32, Backen
         return Err(SelectError::NoBackend);
     }
     let hash = flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
-    let key = ServiceKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        slot: slot_for_hash(hash, master.count),
-        proto: flow.proto,
-        pad: [0; 3],
-    };
+    let key = ServiceKey::from_nbo(flow.daddr, flow.dport, flow.proto, slot_for_hash(hash, master.count));
     // SAFETY: values are copied out at once; the pointers are not kept.
     let backend_id = MCS_SERVICES.get_ptr(key).map(|v| unsafe { (*v).backend_id }).ok_or(SelectError::Missing)?;
     let backend = MCS_BACKENDS.get_ptr(backend_id).map(|v| unsafe { *v }).ok_or(SelectError::Missing)?;

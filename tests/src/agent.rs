@@ -28,12 +28,30 @@ pub struct AgentGuard {
 
 impl AgentGuard {
     /// Copies every file of `examples` into a fresh manifest directory and
-    /// starts the agent in `node`, attached to `interfaces` (comma separated).
+    /// starts the agent in `node`, attached to `interfaces` (comma separated),
+    /// pinning under `/sys/fs/bpf/mcs-test-<prefix>`.
     ///
     /// # Panics
     /// When the directory cannot be prepared or the agent cannot start.
     #[must_use]
     pub fn start(node: &NetNs, prefix: &str, examples: &Path, interfaces: &str, cluster_id: &str) -> Self {
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/mcs-test-{prefix}"));
+        Self::start_pinned(node, prefix, examples, interfaces, cluster_id, pin_path)
+    }
+
+    /// As [`AgentGuard::start`], pinning under `pin_path`.
+    ///
+    /// # Panics
+    /// When the directory cannot be prepared or the agent cannot start.
+    #[must_use]
+    pub fn start_pinned(
+        node: &NetNs,
+        prefix: &str,
+        examples: &Path,
+        interfaces: &str,
+        cluster_id: &str,
+        pin_path: PathBuf,
+    ) -> Self {
         let manifests = std::env::temp_dir().join(format!("{prefix}-manifests"));
         fs::create_dir_all(&manifests).expect("create manifest dir");
         for entry in fs::read_dir(examples).unwrap_or_else(|e| panic!("read {}: {e}", examples.display())) {
@@ -43,7 +61,7 @@ impl AgentGuard {
         let mut guard = Self {
             child: None,
             manifests,
-            pin_path: PathBuf::from(format!("/sys/fs/bpf/mcs-test-{prefix}")),
+            pin_path,
             node_path: node.path(),
             interfaces: interfaces.to_owned(),
             cluster_id: cluster_id.to_owned(),

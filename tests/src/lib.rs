@@ -16,62 +16,44 @@ use std::path::PathBuf;
 /// File name of the identity server binary.
 pub const TESTSRV_NAME: &str = "mcs-testsrv";
 
-/// Locates the `mcs-testsrv` binary: next to the current executable, or one directory up
-/// (integration tests run from `target/<profile>/deps/`), else `$MCS_TESTSRV`.
-///
-/// Integration tests may prefer `env!("CARGO_BIN_EXE_mcs-testsrv")`.
+/// File name of the agent binary.
+pub const AGENT_NAME: &str = "mcs-agent";
+
+/// Locates the `mcs-testsrv` binary (see [`workspace_binary`]; override: `$MCS_TESTSRV`).
 ///
 /// # Panics
 /// If it is found nowhere.
 #[must_use]
 pub fn testsrv_path() -> PathBuf {
-    if let Ok(exe) = std::env::current_exe() {
-        let mut dir = exe.parent().map(std::path::Path::to_path_buf);
-        for _ in 0..2 {
-            let Some(d) = dir else { break };
-            let candidate = d.join(TESTSRV_NAME);
-            if candidate.is_file() {
-                return candidate;
-            }
-            dir = d.parent().map(std::path::Path::to_path_buf);
-        }
-    }
-    if let Some(p) = std::env::var_os("MCS_TESTSRV") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return p;
-        }
-        panic!("MCS_TESTSRV={} is not a file", p.display());
-    }
-    panic!(
-        "{TESTSRV_NAME} not found next to {:?} (build it with `cargo build -p mcs-tests`) and MCS_TESTSRV is unset",
-        std::env::current_exe().ok()
-    );
+    workspace_binary(TESTSRV_NAME, "MCS_TESTSRV")
 }
 
-/// File name of the agent binary.
-pub const AGENT_NAME: &str = "mcs-agent";
-
-/// Locates the `mcs-agent` binary the same way as [`testsrv_path`]: next to the
-/// current executable, one directory up, else `$MCS_AGENT`.
+/// Locates the `mcs-agent` binary (see [`workspace_binary`]; override: `$MCS_AGENT`).
 ///
 /// # Panics
-/// If it is found nowhere (build it with `cargo build -p mcs-agent`).
+/// If it is found nowhere.
 #[must_use]
 pub fn agent_path() -> PathBuf {
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join(AGENT_NAME);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
+    workspace_binary(AGENT_NAME, "MCS_AGENT")
+}
+
+/// Finds a binary of the workspace next to the current executable, or one
+/// directory up (integration tests run from `target/<profile>/deps/`), else
+/// at the path in `env_var`.
+///
+/// # Panics
+/// If it is found nowhere: build it with `cargo build --bins`.
+#[must_use]
+pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    if let Some(found) =
+        exe.iter().flat_map(|e| e.ancestors().skip(1).take(2)).map(|dir| dir.join(name)).find(|p| p.is_file())
+    {
+        return found;
     }
-    if let Some(p) = std::env::var_os("MCS_AGENT") {
-        return PathBuf::from(p);
+    if let Some(p) = std::env::var_os(env_var).map(PathBuf::from) {
+        assert!(p.is_file(), "{env_var}={} is not a file", p.display());
+        return p;
     }
-    panic!(
-        "{AGENT_NAME} not found next to {:?} (build it with `cargo build -p mcs-agent`) and MCS_AGENT is unset",
-        std::env::current_exe().ok()
-    );
+    panic!("{name} not found next to {exe:?} (build it with `cargo build --bins`) and {env_var} is unset");
 }

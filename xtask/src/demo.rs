@@ -12,13 +12,14 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use mcs_tests::{
+    agent::AgentGuard,
     client::{tcp_ask, udp_ask},
     netns::cleanup_stale,
     topology::{ClusterSpec, Topology, TopologySpec},
@@ -31,40 +32,6 @@ const PIN_PATH: &str = "/sys/fs/bpf/mcs-demo";
 /// (cluster index, name, TCP port, UDP port) of the exporting clusters.
 const EXPORTERS: [(usize, &str, u16, u16); 2] = [(1, "east", 8080, 5353), (2, "west", 9080, 5354)];
 
-/// The agent process; on drop it is stopped and its pins removed.
-struct Agent {
-    child: Child,
-    binary: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
-        // SAFETY: `pid` is our own child process, not yet reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // SIGTERM leaves the datapath pinned on purpose; the demo removes it.
-        let status =
-            Command::new(&self.binary).args(["cleanup", "--pin-path", PIN_PATH]).stderr(Stdio::null()).status();
-        if !status.is_ok_and(|s| s.success()) {
-            eprintln!("demo: `mcs-agent cleanup --pin-path {PIN_PATH}` failed");
-        }
-    }
-}
-
-fn binary(name: &str) -> Result<PathBuf> {
-    let path = workspace().join("target/debug").join(name);
-    if !path.is_file() {
-        bail!("{} is missing: `cargo build --bins` should have built it", path.display());
-    }
-    Ok(path)
-}
-
 /// Runs the demo.
 pub fn demo(connections: usize, hold: u64) -> Result<()> {
     for stale in cleanup_stale() {
@@ -73,8 +40,7 @@ pub fn demo(connections: usize, hold: u64) -> Result<()> {
     if Path::new(PIN_PATH).exists() {
         std::fs::remove_dir_all(PIN_PATH).with_context(|| format!("removing stale {PIN_PATH}"))?;
     }
-    let agent_bin = binary("mcs-agent")?;
-    let server_bin = binary("mcs-testsrv")?;
+    let server_bin = mcs_tests::testsrv_path();
     let manifests = workspace().join("deploy/examples/demo");
 
     println!("== building the ClusterSet: clusters local (client), east and west (2 pods each)");
@@ -100,19 +66,15 @@ pub fn demo(connections: usize, hold: u64) -> Result<()> {
     println!("   client pod   {}  on node {}", topology.client_ip(), topology.node(0).name());
 
     println!("== starting mcs-agent on the client's node with {}", manifests.display());
-    let child = topology
-        .node(0)
-        .nsenter_command(&agent_bin)
-        .args(["run", "--manifests"])
-        .arg(&manifests)
-        .args(["--interfaces", topology.client_iface(), "--cluster-id", "local", "--pin-path", PIN_PATH])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting mcs-agent")?;
-    let _agent = Agent { child, binary: agent_bin };
+    // Stopped, and its pins removed, when the demo ends, even on error.
+    let _agent = AgentGuard::start_pinned(
+        topology.node(0),
+        "mcsdemo",
+        &manifests,
+        topology.client_iface(),
+        "local",
+        PathBuf::from(PIN_PATH),
+    );
     let http = SocketAddrV4::new(VIP, 80);
     let ready = Instant::now() + Duration::from_secs(15);
     while topology.client().enter(|| tcp_ask(http, Duration::from_millis(300))).is_err() {
