@@ -1,16 +1,21 @@
 //! Test support for the MCS eBPF dataplane: a fake multi-cluster network built from network
-//! namespaces ([`topology`]), namespace guards ([`netns`]), socket clients ([`client`]) and the
-//! `mcs-testsrv` identity server binary (`src/bin/mcs-testsrv.rs`).
+//! namespaces ([`topology`]), namespace guards ([`netns`]), socket clients ([`client`]), streams
+//! whose both ends the test holds ([`pair`]), ordinary programs as clients and servers (`nginx`,
+//! `ab`, `iperf3`: [`apps`]), a tc program of the tests' own ([`probe`]) and the `mcs-testsrv`
+//! identity server binary (`src/bin/mcs-testsrv.rs`).
 //!
 //! Everything needs root. All addresses are from 198.18.0.0/15 and live only inside namespaces
 //! created here; nothing is routed in the root namespace.
 
 pub mod agent;
+pub mod apps;
 pub mod client;
 pub mod fakeapi;
 pub mod manifest;
 pub mod netns;
 pub mod packet;
+pub mod pair;
+pub mod probe;
 pub mod topology;
 
 use std::path::{Path, PathBuf};

@@ -309,6 +309,18 @@ impl NetNs {
         })
     }
 
+    /// Sets the sysctl `key` (dotted, as `sysctl` spells it: `net.ipv4.tcp_tw_reuse`) to
+    /// `value` in this namespace. Only `net.*` keys are per namespace.
+    ///
+    /// # Panics
+    /// When `key` is not a `net.` key or cannot be written.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        assert!(key.starts_with("net.") && !key.contains('/'), "not a per-namespace sysctl: {key}");
+        let path = key.replace('.', "/");
+        self.enter(|| write_sysctl(&path, value))
+            .unwrap_or_else(|e| panic!("netns {}: sysctl {key}={value}: {e}", self.name));
+    }
+
     /// Kills all registered processes now (SIGTERM, then SIGKILL after 2 s) and reaps them.
     pub fn kill_all(&self) {
         let procs = std::mem::take(&mut *self.procs.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
