@@ -243,6 +243,27 @@ impl AgentGuard {
         }
     }
 
+    /// Waits (at most 15 s) until the Maglev table of `service`/`protocol`, as `mcs-agent
+    /// inspect` reads it from this agent's pins, has slots for exactly the `clusters` given,
+    /// checking on every round that the agent still runs (an agent that refused its arguments
+    /// fails here, with its exit status, rather than as a timeout).
+    ///
+    /// # Panics
+    /// When the agent exited or the table is not so in time.
+    pub fn wait_table(&mut self, service: std::net::SocketAddrV4, protocol: &str, clusters: &[&str]) {
+        let want: std::collections::BTreeSet<&str> = clusters.iter().copied().collect();
+        let what = format!("{service}/{protocol} table holds clusters {want:?}");
+        crate::wait_until(Duration::from_secs(15), Duration::from_millis(50), &what, || {
+            self.assert_running();
+            let state = crate::try_inspect_json(&self.pin_path, &[])?;
+            let backends = crate::inspected_backends(&state, *service.ip(), service.port(), protocol)
+                .ok_or("service port not in the maps")?;
+            let got: std::collections::BTreeSet<&str> =
+                backends.iter().filter(|b| b.slots > 0).map(|b| b.cluster.as_str()).collect();
+            if got == want { Ok(()) } else { Err(format!("{backends:?}")) }
+        });
+    }
+
     /// Removes a manifest file from the watched directory.
     ///
     /// # Panics

@@ -99,7 +99,19 @@ impl Drop for Nginx {
 /// # Errors
 /// Connect, read or write failures, a timeout, or another answer.
 pub fn http_get(addr: SocketAddrV4, timeout: Duration) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&addr.into(), timeout)?;
+    get_page(TcpStream::connect_timeout(&addr.into(), timeout)?, addr, timeout)
+}
+
+/// As [`http_get`], from the local address and port `local` (see
+/// [`crate::client::connect_bound`]).
+///
+/// # Errors
+/// As [`http_get`].
+pub fn http_get_from(local: SocketAddrV4, addr: SocketAddrV4, timeout: Duration) -> std::io::Result<()> {
+    get_page(crate::client::connect_bound(local, addr, timeout)?, addr, timeout)
+}
+
+fn get_page(mut stream: TcpStream, addr: SocketAddrV4, timeout: Duration) -> std::io::Result<()> {
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut answer = Vec::new();
@@ -247,8 +259,9 @@ impl AbReport {
                 r.non_2xx = whole(v);
             } else if let Some(v) = number(trimmed, "Requests per second:") {
                 r.rate = v;
-            } else if let Some(v) = number(trimmed, "Total of") {
-                // "Total of N requests completed", printed when a run is cut short.
+            } else if let Some(v) = trimmed.find("Total of").and_then(|at| number(&trimmed[at..], "Total of")) {
+                // "Total of N requests completed", printed when a run is cut short (after
+                // "Benchmarking ... (be patient)..." on the same line).
                 r.complete = whole(v);
             } else if let Some((pct, ms)) = trimmed.split_once('%') {
                 let ms = ms.split_whitespace().next().and_then(|m| m.parse::<u32>().ok());
