@@ -13,6 +13,12 @@
 //!
 //! The measured service is the last of the N. Its one endpoint is the backend
 //! pod, which runs `mcs-testsrv` (8080) and `iperf3 -s` (5201).
+//!
+//! New connections close with a FIN, as applications do, with `tcp_tw_reuse=1`
+//! and the default port range; on every path but direct, each repetition
+//! through the ClusterSetIP follows one to the pod IP from the same client, so
+//! the ratio of the two comes from the same topology and the same minute, and a
+//! client's direct and translated flows share its ports as in a real pod.
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
@@ -109,6 +115,9 @@ pub struct Sample {
     pub conn_p99: f64,
     /// Failed connection attempts through the path, all repetitions.
     pub conn_errors: u64,
+    /// Failed connection attempts to the pod IP in the repetitions beside them (a direct flow
+    /// whose replies were taken for a translated flow's fails here).
+    pub conn_direct_errors: u64,
     /// Seconds from starting to load the path's state to a first answer.
     pub load_secs: f64,
 }
@@ -260,18 +269,20 @@ struct Targets {
 }
 
 /// What [`interleaved_connections`] measured: the path's rates (for `Direct`, the pod IP's),
-/// the direct rates beside them, the path's latencies and failures.
+/// the direct rates beside them, the path's latencies, its failures and those of the direct
+/// runs beside it.
 struct ConnRuns {
     path: Vec<f64>,
     direct: Vec<f64>,
     lat: Vec<f64>,
     errors: u64,
+    direct_errors: u64,
 }
 
 /// The new-connection loop `s.conn_reps` times to the pod IP and, right after each, through
 /// the path, from the same client.
 fn interleaved_connections(client: &NetNs, targets: &Targets, s: &Settings) -> ConnRuns {
-    let mut runs = ConnRuns { path: Vec::new(), direct: Vec::new(), lat: Vec::new(), errors: 0 };
+    let mut runs = ConnRuns { path: Vec::new(), direct: Vec::new(), lat: Vec::new(), errors: 0, direct_errors: 0 };
     for _ in 0..s.conn_reps {
         if interrupted() {
             break;
@@ -281,6 +292,7 @@ fn interleaved_connections(client: &NetNs, targets: &Targets, s: &Settings) -> C
             None => (rate, lat, errors),
             Some(through) => {
                 runs.direct.push(rate);
+                runs.direct_errors += errors;
                 client.enter(|| connections(through, s.conn_time))
             }
         };
@@ -360,6 +372,7 @@ fn one(path: PathKind, n: u32, s: &Settings) -> Result<Sample> {
         conn_p50: conn_lat[0],
         conn_p99: conn_lat[1],
         conn_errors: conn.errors,
+        conn_direct_errors: conn.direct_errors,
         load_secs,
     })
 }
@@ -379,7 +392,7 @@ pub fn run(s: &Settings) -> Result<Vec<Sample>> {
             let sample = one(path, n, s).with_context(|| format!("{} at {n} services", path.name()))?;
             println!(
                 "   {:<9} {n:>6} services: latency p50 {:>6.1} us p99 {:>6.1} us | {:>6.2} Gbit/s | {:>7.0} conn/s \
-                 {} (p50 {:.0} us, {} errors) | loaded in {:.2} s | {:.0} s",
+                 {} (p50 {:.0} us, {} errors, {} direct beside) | loaded in {:.2} s | {:.0} s",
                 path.name(),
                 sample.lat_p50,
                 sample.lat_p99,
@@ -388,6 +401,7 @@ pub fn run(s: &Settings) -> Result<Vec<Sample>> {
                 sample.conn_ratio().map_or_else(String::new, |r| format!("({r:.2}x direct)")),
                 sample.conn_p50,
                 sample.conn_errors,
+                sample.conn_direct_errors,
                 sample.load_secs,
                 t.elapsed().as_secs_f64()
             );

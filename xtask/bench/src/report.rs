@@ -62,7 +62,7 @@ fn e2e_table(settings: &crate::e2e::Settings, samples: &[Sample]) -> String {
     let _ = writeln!(
         t,
         "| services | path | RR p50 us | RR p99 us | Gbit/s | new conn/s [min-max] | conn p50 us | conn p99 us | \
-         conn errors | p50 / direct | p99 / direct | Gbit/s / direct | conn/s / direct (same run) | ready in s |"
+         conn errors (direct beside) | p50 / direct | p99 / direct | Gbit/s / direct | conn/s / direct (same run) | ready in s |"
     );
     let _ = writeln!(
         t,
@@ -73,7 +73,7 @@ fn e2e_table(settings: &crate::e2e::Settings, samples: &[Sample]) -> String {
         let d = |f: fn(&Sample) -> f64| direct.map_or_else(|| "-".into(), |dd| ratio(f(s), f(dd)));
         let _ = writeln!(
             t,
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.0} {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.0} {} | {:.0} | {:.0} | {} ({}) | {} | {} | {} | {} | {:.2} |",
             s.services,
             s.path.name(),
             s.lat_p50,
@@ -84,6 +84,7 @@ fn e2e_table(settings: &crate::e2e::Settings, samples: &[Sample]) -> String {
             s.conn_p50,
             s.conn_p99,
             s.conn_errors,
+            s.conn_direct_errors,
             d(|x| x.lat_p50),
             d(|x| x.lat_p99),
             d(|x| x.gbps),
