@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod datapath;
 pub mod fakeapi;
 pub mod manifest;
 pub mod netns;
