@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, ClusterName, DatapathConfig, DropReason, MAGLEV_PAD, MaglevPair,
@@ -119,10 +119,10 @@ pub const MAGLEV_TABLE_FLAGS: u32 = mcs_common::MAGLEV_TABLE_FLAGS;
 /// The maps of a loaded object (or of a running agent's pins).
 pub struct AyaDataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, u32, Backend>,
+    backends: BackendArray,
     maglev: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>,
     clusters: HashMap<MapData, u32, ClusterName>,
-    service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// The settings the programs were loaded with (`MCS_CONFIG`).
     config: DatapathConfig,
@@ -178,7 +178,7 @@ impl AyaDataplane {
         let config = config.get(&0, 0).with_context(|| format!("reading {}", map_names::CONFIG))?;
         Ok(Self {
             services: typed(open(map_names::SERVICES)?, map_names::SERVICES)?,
-            backends: typed(open(map_names::BACKENDS)?, map_names::BACKENDS)?,
+            backends: BackendArray::new(typed(open(map_names::BACKENDS)?, map_names::BACKENDS)?)?,
             maglev: typed(open(map_names::MAGLEV)?, map_names::MAGLEV)?,
             clusters: typed(open(map_names::CLUSTERS)?, map_names::CLUSTERS)?,
             service_stats: typed(open(map_names::SERVICE_STATS)?, map_names::SERVICE_STATS)?,
@@ -204,18 +204,16 @@ impl AyaDataplane {
         self.clusters.iter().map(|r| r.with_context(|| format!("reading {}", map_names::CLUSTERS))).collect()
     }
 
-    /// The counters of every service port, summed over CPUs.
+    /// The counters of every service port (every service id the services
+    /// map names), summed over CPUs.
     ///
     /// # Errors
-    /// When the map cannot be read.
+    /// When a map cannot be read.
     pub fn all_service_stats(&self) -> Result<Vec<(u32, ServiceStats)>> {
-        self.service_stats
-            .iter()
-            .map(|r| {
-                let (id, per_cpu) = r.with_context(|| format!("reading {}", map_names::SERVICE_STATS))?;
-                Ok((id, sum_stats(per_cpu.iter())))
-            })
-            .collect()
+        let mut ids: Vec<u32> = self.services()?.into_iter().map(|(_, v)| v.service_id).filter(|id| *id != 0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().filter_map(|id| self.service_stats(id).transpose().map(|r| r.map(|s| (id, s)))).collect()
     }
 
     /// The session-affinity map (for tests and diagnostics).
@@ -223,16 +221,73 @@ impl AyaDataplane {
         &mut self.affinity
     }
 
-    /// The counters of a service port, summed over CPUs; `None` when it has none.
+    /// The counters of a service port, summed over CPUs; `None` when its id
+    /// is beyond the counters array.
     ///
     /// # Errors
     /// When the map cannot be read.
     pub fn service_stats(&self, service_id: u32) -> Result<Option<ServiceStats>> {
         match self.service_stats.get(&service_id, 0) {
             Ok(per_cpu) => Ok(Some(sum_stats(per_cpu.iter()))),
-            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) if is_not_found(&e) || matches!(e, aya::maps::MapError::OutOfBounds { .. }) => Ok(None),
             Err(e) => Err(anyhow!(e).context(format!("reading {} entry {service_id}", map_names::SERVICE_STATS))),
         }
+    }
+}
+
+/// `MCS_BACKENDS`: an mmapable array of [`Backend`]s indexed by id, read and
+/// written through a shared mapping (no system call per backend). An
+/// all-zero element is no backend.
+///
+/// A packet reads an element while the agent may write it; that is safe
+/// because of what the agent writes when: a new backend's element is filled
+/// before any table names it (the table is published by a system call
+/// after), a backend's only field that changes in place is its one-byte
+/// flags, and a removed backend's element is zeroed only after no table
+/// names it, service id first, so a half-zeroed element never matches a
+/// flow (its service id no longer does).
+struct BackendArray {
+    /// Keeps the map open (the mapping needs the file to stay valid).
+    _map: Array<MapData, Backend>,
+    mapping: Mapping,
+    len: u32,
+}
+
+impl BackendArray {
+    fn new(map: Array<MapData, Backend>) -> Result<Self> {
+        let len = map.len();
+        let bytes = len as usize * size_of::<Backend>();
+        let mapping = Mapping::new_bytes(map.map().fd().as_fd(), bytes, true)
+            .with_context(|| format!("mapping {} (is it BPF_F_MMAPABLE?)", map_names::BACKENDS))?;
+        Ok(Self { _map: map, mapping, len })
+    }
+
+    fn slots(&self) -> &[Backend] {
+        // SAFETY: the mapping holds `len` elements of 16 bytes from its
+        // page-aligned start (the array's values are contiguous), and
+        // `Backend` is plain integers, valid for any bit pattern.
+        unsafe { std::slice::from_raw_parts(self.mapping.ptr.cast::<Backend>(), self.len as usize) }
+    }
+
+    fn write(&mut self, id: u32, backend: Backend) -> Result<()> {
+        if id >= self.len {
+            bail!(
+                "{}: backend id {id} is beyond its {} elements (raise --backends-max)",
+                map_names::BACKENDS,
+                self.len
+            );
+        }
+        // SAFETY: `id` is in bounds (checked above); the element is written
+        // with volatile stores because the kernel reads it concurrently.
+        unsafe {
+            let slot = self.mapping.ptr.cast::<Backend>().add(id as usize);
+            if !backend.is_present() {
+                // Zero the service id first: see the type's docs.
+                std::ptr::write_volatile(&raw mut (*slot).service_id, 0);
+            }
+            std::ptr::write_volatile(slot, backend);
+        }
+        Ok(())
     }
 }
 
@@ -322,9 +377,14 @@ struct Mapping {
 impl Mapping {
     /// Maps the first `entries` `u32` values of the array behind `fd`.
     fn new(fd: BorrowedFd<'_>, entries: usize, writable: bool) -> Result<Self> {
+        Self::new_bytes(fd, entries * size_of::<u32>(), writable)
+    }
+
+    /// Maps the first `bytes` bytes of values of the array behind `fd`.
+    fn new_bytes(fd: BorrowedFd<'_>, bytes: usize, writable: bool) -> Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
-        let len = (entries * size_of::<u32>()).div_ceil(page).max(1) * page;
+        let len = bytes.div_ceil(page).max(1) * page;
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks
         // that the map is mmapable and at least `len` bytes long.
@@ -332,7 +392,7 @@ impl Mapping {
             libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap of a Maglev table");
+            return Err(std::io::Error::last_os_error()).context("mmap of an array map");
         }
         Ok(Self { ptr, len })
     }
@@ -382,7 +442,7 @@ impl Dataplane for AyaDataplane {
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
-        self.backends.iter().map(|r| r.with_context(|| format!("reading {}", map_names::BACKENDS))).collect()
+        Ok((0u32..).zip(self.backends.slots()).filter(|(_, b)| b.is_present()).map(|(id, b)| (id, *b)).collect())
     }
 
     fn clusters(&self) -> Result<Vec<(u32, String)>> {
@@ -424,11 +484,12 @@ impl Dataplane for AyaDataplane {
     }
 
     fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
-        self.backends.insert(id, backend, 0).with_context(|| format!("writing {} entry {id}", map_names::BACKENDS))
+        ensure!(backend.is_present(), "backend {id} names no service port");
+        self.backends.write(id, backend)
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<()> {
-        ignore_missing(self.backends.remove(&id), || format!("deleting {} entry {id}", map_names::BACKENDS))
+        self.backends.write(id, Backend::default())
     }
 
     fn put_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
@@ -465,15 +526,18 @@ impl Dataplane for AyaDataplane {
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
         let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); self.cpus])?;
-        self.service_stats
-            .insert(service_id, zeros, 0)
-            .with_context(|| format!("writing {} entry {service_id}", map_names::SERVICE_STATS))
+        self.service_stats.set(service_id, zeros, 0).with_context(|| {
+            format!(
+                "writing {} element {service_id} (of {}; raise --service-ports-max)",
+                map_names::SERVICE_STATS,
+                self.service_stats.len()
+            )
+        })
     }
 
     fn delete_service_stats(&mut self, service_id: u32) -> Result<()> {
-        ignore_missing(self.service_stats.remove(&service_id), || {
-            format!("deleting {} entry {service_id}", map_names::SERVICE_STATS)
-        })
+        // An array element cannot be deleted: zero it, as a new port finds it.
+        self.reset_service_stats(service_id)
     }
 
     fn forget_affinity(&mut self, service_id: u32) -> Result<()> {

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapInfo,
+    maps::{MapInfo, MapType},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
@@ -30,8 +30,9 @@ use aya::{
     sys::SyscallError,
 };
 use mcs_common::{
-    AffinityKey, AffinityValue, Backend, CONFIG_GLOBAL, ClusterName, CtKey, CtValue, DatapathConfig, NS_PER_SEC,
-    ServiceKey, ServiceStats, ServiceValue, ipv4_to_nbo, limits, map_names, program_names,
+    AffinityKey, AffinityValue, Backend, CONFIG_GLOBAL, ClusterName, CtKey, CtValue, DEFAULT_HAIRPIN_ADDR,
+    DatapathConfig, FragKey, FragValue, LAYOUT_VERSION, NS_PER_SEC, ServiceKey, ServiceStats, ServiceValue,
+    ipv4_to_nbo, limits, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
@@ -44,19 +45,22 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mcs";
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The expected shape of each map, checked against existing pins before they
-/// are adopted: an agent must never write one layout into a map of another.
-const MAP_SHAPES: [(&str, usize, usize); 10] = [
-    (map_names::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
-    (map_names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
-    (map_names::CONNTRACK, size_of::<CtKey>(), size_of::<CtValue>()),
-    (map_names::DROPS, size_of::<u32>(), size_of::<u64>()),
-    (map_names::STATS, size_of::<u32>(), size_of::<u64>()),
-    (map_names::MAGLEV, size_of::<u32>(), size_of::<u32>()),
-    (map_names::AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
-    (map_names::CLUSTERS, size_of::<u32>(), size_of::<ClusterName>()),
-    (map_names::SERVICE_STATS, size_of::<u32>(), size_of::<ServiceStats>()),
-    (map_names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
+/// The expected shape of each map (type, key size, value size), checked
+/// against existing pins before they are adopted: an agent must never write
+/// one layout into a map of another.
+const MAP_SHAPES: [(&str, MapType, usize, usize); 12] = [
+    (map_names::SERVICES, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+    (map_names::BACKENDS, MapType::Array, size_of::<u32>(), size_of::<Backend>()),
+    (map_names::CONNTRACK_TCP, MapType::LruHash, size_of::<CtKey>(), size_of::<CtValue>()),
+    (map_names::CONNTRACK_ANY, MapType::LruHash, size_of::<CtKey>(), size_of::<CtValue>()),
+    (map_names::FRAGMENTS, MapType::LruHash, size_of::<FragKey>(), size_of::<FragValue>()),
+    (map_names::DROPS, MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+    (map_names::STATS, MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
+    (map_names::MAGLEV, MapType::HashOfMaps, size_of::<u32>(), size_of::<u32>()),
+    (map_names::AFFINITY, MapType::LruHash, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+    (map_names::CLUSTERS, MapType::Hash, size_of::<u32>(), size_of::<ClusterName>()),
+    (map_names::SERVICE_STATS, MapType::PerCpuArray, size_of::<u32>(), size_of::<ServiceStats>()),
+    (map_names::CONFIG, MapType::Array, size_of::<u32>(), size_of::<DatapathConfig>()),
 ];
 
 /// How to load the object.
@@ -102,13 +106,52 @@ fn parse_table_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// A range of ports, both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// The first port.
+    pub first: u16,
+    /// The last port (at least `first`).
+    pub last: u16,
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let (first, last) =
+        s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST (for example 61000-65535)"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {s:?} is not a port: {e}"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || last < first {
+        return Err(format!("{s:?}: the range must start above 0 and end at or after its start"));
+    }
+    if u32::from(last - first) + 1 < limits::NAT_PORT_PROBES {
+        return Err(format!("{s:?}: at least {} ports are needed", limits::NAT_PORT_PROBES));
+    }
+    Ok(PortRange { first, last })
+}
+
 /// The datapath's settings on the command line (`mcs-agent run`), flattened
 /// into the `run` arguments.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct DatapathArgs {
-    /// Entries of the conntrack map (LRU; two per connection).
-    #[arg(long, default_value_t = limits::CONNTRACK_MAX)]
+    /// Entries of the TCP conntrack map (LRU; two per connection).
+    #[arg(long, default_value_t = limits::CONNTRACK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
     pub conntrack_max: u32,
+    /// Entries of the conntrack map of every other protocol (UDP; LRU; two
+    /// per flow). A map of its own, so UDP churn cannot evict TCP flows.
+    #[arg(long, default_value_t = limits::CONNTRACK_NON_TCP_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    pub conntrack_max_non_tcp: u32,
+    /// The source ports translated flows get, `FIRST-LAST`. It must lie
+    /// outside the pods' ephemeral port range (`net.ipv4.ip_local_port_range`,
+    /// 32768-60999 by default), so that a pod's direct connections and its
+    /// ClusterSetIP connections can never share a tuple (docs/datapath.md).
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub nat_port_range: PortRange,
     /// Slots of each service port's Maglev table: a prime, at least 100 times
     /// the most backends a port has for an even spread (docs/datapath.md).
     #[arg(long, default_value_t = limits::MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
@@ -143,16 +186,20 @@ pub struct DatapathArgs {
     #[arg(long, default_value_t = limits::SERVICE_PORTS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub service_ports_max: u32,
     /// The address a pod that reaches itself through a ClusterSetIP is
-    /// source-NATed to, so the reply comes back through the datapath; it
-    /// must route to the node. Unset: hairpin connections are not translated.
-    #[arg(long)]
-    pub hairpin_ip: Option<std::net::Ipv4Addr>,
+    /// source-NATed to, so its own stack takes the connection for a peer's.
+    /// The packets go straight back to the pod, so it needs no route; a
+    /// link-local address that no pod or node uses. `0.0.0.0` turns hairpin
+    /// translation off.
+    #[arg(long, default_value_t = DEFAULT_HAIRPIN_ADDR)]
+    pub hairpin_ip: std::net::Ipv4Addr,
 }
 
 impl Default for DatapathArgs {
     fn default() -> Self {
         Self {
             conntrack_max: limits::CONNTRACK_MAX,
+            conntrack_max_non_tcp: limits::CONNTRACK_NON_TCP_MAX,
+            nat_port_range: PortRange { first: limits::NAT_PORT_MIN, last: limits::NAT_PORT_MAX },
             maglev_table_size: limits::MAGLEV_TABLE_SIZE,
             ct_timeout_tcp_syn: limits::CT_TIMEOUT_TCP_SYN_SECS,
             ct_timeout_tcp_established: limits::CT_TIMEOUT_TCP_ESTABLISHED_SECS,
@@ -162,7 +209,7 @@ impl Default for DatapathArgs {
             backends_max: limits::BACKENDS_MAX,
             services_max: limits::SERVICES_MAX,
             service_ports_max: limits::SERVICE_PORTS_MAX,
-            hairpin_ip: None,
+            hairpin_ip: DEFAULT_HAIRPIN_ADDR,
         }
     }
 }
@@ -181,10 +228,15 @@ impl DatapathArgs {
                 tcp_established_ns: self.ct_timeout_tcp_established.saturating_mul(NS_PER_SEC),
                 tcp_closing_ns: self.ct_timeout_tcp_closing.saturating_mul(NS_PER_SEC),
                 udp_ns: self.ct_timeout_udp.saturating_mul(NS_PER_SEC),
-                hairpin_addr: self.hairpin_ip.map_or(0, ipv4_to_nbo),
+                hairpin_addr: ipv4_to_nbo(self.hairpin_ip),
                 maglev_table_size: self.maglev_table_size,
                 conntrack_max: self.conntrack_max,
                 affinity_max: self.affinity_max,
+                conntrack_max_non_tcp: self.conntrack_max_non_tcp,
+                nat_port_min: self.nat_port_range.first,
+                nat_port_max: self.nat_port_range.last,
+                layout_version: LAYOUT_VERSION,
+                pad: 0,
             },
         }
     }
@@ -215,7 +267,8 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
     }
     let config = options.config;
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::CONNTRACK, config.conntrack_max);
+    loader.map_max_entries(map_names::CONNTRACK_TCP, config.conntrack_max);
+    loader.map_max_entries(map_names::CONNTRACK_ANY, config.conntrack_max_non_tcp);
     loader.map_max_entries(map_names::AFFINITY, config.affinity_max);
     loader.map_max_entries(map_names::BACKENDS, options.backends_max);
     loader.map_max_entries(map_names::SERVICES, options.services_max);
@@ -225,11 +278,12 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
     let mut pins = Vec::new();
     if let Some(dir) = &options.pin_path {
         prepare_pin_dir(dir)?;
-        for (name, key_size, value_size) in MAP_SHAPES {
+        for (name, map_type, key_size, value_size) in MAP_SHAPES {
             let path = dir.join(name);
-            check_pinned_shape(&path, name, key_size, value_size)?;
+            check_pinned_shape(&path, name, (map_type, key_size, value_size))?;
             pins.push((name, path));
         }
+        remove_obsolete_pins(dir)?;
     }
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
@@ -285,24 +339,45 @@ fn is_bpffs(path: &Path) -> bool {
     rc == 0 && fs_type == BPF_FS_MAGIC
 }
 
-fn check_pinned_shape(path: &Path, name: &str, key_size: usize, value_size: usize) -> Result<()> {
+fn check_pinned_shape(
+    path: &Path,
+    name: &str,
+    (map_type, key_size, value_size): (MapType, usize, usize),
+) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
     let info = MapInfo::from_pin(path).with_context(|| format!("reading pinned map {}", path.display()))?;
-    let found = (info.key_size() as usize, info.value_size() as usize);
-    if found != (key_size, value_size) {
+    let found = (info.map_type().ok(), info.key_size() as usize, info.value_size() as usize);
+    if found != (Some(map_type), key_size, value_size) {
         bail!(
-            "pinned map {} has key/value sizes {}/{} but this agent's {name} needs {key_size}/{value_size}; \
+            "pinned map {} has type/key/value {:?}/{}/{} but this agent's {name} needs {map_type:?}/{key_size}/{value_size}; \
              it was made by an incompatible version: run `mcs-agent cleanup --pin-path {}` \
              (this drops tracked connections) and start again",
             path.display(),
             found.0,
             found.1,
+            found.2,
             path.parent().unwrap_or(path).display(),
         );
     }
     debug!(map = name, pin = %path.display(), "adopting pinned map");
+    Ok(())
+}
+
+/// Removes the pins of maps an older layout had and this one does not: no
+/// program of this agent reads them, so what they hold is gone anyway.
+fn remove_obsolete_pins(dir: &Path) -> Result<()> {
+    for name in map_names::OBSOLETE {
+        let path = dir.join(name);
+        if path.exists() {
+            fs::remove_file(&path).with_context(|| format!("removing obsolete pin {}", path.display()))?;
+            warn!(
+                pin = %path.display(),
+                "removed a map of an older layout; the flows it tracked are not translated any more"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -334,9 +409,12 @@ impl AttachMode {
 /// # Errors
 /// When the interface does not exist or the kernel refuses the attachment.
 pub fn attach(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>, mode: AttachMode) -> Result<()> {
-    for (program_name, attach_type, suffix) in [
-        (program_names::FROM_POD, TcAttachType::Ingress, "ingress"),
-        (program_names::TO_POD, TcAttachType::Egress, "egress"),
+    // First on the pod's ingress and last on its egress: a program of the
+    // CNI's (policy, say) sees what the pod's peer sees, the backend's
+    // address, in both directions.
+    for (program_name, attach_type, suffix, order) in [
+        (program_names::FROM_POD, TcAttachType::Ingress, "ingress", LinkOrder::first()),
+        (program_names::TO_POD, TcAttachType::Egress, "egress", LinkOrder::last()),
     ] {
         let program: &mut SchedClassifier =
             ebpf.program_mut(program_name).with_context(|| format!("program {program_name} is missing"))?.try_into()?;
@@ -344,12 +422,12 @@ pub fn attach(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>, mode: A
         match (mode, pin_path) {
             (AttachMode::Tcx, Some(dir)) => {
                 let pin = link_pin_path(dir, interface, suffix);
-                attach_tcx_pinned(program, interface, attach_type, &pin).with_context(context)?;
+                attach_tcx_pinned(program, interface, attach_type, order, &pin).with_context(context)?;
             }
             (AttachMode::Tcx, None) => {
                 // Unpinned: the link lives as long as `ebpf` does.
                 program
-                    .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(order))
                     .with_context(context)?;
             }
             (AttachMode::Clsact, _) => {
@@ -390,6 +468,7 @@ fn attach_tcx_pinned(
     program: &mut SchedClassifier,
     interface: &str,
     attach_type: TcAttachType,
+    order: LinkOrder,
     pin: &Path,
 ) -> Result<()> {
     match PinnedLink::from_pin(pin) {
@@ -413,7 +492,7 @@ fn attach_tcx_pinned(
         Err(LinkError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
     }
-    let id = program.attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))?;
+    let id = program.attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(order))?;
     let link: FdLink = program.take_link(id)?.try_into()?;
     let pinned = link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
     // Dropping the handle closes our fd; the pin keeps the link attached.
@@ -436,7 +515,7 @@ pub fn cleanup(dir: &Path) -> Result<()> {
         }
         fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
     }
-    for name in map_names::ALL {
+    for name in map_names::ALL.into_iter().chain(map_names::OBSOLETE) {
         let path = dir.join(name);
         if path.exists() {
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -13,9 +13,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use mcs_common::{
-    BACKEND_F_TERMINATING, Backend, CT_DIR_FORWARD, CT_F_HAIRPIN, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN,
-    CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, ServiceKey, ServiceStats, ServiceValue,
-    Stat, ipv4_from_nbo, map_names, proto,
+    BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CT_DIR_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, ServiceKey, ServiceStats,
+    ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
 };
 use serde_json::{Value, json};
 
@@ -105,9 +105,13 @@ impl Snapshot {
             now_ns,
         };
         if with_conntrack {
-            let ct: HashMap<MapData, CtKey, CtValue> = open_pinned(dir, map_names::CONNTRACK)?.try_into()?;
-            // An LRU map changes while it is walked: skip what vanished.
-            snapshot.conntrack = Some(ct.iter().filter_map(Result::ok).collect());
+            let mut entries = Vec::new();
+            for name in [map_names::CONNTRACK_TCP, map_names::CONNTRACK_ANY] {
+                let ct: HashMap<MapData, CtKey, CtValue> = open_pinned(dir, name)?.try_into()?;
+                // An LRU map changes while it is walked: skip what vanished.
+                entries.extend(ct.iter().filter_map(Result::ok));
+            }
+            snapshot.conntrack = Some(entries);
         }
         Ok(snapshot)
     }
@@ -188,7 +192,13 @@ pub fn to_json(s: &Snapshot) -> Value {
                     "ip": ipv4_from_nbo(b.addr).to_string(),
                     "port": u16::from_be(b.port),
                     "cluster": s.clusters.get(&b.cluster_id).cloned().unwrap_or_else(|| format!("#{}", b.cluster_id)),
-                    "state": if b.flags & BACKEND_F_TERMINATING != 0 { "terminating" } else { "ready" },
+                    "state": if b.flags & BACKEND_F_REMOVED != 0 {
+                        "removed"
+                    } else if b.flags & BACKEND_F_TERMINATING != 0 {
+                        "terminating"
+                    } else {
+                        "ready"
+                    },
                     "slots": n,
                     "tableShare": (share * 10_000.0).round() / 10_000.0,
                 })
@@ -223,24 +233,29 @@ pub fn to_json(s: &Snapshot) -> Value {
         s.stats.iter().map(|(st, n)| (st.name().to_owned(), json!(n))).collect();
     let conntrack = s.conntrack.as_ref().map(|entries| {
         let config = s.config.unwrap_or_default();
-        let mut flows: Vec<(&CtKey, &CtValue)> =
-            entries.iter().filter(|(k, _)| k.dir == CT_DIR_FORWARD).map(|(k, v)| (k, v)).collect();
-        flows.sort_by_key(|(k, _)| **k);
-        flows
-            .into_iter()
+        let all: BTreeMap<CtKey, CtValue> = entries.iter().copied().collect();
+        all.iter()
+            .filter(|(k, _)| k.dir == CT_DIR_FORWARD)
             .map(|(k, v)| {
-                let idle = s.now_ns.saturating_sub(v.last_seen_ns);
+                // The reply entry's flags and time complete the forward one's.
+                let reply = all.get(&k.peer(v)).filter(|r| k.peer(v).peer(r) == *k);
+                let flags = v.own_flags | reply.map_or(v.peer_flags, |r| r.own_flags);
+                let last_seen = reply.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
+                let flow_state = ct_state(k.proto, flags);
+                let idle = s.now_ns.saturating_sub(last_seen);
                 json!({
                     "client": endpoint(k.saddr, k.sport),
                     "service": endpoint(k.daddr, k.dport),
                     "protocol": protocol_name(k.proto),
-                    "backend": endpoint(v.nat_addr, v.nat_port),
+                    "backend": endpoint(v.nat_daddr, v.nat_dport),
+                    "translatedClient": endpoint(v.nat_saddr, v.nat_sport),
                     "serviceId": v.service_id,
-                    "state": state_name(v.state, k.proto),
-                    "hairpin": v.flags & CT_F_HAIRPIN != 0,
+                    "state": state_name(flow_state, k.proto),
+                    "hairpin": v.nat_saddr != k.saddr,
+                    "replyEntry": reply.is_some(),
                     "ageSeconds": seconds(s.now_ns.saturating_sub(v.created_ns)),
                     "idleSeconds": seconds(idle),
-                    "expired": idle > config.timeout_ns(v.state),
+                    "expired": idle > config.timeout_ns(flow_state),
                 })
             })
             .collect::<Vec<_>>()
@@ -358,7 +373,7 @@ pub fn execute(args: &InspectArgs) -> Result<()> {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use mcs_common::{CT_DIR_REPLY, CT_STATE_UDP, ipv4_to_nbo};
+    use mcs_common::{CT_DIR_REPLY, ipv4_to_nbo};
 
     use super::*;
     use crate::{
@@ -454,9 +469,10 @@ mod tests {
             pad: [0; 2],
         };
         let value = |last_seen_s: u64| CtValue {
-            nat_addr: ipv4_to_nbo(addr(198, 18, 1, 10)),
-            nat_port: 5353u16.to_be(),
-            state: CT_STATE_UDP,
+            nat_saddr: ipv4_to_nbo(addr(198, 18, 0, 2)),
+            nat_daddr: ipv4_to_nbo(addr(198, 18, 1, 10)),
+            nat_sport: 61_000u16.to_be(),
+            nat_dport: 5353u16.to_be(),
             created_ns: 10 * NS_PER_SEC,
             last_seen_ns: last_seen_s * NS_PER_SEC,
             ..CtValue::default()

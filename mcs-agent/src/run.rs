@@ -80,6 +80,14 @@ pub struct RunArgs {
     /// Maximum time between two syncs (a periodic full resync), in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub max_sync_interval_ms: u64,
+    /// How long a backend that left its slices keeps its established
+    /// connections (it takes no new ones) before they are reset (TCP) or
+    /// moved (UDP); one that comes back within it changes nothing. Long
+    /// enough to ride out a relist or a remote cluster's export missing for
+    /// a moment, short enough that clients of a pod that is really gone
+    /// learn it in seconds rather than at TCP's retransmission timeout.
+    #[arg(long, default_value_t = 30)]
+    pub backend_removal_grace_seconds: u64,
     /// Address of the HTTP server for /metrics, /healthz and /readyz; empty disables it.
     #[arg(long, default_value = "0.0.0.0:9464")]
     pub metrics_addr: String,
@@ -220,6 +228,13 @@ struct Syncing {
 }
 
 impl Syncing {
+    /// When the next sync is due: the schedule's time, or the end of a
+    /// backend's removal grace if that comes first.
+    fn due(&self, now: Instant) -> Instant {
+        let due = self.schedule.due(now);
+        self.syncer.next_removal().map_or(due, |end| due.min(Instant::from_std(end)))
+    }
+
     /// Translates what `source` holds and writes the difference.
     fn sync(&mut self, source: &Source, dataplane: &mut AyaDataplane) {
         let started = Instant::now();
@@ -249,6 +264,7 @@ impl Syncing {
                         writes = fields.1,
                         full = fields.2,
                         tables = fields.3,
+                        in_removal_grace = self.syncer.backends_in_grace(),
                         errors = 0usize,
                         translate_ms,
                         sync_ms,
@@ -316,7 +332,7 @@ pub async fn run(options: RunArgs) -> Result<()> {
     let mut source = Source::start(&options).await?;
     let mut syncing = Syncing {
         config: options.translate.config(),
-        syncer: Syncer::new(),
+        syncer: Syncer::with_removal_grace(Duration::from_secs(options.backend_removal_grace_seconds)),
         schedule: Schedule::new(
             Duration::from_millis(options.min_sync_interval_ms),
             Duration::from_millis(options.max_sync_interval_ms.max(1)),
@@ -332,7 +348,7 @@ pub async fn run(options: RunArgs) -> Result<()> {
 
     loop {
         let synced = source.synced();
-        let deadline = synced.then(|| syncing.schedule.due(Instant::now()));
+        let deadline = synced.then(|| syncing.due(Instant::now()));
         // A link event, or the periodic rescan that backs the events up.
         let mut relist = false;
         tokio::select! {
@@ -361,7 +377,7 @@ pub async fn run(options: RunArgs) -> Result<()> {
             was_synced = synced;
         }
         let now = Instant::now();
-        if synced && now >= syncing.schedule.due(now) {
+        if synced && now >= syncing.due(now) {
             syncing.sync(&source, &mut dataplane);
         }
     }

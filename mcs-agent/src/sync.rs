@@ -12,8 +12,20 @@
 //!    allows inside the live table;
 //! 4. deletions in reverse: entries of removed ports, then their tables,
 //!    affinity entries and counters, wildcards of addresses with no port
-//!    left, tables nothing names, backends no port wants, cluster names no
-//!    backend uses.
+//!    left, tables nothing names, backends no port wants (after their
+//!    removal grace, see below), cluster names no backend uses.
+//!
+//! **Removal grace.** A backend that leaves the desired state is, by then,
+//! in no table: it takes no new connection. Its element stays, flagged
+//! `REMOVED`, for the grace period (`--backend-removal-grace-seconds`), so
+//! its established flows keep their translation through a blip of the
+//! source (a relist, an exporting cluster's slices missing for a moment);
+//! kube-proxy likewise leaves established connections alone. A backend that
+//! comes back within the grace gets its old id back, so the tables are the
+//! ones they were and nothing changes for its flows. After the grace the
+//! element is cleared: the datapath resets that backend's TCP flows and
+//! moves its UDP flows. The deadline is the syncer's; a restarted agent
+//! starts the grace of what it finds flagged afresh.
 //!
 //! A failure on one service port (a full map, say) is reported with the
 //! service's name and leaves that port as it was; the others are still
@@ -24,12 +36,15 @@
 //! cluster ids are persisted in `MCS_CLUSTERS`. A restarted agent adopts all
 //! of them from the maps, reads the tables back, and rewrites only the tables
 //! whose content differs from what it would build.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use mcs_common::{
-    BACKEND_F_TERMINATING, Backend, ClusterName, SERVICE_F_FALLBACK, SERVICE_F_WILDCARD, ServiceKey, ServiceValue,
-    limits,
+    BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, ClusterName, SERVICE_F_FALLBACK, SERVICE_F_WILDCARD, ServiceKey,
+    ServiceValue, limits,
 };
 
 use crate::{
@@ -99,6 +114,10 @@ pub struct Syncer {
     ids_wrapped: bool,
     /// Re-read the maps before the next sync.
     stale: bool,
+    /// How long a removed backend keeps its established flows.
+    removal_grace: Duration,
+    /// Backends in their removal grace, by id, with the end of it.
+    removed: HashMap<u32, Instant>,
 }
 
 /// Cluster names a sync's plan adds, and the ids they get.
@@ -173,6 +192,25 @@ impl Syncer {
         Self { stale: true, next_backend_id: 1, ..Self::default() }
     }
 
+    /// A syncer that keeps removed backends for `grace` before it deletes
+    /// them (see the module docs); [`Syncer::new`] deletes them at once.
+    #[must_use]
+    pub fn with_removal_grace(grace: Duration) -> Self {
+        Self { removal_grace: grace, ..Self::new() }
+    }
+
+    /// When the earliest removal grace ends: a sync is due then, changes or not.
+    #[must_use]
+    pub fn next_removal(&self) -> Option<Instant> {
+        self.removed.values().min().copied()
+    }
+
+    /// Backends in their removal grace.
+    #[must_use]
+    pub fn backends_in_grace(&self) -> usize {
+        self.removed.len()
+    }
+
     /// Forces the next sync to re-read the maps.
     pub fn invalidate(&mut self) {
         self.stale = true;
@@ -241,6 +279,14 @@ impl Syncer {
     /// Only when the maps cannot be read at all; failures to write one service
     /// port are reported in the outcome and do not stop the others.
     pub fn sync(&mut self, dp: &mut impl Dataplane, desired: &DesiredState) -> Result<SyncOutcome> {
+        self.sync_at(dp, desired, Instant::now())
+    }
+
+    /// [`Syncer::sync`] at the time `now` (for removal graces).
+    ///
+    /// # Errors
+    /// As [`Syncer::sync`].
+    pub fn sync_at(&mut self, dp: &mut impl Dataplane, desired: &DesiredState, now: Instant) -> Result<SyncOutcome> {
         let mut outcome = SyncOutcome { full: self.stale, ..SyncOutcome::default() };
         if self.stale {
             self.reload(dp).context("reading the maps for a full sync")?;
@@ -251,7 +297,13 @@ impl Syncer {
         let mut new_clusters = NewClusters { names: BTreeMap::new(), ids: LowestFree::new() };
         let mut wanted_backends: HashMap<u32, Backend> = HashMap::with_capacity(self.backends.len());
         let mut service_ids = ServiceIds {
-            used: self.services.values().map(|v| v.service_id).chain(self.tables.keys().copied()).collect(),
+            used: self
+                .services
+                .values()
+                .map(|v| v.service_id)
+                .chain(self.tables.keys().copied())
+                .chain(self.backends.values().map(|b| b.service_id))
+                .collect(),
             free: LowestFree::new(),
         };
         let mut plans = Vec::with_capacity(desired.services.len());
@@ -335,7 +387,7 @@ impl Syncer {
         }
 
         // 4. Deletions, in reverse.
-        self.delete_stale(dp, &written_ports, &wanted_backends, &failed_services, &mut outcome);
+        self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), now, &mut outcome);
 
         if !outcome.errors.is_empty() {
             // After any failure the next sync re-reads the maps.
@@ -505,9 +557,12 @@ impl Syncer {
     fn delete_stale(
         &mut self,
         dp: &mut impl Dataplane,
-        written_ports: &BTreeSet<ServiceKey>,
-        wanted_backends: &HashMap<u32, Backend>,
-        failed_services: &BTreeSet<u32>,
+        (written_ports, wanted_backends, failed_services): (
+            &BTreeSet<ServiceKey>,
+            &HashMap<u32, Backend>,
+            &BTreeSet<u32>,
+        ),
+        now: Instant,
         outcome: &mut SyncOutcome,
     ) {
         let stale_ports: Vec<(ServiceKey, u32)> = self
@@ -564,7 +619,10 @@ impl Syncer {
             .filter(|(id, b)| !wanted_backends.contains_key(id) && !failed_services.contains(&b.service_id))
             .map(|(id, _)| *id)
             .collect();
-        for id in unwanted {
+        for id in wanted_backends.keys() {
+            self.removed.remove(id);
+        }
+        for id in self.end_of_grace(dp, unwanted, now, outcome) {
             match dp.delete_backend(id) {
                 Ok(()) => {
                     if let Some(b) = self.backends.remove(&id) {
@@ -594,6 +652,43 @@ impl Syncer {
         }
         let clusters = &self.clusters;
         self.cluster_ids.retain(|_, id| clusters.contains_key(id));
+        let backends = &self.backends;
+        self.removed.retain(|id, _| backends.contains_key(id));
+    }
+
+    /// Which backends no port wants may go now (their grace is over, or
+    /// there is none). The others are flagged `REMOVED` (once) and their
+    /// grace starts; a flagging that fails is reported.
+    fn end_of_grace(
+        &mut self,
+        dp: &mut impl Dataplane,
+        unwanted: Vec<u32>,
+        now: Instant,
+        outcome: &mut SyncOutcome,
+    ) -> Vec<u32> {
+        if self.removal_grace.is_zero() {
+            return unwanted;
+        }
+        let mut expired = Vec::new();
+        for id in unwanted {
+            let deadline = *self.removed.entry(id).or_insert(now + self.removal_grace);
+            if now >= deadline {
+                expired.push(id);
+                continue;
+            }
+            let Some(backend) = self.backends.get(&id).copied() else { continue };
+            if backend.flags & BACKEND_F_REMOVED == 0 {
+                let flagged = Backend { flags: backend.flags | BACKEND_F_REMOVED, ..backend };
+                match dp.put_backend(id, flagged) {
+                    Ok(()) => {
+                        self.backends.insert(id, flagged);
+                        outcome.writes += 1;
+                    }
+                    Err(e) => outcome.errors.push(format!("flagging backend {id} removed: {e:#}")),
+                }
+            }
+        }
+        expired
     }
 }
 

@@ -22,10 +22,17 @@ use core::net::Ipv4Addr;
 pub mod map_names {
     /// [`crate::ServiceKey`] → [`crate::ServiceValue`].
     pub const SERVICES: &str = "MCS_SERVICES";
-    /// `u32` backend id (host) → [`crate::Backend`].
+    /// Array: `u32` backend id (host) → [`crate::Backend`]; an all-zero
+    /// element is no backend.
     pub const BACKENDS: &str = "MCS_BACKENDS";
-    /// [`crate::CtKey`] → [`crate::CtValue`], LRU.
-    pub const CONNTRACK: &str = "MCS_CT";
+    /// [`crate::CtKey`] → [`crate::CtValue`], LRU: TCP flows.
+    pub const CONNTRACK_TCP: &str = "MCS_CT_TCP";
+    /// [`crate::CtKey`] → [`crate::CtValue`], LRU: every other protocol
+    /// (UDP), so that their churn cannot evict TCP flows.
+    pub const CONNTRACK_ANY: &str = "MCS_CT_ANY";
+    /// [`crate::FragKey`] → [`crate::FragValue`], LRU: the ports of
+    /// fragmented datagrams, from their first fragment.
+    pub const FRAGMENTS: &str = "MCS_FRAGS";
     /// Per-CPU `u64` counters indexed by [`crate::DropReason`].
     pub const DROPS: &str = "MCS_DROPS";
     /// Per-CPU `u64` counters indexed by [`crate::Stat`].
@@ -37,14 +44,29 @@ pub mod map_names {
     pub const AFFINITY: &str = "MCS_AFFINITY";
     /// `u32` cluster id (host) → [`crate::ClusterName`].
     pub const CLUSTERS: &str = "MCS_CLUSTERS";
-    /// `u32` service id (host) → per-CPU [`crate::ServiceStats`].
+    /// Per-CPU array: `u32` service id (host) → [`crate::ServiceStats`].
     pub const SERVICE_STATS: &str = "MCS_SVC_STATS";
     /// One [`crate::DatapathConfig`] at index 0: the settings the running
     /// programs were loaded with, recorded for `mcs-agent inspect`.
     pub const CONFIG: &str = "MCS_CONFIG";
     /// Every map, in the order the agent reports them.
-    pub const ALL: [&str; 10] =
-        [SERVICES, BACKENDS, CONNTRACK, DROPS, STATS, MAGLEV, AFFINITY, CLUSTERS, SERVICE_STATS, CONFIG];
+    pub const ALL: [&str; 12] = [
+        SERVICES,
+        BACKENDS,
+        CONNTRACK_TCP,
+        CONNTRACK_ANY,
+        FRAGMENTS,
+        DROPS,
+        STATS,
+        MAGLEV,
+        AFFINITY,
+        CLUSTERS,
+        SERVICE_STATS,
+        CONFIG,
+    ];
+    /// Pins that older layouts made and this one no longer has: `MCS_CT`
+    /// (one conntrack map for every protocol, layout 1).
+    pub const OBSOLETE: [&str; 1] = ["MCS_CT"];
 }
 
 /// Names of the programs in the eBPF object.
@@ -65,14 +87,19 @@ pub const CONFIG_GLOBAL: &str = "MCS_CFG";
 pub mod limits {
     /// Entries of `MCS_SERVICES`: one per service port plus one wildcard per ClusterSetIP.
     pub const SERVICES_MAX: u32 = 262_144;
-    /// Entries of `MCS_BACKENDS` (a backend entry belongs to one service port).
+    /// Elements of `MCS_BACKENDS` (a backend entry belongs to one service
+    /// port; id 0 is never used).
     pub const BACKENDS_MAX: u32 = 262_144;
-    /// Entries of `MCS_CT`. Each connection takes two (forward and reply).
+    /// Entries of `MCS_CT_TCP`. Each connection takes two (forward and reply).
     pub const CONNTRACK_MAX: u32 = 262_144;
+    /// Entries of `MCS_CT_ANY` (UDP). Each flow takes two.
+    pub const CONNTRACK_NON_TCP_MAX: u32 = 131_072;
+    /// Entries of `MCS_FRAGS`: fragmented datagrams in flight.
+    pub const FRAGMENTS_MAX: u32 = 8192;
     /// Slots of the counter arrays; reasons and stats must stay below it.
     pub const COUNTERS_MAX: u32 = 32;
     /// Service ports that may hold a Maglev table (entries of `MCS_MAGLEV`),
-    /// and entries of `MCS_SVC_STATS`.
+    /// and elements of `MCS_SVC_STATS` (service ids are below it).
     pub const SERVICE_PORTS_MAX: u32 = 65_536;
     /// Entries of `MCS_AFFINITY` (one per client and service port with `ClientIP` affinity).
     pub const AFFINITY_MAX: u32 = 65_536;
@@ -96,6 +123,15 @@ pub mod limits {
     pub const CT_TIMEOUT_TCP_CLOSING_SECS: u64 = 10;
     /// Default idle timeout of a UDP flow, in seconds.
     pub const CT_TIMEOUT_UDP_SECS: u64 = 60;
+    /// Default first source port translated flows are given: the port after
+    /// the end of Linux's default ephemeral range (32768–60999), so a
+    /// client's own connections never use the ports its translated flows get.
+    pub const NAT_PORT_MIN: u16 = 61_000;
+    /// Default last source port translated flows are given.
+    pub const NAT_PORT_MAX: u16 = 65_535;
+    /// Source ports a new flow tries before it is refused
+    /// ([`crate::DropReason::NatPortsExhausted`]).
+    pub const NAT_PORT_PROBES: u32 = 16;
 }
 
 /// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of every Maglev table, the
@@ -114,6 +150,36 @@ pub mod proto {
     /// `IPPROTO_UDP`.
     pub const UDP: u8 = 17;
 }
+
+/// ICMP (v4) message types the datapath reads.
+pub mod icmp {
+    /// Echo reply.
+    pub const ECHO_REPLY: u8 = 0;
+    /// Destination unreachable (code 3: port unreachable; code 4: fragmentation
+    /// needed, which carries PMTU discovery).
+    pub const DEST_UNREACH: u8 = 3;
+    /// Code of [`DEST_UNREACH`]: port unreachable.
+    pub const PORT_UNREACH: u8 = 3;
+    /// Code of [`DEST_UNREACH`]: fragmentation needed and DF set.
+    pub const FRAG_NEEDED: u8 = 4;
+    /// Echo request.
+    pub const ECHO_REQUEST: u8 = 8;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Parameter problem.
+    pub const PARAMETER_PROBLEM: u8 = 12;
+
+    /// Whether `message_type` is an error that quotes the datagram it is about.
+    #[must_use]
+    pub const fn is_error(message_type: u8) -> bool {
+        matches!(message_type, DEST_UNREACH | TIME_EXCEEDED | PARAMETER_PROBLEM)
+    }
+}
+
+/// The version of the map layouts: recorded in `MCS_CONFIG`, so an agent can
+/// tell pins of another layout from its own. Layout 1 (one conntrack map,
+/// destination-only NAT) had no record.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Converts an IPv4 address into the NBO `u32` the maps store.
 #[must_use]
@@ -223,9 +289,15 @@ pub struct ServiceValue {
 /// `Backend::flags`: the endpoint is terminating. It keeps its established
 /// connections; it is in the Maglev table only as the fallback.
 pub const BACKEND_F_TERMINATING: u8 = 1;
+/// `Backend::flags`: the endpoint left its slices and is in its removal
+/// grace period (`--backend-removal-grace-seconds`): it is in no table and
+/// takes no new connection; its established flows keep going until the
+/// grace ends and the agent clears the element.
+pub const BACKEND_F_REMOVED: u8 = 2;
 
-/// Value of `MCS_BACKENDS`, keyed by a `u32` backend id (host). A backend
-/// entry belongs to exactly one service port.
+/// Element of `MCS_BACKENDS`, an array indexed by a `u32` backend id
+/// (host). A backend entry belongs to exactly one service port; an all-zero
+/// element is no backend (ids start at 1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Backend {
@@ -239,7 +311,7 @@ pub struct Backend {
     pub flags: u8,
     /// The id of the backend's cluster in `MCS_CLUSTERS`. host.
     pub cluster_id: u32,
-    /// The service port this backend belongs to. host.
+    /// The service port this backend belongs to; 0 in an empty element. host.
     pub service_id: u32,
 }
 
@@ -249,6 +321,12 @@ impl Backend {
     pub const fn new(addr: Ipv4Addr, port: u16, proto: u8, flags: u8, cluster_id: u32, service_id: u32) -> Self {
         Self { addr: ipv4_to_nbo(addr), port: port.to_be(), proto, flags, cluster_id, service_id }
     }
+
+    /// Whether the element holds a backend (service ids start at 1).
+    #[must_use]
+    pub const fn is_present(&self) -> bool {
+        self.service_id != 0
+    }
 }
 
 /// `CtKey::dir` of the entry written for the client → ClusterSetIP direction.
@@ -256,11 +334,15 @@ pub const CT_DIR_FORWARD: u8 = 0;
 /// `CtKey::dir` of the entry written for the backend → client direction.
 pub const CT_DIR_REPLY: u8 = 1;
 
-/// Key of `MCS_CT`: a flow's 5-tuple as seen in the packet, plus its direction.
+/// Key of `MCS_CT_TCP` and `MCS_CT_ANY`: a packet's 5-tuple as it arrives,
+/// plus the direction.
 ///
-/// - Forward entries are keyed as the client sends: (client, ClusterSetIP).
-/// - Reply entries are keyed as the backend answers: (backend, client), or
-///   (backend, hairpin address) for a hairpinned flow.
+/// - Forward entries are keyed as the client sends: (client, ClusterSetIP,
+///   client port, service port).
+/// - Reply entries are keyed as the backend answers the translated packet:
+///   (backend, client or hairpin address, backend port, translated client
+///   port). That is the translated flow's tuple seen backwards, so a reply
+///   entry also claims that tuple: no two translated flows get the same one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {
@@ -280,59 +362,148 @@ pub struct CtKey {
     pub pad: [u8; 2],
 }
 
-/// `CtValue::state`: TCP, only the client's SYN seen.
+impl CtKey {
+    /// The key of the other entry of a flow whose entry `self` rewrites
+    /// packets to `value`'s tuple: that tuple, seen from the other end.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per packet by the eBPF programs")]
+    #[inline(always)]
+    pub const fn peer(&self, value: &CtValue) -> Self {
+        Self {
+            saddr: value.nat_daddr,
+            daddr: value.nat_saddr,
+            sport: value.nat_dport,
+            dport: value.nat_sport,
+            proto: self.proto,
+            dir: if self.dir == CT_DIR_FORWARD { CT_DIR_REPLY } else { CT_DIR_FORWARD },
+            pad: [0; 2],
+        }
+    }
+}
+
+/// `CtValue::state` as [`ct_state`] derives it: TCP, only the client's SYN seen.
 pub const CT_STATE_SYN: u8 = 1;
-/// `CtValue::state`: TCP, the backend answered (or the flow was picked up mid-stream).
+/// TCP, the backend answered (or the flow was picked up mid-stream).
 pub const CT_STATE_ESTABLISHED: u8 = 2;
-/// `CtValue::state`: TCP, an RST, or a FIN from both sides, was seen.
+/// TCP, an RST, or a FIN from both sides, was seen.
 pub const CT_STATE_CLOSING: u8 = 3;
-/// `CtValue::state`: a UDP flow.
+/// A UDP flow.
 pub const CT_STATE_UDP: u8 = 4;
 
-// `CtValue::flags` value 1 is free: it marked a seen reply, which nothing read.
-/// `CtValue::flags`: the client sent a FIN.
-pub const CT_F_FIN_FORWARD: u8 = 2;
-/// `CtValue::flags`: the backend sent a FIN.
-pub const CT_F_FIN_REPLY: u8 = 4;
-/// `CtValue::flags`: the flow is hairpinned (the backend is the client).
-/// Written for readers of the map; the datapath itself goes by
-/// `CtValue::hairpin_addr != 0`, which says the same.
-pub const CT_F_HAIRPIN: u8 = 8;
+/// Flag bits of `CtValue::own_flags` and `peer_flags`. Each bit has one
+/// writer: the packets of one direction set it in their own entry only.
+/// `CT_F_FIN_FORWARD` and `CT_F_RST_FORWARD` come from forward packets.
+pub const CT_F_FIN_FORWARD: u8 = 1;
+/// The client sent an RST.
+pub const CT_F_RST_FORWARD: u8 = 2;
+/// The backend answered (reply packets; set at creation for a flow picked
+/// up mid-stream).
+pub const CT_F_SEEN_REPLY: u8 = 4;
+/// The backend sent a FIN.
+pub const CT_F_FIN_REPLY: u8 = 8;
+/// The backend sent an RST.
+pub const CT_F_RST_REPLY: u8 = 16;
 
-/// Value of `MCS_CT`. Both entries of a flow carry the same state, flags and
-/// times; each direction updates both.
+/// The state of a flow of protocol `proto` whose two entries carry `flags`
+/// (`own_flags | peer_flags`): the one place that maps flags to states.
+#[must_use]
+#[expect(clippy::inline_always, reason = "called per packet by the eBPF programs")]
+#[inline(always)]
+pub const fn ct_state(proto: u8, flags: u8) -> u8 {
+    if proto != proto::TCP {
+        CT_STATE_UDP
+    } else if flags & (CT_F_RST_FORWARD | CT_F_RST_REPLY) != 0
+        || flags & (CT_F_FIN_FORWARD | CT_F_FIN_REPLY) == CT_F_FIN_FORWARD | CT_F_FIN_REPLY
+    {
+        CT_STATE_CLOSING
+    } else if flags & CT_F_SEEN_REPLY != 0 {
+        CT_STATE_ESTABLISHED
+    } else {
+        CT_STATE_SYN
+    }
+}
+
+/// Value of `MCS_CT_TCP` and `MCS_CT_ANY`.
+///
+/// Both entries of a flow hold the tuple their direction's packets are
+/// rewritten to, so the datapath's NAT is one operation both ways:
+/// - forward: client:port → ClusterSetIP:port becomes (client, or the hairpin
+///   address):translated port → backend:port;
+/// - reply: backend:port → (client or hairpin address):translated port
+///   becomes ClusterSetIP:port → client:port.
+///
+/// Flags have one writer per entry (its direction's packets), so crossing
+/// FINs cannot lose a bit; the peer's flags are copied in when read.
+/// `last_seen_ns` is stamped by either direction (a lost update only makes
+/// it a little older).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtValue {
-    /// Forward: the backend's address to DNAT to. Reply: the ClusterSetIP to
-    /// restore as source. NBO.
-    pub nat_addr: u32,
-    /// Forward: the backend's port. Reply: the service port. NBO.
-    pub nat_port: u16,
-    /// `CT_F_*`.
-    pub flags: u8,
-    /// `CT_STATE_*`.
-    pub state: u8,
+    /// Source address packets of this direction get. NBO.
+    pub nat_saddr: u32,
+    /// Destination address packets of this direction get. NBO.
+    pub nat_daddr: u32,
+    /// Source port packets of this direction get. NBO.
+    pub nat_sport: u16,
+    /// Destination port packets of this direction get. NBO.
+    pub nat_dport: u16,
     /// The backend chosen for the flow. host.
     pub backend_id: u32,
     /// The service port the flow was translated for. host.
     pub service_id: u32,
-    /// Hairpinned flows only (0 otherwise). Forward: the address the source
-    /// is source-NATed to (`--hairpin-ip`). Reply: the client's address, restored
-    /// as destination. NBO.
-    pub hairpin_addr: u32,
+    /// `CT_F_*` bits this direction's packets set. Only they write it.
+    pub own_flags: u8,
+    /// The other entry's `own_flags`, as this entry last read them.
+    pub peer_flags: u8,
     /// Zero.
-    pub pad: u32,
-    /// When the entry was created, `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`). host.
+    pub pad: [u8; 2],
+    /// When the flow was created, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC`,
+    /// coarse). host.
     pub created_ns: u64,
     /// When a packet of the flow (either direction) last used the entry,
     /// within [`CT_REFRESH_NS`]. host.
     pub last_seen_ns: u64,
 }
 
+impl CtValue {
+    /// The flags of both entries, as far as this one knows.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per packet by the eBPF programs")]
+    #[inline(always)]
+    pub const fn flags(&self) -> u8 {
+        self.own_flags | self.peer_flags
+    }
+}
+
 /// `last_seen_ns` fields are refreshed at most this often, to spare a map
 /// write per packet; an idle timeout is therefore exact to within this.
 pub const CT_REFRESH_NS: u64 = 100_000_000;
+
+/// Key of `MCS_FRAGS`: one fragmented datagram, as its fragments arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    /// Source address. NBO.
+    pub saddr: u32,
+    /// Destination address. NBO.
+    pub daddr: u32,
+    /// The IPv4 identification. NBO.
+    pub id: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// Value of `MCS_FRAGS`: the ports the first fragment carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragValue {
+    /// Source port. NBO.
+    pub sport: u16,
+    /// Destination port. NBO.
+    pub dport: u16,
+}
 
 /// Key of `MCS_AFFINITY`: a client and a service port with `ClientIP` affinity.
 #[repr(C)]
@@ -417,24 +588,45 @@ pub struct DatapathConfig {
     pub hairpin_addr: u32,
     /// The Maglev table size the agent builds tables with (informational). host.
     pub maglev_table_size: u32,
-    /// Entries of `MCS_CT` (informational). host.
+    /// Entries of `MCS_CT_TCP` (informational). host.
     pub conntrack_max: u32,
     /// Entries of `MCS_AFFINITY` (informational). host.
     pub affinity_max: u32,
+    /// Entries of `MCS_CT_ANY` (informational). host.
+    pub conntrack_max_non_tcp: u32,
+    /// First source port translated flows get. host.
+    pub nat_port_min: u16,
+    /// Last source port translated flows get (at least `nat_port_min`). host.
+    pub nat_port_max: u16,
+    /// [`LAYOUT_VERSION`] of the maps these settings were written into. host.
+    pub layout_version: u32,
+    /// Zero.
+    pub pad: u32,
 }
+
+/// The default hairpin address, 169.254.16.45: link-local, so it is never
+/// a pod's or a node's address, and never leaves the node (hairpinned
+/// packets are sent straight back to the pod).
+pub const DEFAULT_HAIRPIN_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 16, 45);
 
 impl DatapathConfig {
     /// The defaults: timeouts from [`limits`] (`CT_TIMEOUT_*`, as Cilium's),
-    /// no hairpin address.
+    /// hairpin through [`DEFAULT_HAIRPIN_ADDR`], translated source ports
+    /// `NAT_PORT_MIN..=NAT_PORT_MAX`.
     pub const DEFAULT: Self = Self {
         tcp_syn_ns: limits::CT_TIMEOUT_TCP_SYN_SECS * NS_PER_SEC,
         tcp_established_ns: limits::CT_TIMEOUT_TCP_ESTABLISHED_SECS * NS_PER_SEC,
         tcp_closing_ns: limits::CT_TIMEOUT_TCP_CLOSING_SECS * NS_PER_SEC,
         udp_ns: limits::CT_TIMEOUT_UDP_SECS * NS_PER_SEC,
-        hairpin_addr: 0,
+        hairpin_addr: ipv4_to_nbo(DEFAULT_HAIRPIN_ADDR),
         maglev_table_size: limits::MAGLEV_TABLE_SIZE,
         conntrack_max: limits::CONNTRACK_MAX,
         affinity_max: limits::AFFINITY_MAX,
+        conntrack_max_non_tcp: limits::CONNTRACK_NON_TCP_MAX,
+        nat_port_min: limits::NAT_PORT_MIN,
+        nat_port_max: limits::NAT_PORT_MAX,
+        layout_version: LAYOUT_VERSION,
+        pad: 0,
     };
 
     /// The idle timeout of a flow in `state` (`CT_STATE_*`), in ns. The one
@@ -450,6 +642,28 @@ impl DatapathConfig {
             CT_STATE_CLOSING => self.tcp_closing_ns,
             _ => self.udp_ns,
         }
+    }
+
+    /// How many source ports translated flows may get.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per new flow by the eBPF programs")]
+    #[inline(always)]
+    pub const fn nat_ports(&self) -> u32 {
+        if self.nat_port_max < self.nat_port_min { 1 } else { (self.nat_port_max - self.nat_port_min) as u32 + 1 }
+    }
+
+    /// The `attempt`-th source port (host order) a new flow with
+    /// [`nat_port_hash`] `hash` tries: consecutive ports from a start the
+    /// hash picks, wrapping inside the range.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per new flow by the eBPF programs")]
+    #[inline(always)]
+    pub const fn nat_port(&self, hash: u32, attempt: u32) -> u16 {
+        let n = self.nat_ports();
+        let offset = (hash % n + attempt % n) % n;
+        #[expect(clippy::cast_possible_truncation, reason = "offset < the range's size, at most 65536")]
+        let port = self.nat_port_min.wrapping_add(offset as u16);
+        port
     }
 }
 
@@ -470,7 +684,7 @@ pub const NS_PER_SEC: u64 = 1_000_000_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
     /// The packet is for a ClusterSetIP on a port or protocol the service does
-    /// not list.
+    /// not list (an ICMP echo included).
     UnknownPort = 1,
     /// The service port has no usable backend; a new connection is answered
     /// with a TCP RST or an ICMP port unreachable (fail-fast). A packet whose
@@ -478,7 +692,8 @@ pub enum DropReason {
     NoBackend = 2,
     /// The packet is for a ClusterSetIP but its headers are truncated or invalid.
     Malformed = 3,
-    /// The packet is an IP fragment for a ClusterSetIP; fragments are not translated.
+    /// A later fragment (no L4 header) for a ClusterSetIP whose first
+    /// fragment was not seen: its ports, and so its flow, are unknown.
     Fragment = 4,
     /// A Maglev slot named a backend that is not in `MCS_BACKENDS`, or the
     /// table is missing.
@@ -495,11 +710,16 @@ pub enum DropReason {
     /// dropped. Counted under this reason only, not also under the reason for
     /// the answer (each packet counts once).
     RejectFailed = 9,
+    /// A new flow found no free source port in the translated-port range
+    /// towards its backend (every port it tried is held by a live flow).
+    NatPortsExhausted = 10,
+    /// An ICMP error for a ClusterSetIP that quotes no tracked flow.
+    IcmpNoFlow = 11,
 }
 
 impl DropReason {
     /// Every reason, in number order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::UnknownPort,
         Self::NoBackend,
         Self::Malformed,
@@ -509,6 +729,8 @@ impl DropReason {
         Self::RewriteFailed,
         Self::BackendGone,
         Self::RejectFailed,
+        Self::NatPortsExhausted,
+        Self::IcmpNoFlow,
     ];
 
     /// The stable name used in metrics and command output.
@@ -524,6 +746,8 @@ impl DropReason {
             Self::RewriteFailed => "rewrite-failed",
             Self::BackendGone => "backend-gone",
             Self::RejectFailed => "reject-failed",
+            Self::NatPortsExhausted => "nat-ports-exhausted",
+            Self::IcmpNoFlow => "icmp-no-flow",
         }
     }
 }
@@ -554,11 +778,23 @@ pub enum Stat {
     /// A SYN reused the 5-tuple of a closing TCP flow, whose entry was
     /// replaced by a new flow.
     CtReused = 9,
+    /// An ICMP error about a translated flow was translated for the client.
+    IcmpToClient = 10,
+    /// An ICMP error from a client about a translated flow was translated for the backend.
+    IcmpToBackend = 11,
+    /// A later fragment of a translated datagram was translated.
+    FragmentTranslated = 12,
+    /// A flow's missing entry (evicted from the LRU map) was rebuilt from the other.
+    CtRebuilt = 13,
+    /// A new flow took the translated source port of a closing or expired flow.
+    NatPortReused = 14,
+    /// A new flow did not get the first source port it tried (another flow holds it).
+    NatPortProbed = 15,
 }
 
 impl Stat {
     /// Every stat, in number order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 16] = [
         Self::ForwardNew,
         Self::ForwardEstablished,
         Self::ReverseNat,
@@ -569,6 +805,12 @@ impl Stat {
         Self::CtReselected,
         Self::CtExpired,
         Self::CtReused,
+        Self::IcmpToClient,
+        Self::IcmpToBackend,
+        Self::FragmentTranslated,
+        Self::CtRebuilt,
+        Self::NatPortReused,
+        Self::NatPortProbed,
     ];
 
     /// The stable name used in metrics and command output.
@@ -585,6 +827,12 @@ impl Stat {
             Self::CtReselected => "ct-reselected",
             Self::CtExpired => "ct-expired",
             Self::CtReused => "ct-reused",
+            Self::IcmpToClient => "icmp-to-client",
+            Self::IcmpToBackend => "icmp-to-backend",
+            Self::FragmentTranslated => "fragment-translated",
+            Self::CtRebuilt => "ct-rebuilt",
+            Self::NatPortReused => "nat-port-reused",
+            Self::NatPortProbed => "nat-port-probed",
         }
     }
 }
@@ -608,6 +856,18 @@ pub const fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8
     h = mix(h, ((sport as u32) << 16) | dport as u32);
     h = mix(h, proto as u32);
     fmix(h)
+}
+
+/// The hash that picks the first source port a new flow tries
+/// ([`DatapathConfig::nat_port`]): the 5-tuple as the client sent it, mixed
+/// apart from [`flow_hash`] so the port does not follow the Maglev slot.
+/// Deterministic, so a flow picked up again after its entries were lost gets
+/// the port it had (unless another flow held it when it was created).
+#[must_use]
+#[expect(clippy::inline_always, reason = "called per new flow by the eBPF programs")]
+#[inline(always)]
+pub const fn nat_port_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    fmix(mix(flow_hash(saddr, daddr, sport, dport, proto), 0x6d63_736e))
 }
 
 #[expect(clippy::inline_always, reason = "part of flow_hash, see there")]
@@ -675,6 +935,10 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragValue {}
 }
 
 /// Compile-time layout checks: the sizes the eBPF side and BTF rely on.
@@ -688,7 +952,9 @@ const _: () = {
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ClusterName>() == limits::CLUSTER_NAME_MAX);
     assert!(size_of::<ServiceStats>() == 32);
-    assert!(size_of::<DatapathConfig>() == 48);
+    assert!(size_of::<DatapathConfig>() == 64);
+    assert!(size_of::<FragKey>() == 12);
+    assert!(size_of::<FragValue>() == 4);
 };
 
 #[cfg(test)]
@@ -788,5 +1054,53 @@ mod tests {
         for s in Stat::ALL {
             assert!((s as u32) < limits::COUNTERS_MAX, "{s:?}");
         }
+    }
+
+    #[test]
+    fn states_follow_the_flags_of_both_directions() {
+        use proto::{TCP, UDP};
+        assert_eq!(ct_state(TCP, 0), CT_STATE_SYN);
+        assert_eq!(ct_state(TCP, CT_F_SEEN_REPLY), CT_STATE_ESTABLISHED);
+        assert_eq!(ct_state(TCP, CT_F_SEEN_REPLY | CT_F_FIN_FORWARD), CT_STATE_ESTABLISHED, "half closed");
+        assert_eq!(ct_state(TCP, CT_F_SEEN_REPLY | CT_F_FIN_REPLY), CT_STATE_ESTABLISHED, "half closed");
+        assert_eq!(ct_state(TCP, CT_F_FIN_FORWARD | CT_F_FIN_REPLY), CT_STATE_CLOSING);
+        assert_eq!(ct_state(TCP, CT_F_RST_FORWARD), CT_STATE_CLOSING);
+        assert_eq!(ct_state(TCP, CT_F_SEEN_REPLY | CT_F_RST_REPLY), CT_STATE_CLOSING);
+        assert_eq!(ct_state(UDP, CT_F_RST_FORWARD), CT_STATE_UDP);
+    }
+
+    #[test]
+    fn the_peer_key_is_the_rewritten_tuple_seen_from_the_other_end() {
+        let forward =
+            CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: proto::TCP, dir: CT_DIR_FORWARD, pad: [0; 2] };
+        let value = CtValue { nat_saddr: 1, nat_daddr: 9, nat_sport: 61_000, nat_dport: 8, ..CtValue::default() };
+        let reply = forward.peer(&value);
+        assert_eq!(
+            reply,
+            CtKey { saddr: 9, daddr: 1, sport: 8, dport: 61_000, proto: proto::TCP, dir: CT_DIR_REPLY, pad: [0; 2] }
+        );
+        let back = CtValue { nat_saddr: 2, nat_daddr: 1, nat_sport: 4, nat_dport: 3, ..CtValue::default() };
+        assert_eq!(reply.peer(&back), forward);
+    }
+
+    #[test]
+    fn translated_ports_stay_in_the_range_and_walk_all_of_it() {
+        let c = DatapathConfig { nat_port_min: 61_000, nat_port_max: 61_009, ..DatapathConfig::DEFAULT };
+        assert_eq!(c.nat_ports(), 10);
+        let hash = nat_port_hash(1, 2, 3, 4, proto::TCP);
+        let ports: std::collections::BTreeSet<u16> = (0..10).map(|a| c.nat_port(hash, a)).collect();
+        assert_eq!(ports, (61_000..=61_009).collect());
+        assert_eq!(c.nat_port(hash, 10), c.nat_port(hash, 0), "wraps");
+        let full = DatapathConfig { nat_port_min: 0, nat_port_max: u16::MAX, ..DatapathConfig::DEFAULT };
+        assert_eq!(full.nat_ports(), 65_536);
+        assert_eq!(full.nat_port(u32::MAX, 0), u16::try_from(u32::MAX % 65_536).expect("fits"));
+        assert_eq!(DatapathConfig::DEFAULT.nat_ports(), 4536);
+    }
+
+    #[test]
+    fn the_port_hash_is_not_the_slot_hash() {
+        let (a, b) = (flow_hash(1, 2, 3, 4, 6), nat_port_hash(1, 2, 3, 4, 6));
+        assert_ne!(a, b);
+        assert_eq!(b, nat_port_hash(1, 2, 3, 4, 6), "deterministic");
     }
 }

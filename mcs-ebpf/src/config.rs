@@ -8,7 +8,7 @@ static MCS_CFG: DatapathConfig = DatapathConfig::DEFAULT;
 
 /// The settings the loader patched in.
 #[inline(always)]
-fn cfg() -> &'static DatapathConfig {
+pub fn cfg() -> &'static DatapathConfig {
     // SAFETY: a volatile read of a pointer to a static: the compiler cannot
     // see through it, so it loads the fields the loader patched instead of
     // folding the defaults; the pointer itself is that of the static.

@@ -1,14 +1,19 @@
 //! tc programs of the MCS dataplane.
 //!
 //! - `mcs_from_pod` (ingress of pod-facing interfaces): packets to a
-//!   ClusterSetIP and service port get their destination rewritten to a
-//!   backend pod (DNAT) and are tracked; a service port without a usable
-//!   backend answers at once (TCP RST, ICMP port unreachable); replies of
-//!   hairpinned flows (to `--hairpin-ip`) get the ClusterSetIP back.
-//! - `mcs_to_pod` (egress of pod-facing interfaces): replies of tracked flows
-//!   get the ClusterSetIP:port back as their source.
+//!   ClusterSetIP and service port are translated to a backend (DNAT, and a
+//!   source port of the translated range) and tracked; a service port
+//!   without a usable backend answers at once (TCP RST, ICMP port
+//!   unreachable); ICMP errors a client sends about a translated flow go to
+//!   its backend translated; packets to the hairpin address (replies of
+//!   hairpinned flows) get the ClusterSetIP back and return to the pod.
+//! - `mcs_to_pod` (egress of pod-facing interfaces): replies of tracked flows,
+//!   and ICMP errors about them, get the ClusterSetIP:port and the client's
+//!   own port back.
 //!
-//! Entry points are thin; each concern has its module.
+//! A translated packet goes on with `TCX_NEXT`, so a program after ours on
+//! the interface (a CNI's policy, say) sees it; everything that is not ours
+//! goes on untouched. Entry points are thin; each concern has its module.
 #![no_std]
 #![no_main]
 #![expect(
@@ -18,6 +23,9 @@
 
 mod config;
 mod conntrack;
+mod csum;
+mod frag;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -25,25 +33,19 @@ mod reject;
 mod service;
 mod stats;
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
-use mcs_common::{CtValue, DropReason, ServiceValue, Stat, proto};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use mcs_common::{CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, DropReason, ServiceValue, Stat, proto};
 
 use crate::{
-    conntrack::Lookup,
-    nat::Side,
-    parse::{Flow, Packet, TCP_RST, Untranslatable},
+    conntrack::{CreateError, Lookup, nat_tuple},
+    parse::{Flow, Fragment, IcmpError, Packet, TCP_RST, Untranslatable},
     service::SelectError,
     stats::ServiceEvent,
 };
 
-/// Not ours: let the next program, or the stack, decide (`TC_ACT_UNSPEC`, `TCX_NEXT`).
+/// Let the next program, or the stack, decide (`TC_ACT_UNSPEC`, `TCX_NEXT`):
+/// for packets that are not ours, and for translated ones alike.
 const VERDICT_NEXT: i32 = -1;
-/// Translated: pass it on.
-const VERDICT_PASS: i32 = TC_ACT_OK;
 /// Dropped, and counted under a reason.
 const VERDICT_DROP: i32 = TC_ACT_SHOT;
 
@@ -64,22 +66,45 @@ pub fn mcs_from_pod(ctx: TcContext) -> i32 {
                 return VERDICT_NEXT;
             }
             drop_packet(match why {
-                Untranslatable::Fragment => DropReason::Fragment,
                 Untranslatable::Malformed => DropReason::Malformed,
                 Untranslatable::OtherProtocol => DropReason::UnknownPort,
             })
         }
         Packet::Flow(flow) => {
-            if !service::is_cluster_set_ip(flow.daddr) {
-                let hairpin = config::hairpin_addr();
-                if hairpin != 0 && flow.daddr == hairpin {
-                    return hairpin_reply(&ctx, &flow);
-                }
-                return VERDICT_NEXT;
+            if service::is_cluster_set_ip(flow.daddr) {
+                return forward(&ctx, &flow);
             }
-            forward(&ctx, &flow)
+            if is_hairpin_addr(flow.daddr) {
+                return hairpin_reply(&ctx, &flow);
+            }
+            VERDICT_NEXT
+        }
+        Packet::Fragment(frag) => {
+            if service::is_cluster_set_ip(frag.daddr) {
+                return fragment(&ctx, &frag, CT_DIR_FORWARD).unwrap_or_else(|| drop_packet(DropReason::Fragment));
+            }
+            if is_hairpin_addr(frag.daddr) {
+                return fragment(&ctx, &frag, CT_DIR_REPLY).unwrap_or(VERDICT_NEXT);
+            }
+            VERDICT_NEXT
+        }
+        Packet::IcmpError(err) => {
+            if service::is_cluster_set_ip(err.daddr) {
+                return icmp_error(&ctx, &err, CT_DIR_FORWARD).unwrap_or_else(|| drop_packet(DropReason::IcmpNoFlow));
+            }
+            if is_hairpin_addr(err.daddr) {
+                return icmp_error(&ctx, &err, CT_DIR_REPLY).unwrap_or(VERDICT_NEXT);
+            }
+            VERDICT_NEXT
         }
     }
+}
+
+/// Whether `daddr` is the hairpin address (when hairpin is on).
+#[inline(always)]
+fn is_hairpin_addr(daddr: u32) -> bool {
+    let hairpin = config::hairpin_addr();
+    hairpin != 0 && daddr == hairpin
 }
 
 /// A packet from a client to a ClusterSetIP. Conntrack first: a packet of a
@@ -87,15 +112,16 @@ pub fn mcs_from_pod(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
     // What becomes of the old entry is counted once the service port is known.
-    let (now, replaced) = match conntrack::lookup_forward(flow) {
+    let (now, replaced) = match conntrack::lookup(flow, CT_DIR_FORWARD) {
         Lookup::Hit(entry, now) => {
             if service::backend_still_there(&entry) {
                 stats::stat(Stat::ForwardEstablished);
                 stats::service(entry.service_id, ServiceEvent::Forwarded { bytes: ctx.len(), new: false });
                 return translate(ctx, flow, &entry);
             }
-            // The flow's backend was removed. A TCP connection cannot move:
-            // reset it (a new SYN starts over); UDP moves to a new backend.
+            // The flow's backend was removed (and its grace is over). A TCP
+            // connection cannot move: reset it (a new SYN starts over); UDP
+            // moves to a new backend.
             if flow.proto == proto::TCP && !flow.is_syn() {
                 conntrack::delete(flow, &entry);
                 return refuse(ctx, flow, entry.service_id, DropReason::BackendGone);
@@ -126,36 +152,50 @@ fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
     if selected.by_affinity {
         stats::stat(Stat::AffinityHit);
     }
-    // A pod that reaches itself through the ClusterSetIP: SNAT, so its
-    // reply comes back through us instead of straight to its own socket.
-    let hairpin = if selected.backend.addr == flow.saddr { config::hairpin_addr() } else { 0 };
-    if conntrack::create(flow, selected.id, &selected.backend, svc.service_id, hairpin, now).is_err() {
-        return drop_packet(DropReason::CtInsertFailed);
-    }
+    // A pod that reaches itself through the ClusterSetIP: its source becomes
+    // the hairpin address, so its own stack takes the packet for a peer's.
+    let hairpin = config::hairpin_addr();
+    let hairpinned = hairpin != 0 && selected.backend.addr == flow.saddr;
+    let nat_saddr = if hairpinned { hairpin } else { flow.saddr };
+    let created = match conntrack::create(flow, (selected.id, &selected.backend), svc.service_id, nat_saddr, now) {
+        Ok(created) => created,
+        Err(CreateError::PortsExhausted) => return drop_packet(DropReason::NatPortsExhausted),
+        Err(CreateError::InsertFailed) => return drop_packet(DropReason::CtInsertFailed),
+    };
     stats::stat(Stat::ForwardNew);
-    if hairpin != 0 {
+    if created.probed {
+        stats::stat(Stat::NatPortProbed);
+    }
+    if created.reused {
+        stats::stat(Stat::NatPortReused);
+    }
+    if hairpinned {
         stats::stat(Stat::HairpinNew);
     }
     stats::service(svc.service_id, ServiceEvent::Forwarded { bytes: ctx.len(), new: true });
-    let entry = CtValue {
-        nat_addr: selected.backend.addr,
-        nat_port: selected.backend.port,
-        hairpin_addr: hairpin,
-        ..CtValue::default()
-    };
-    translate(ctx, flow, &entry)
+    translate(ctx, flow, &created.forward)
 }
 
-/// DNATs to the entry's backend, and SNATs hairpinned flows.
+/// Rewrites a packet of `flow` to its entry's tuple. A source-NATed
+/// (hairpinned) packet goes straight back out to the pod it came from.
 #[inline(always)]
 fn translate(ctx: &TcContext, flow: &Flow, entry: &CtValue) -> i32 {
-    if nat::rewrite(ctx, flow, Side::Destination, entry.nat_addr, entry.nat_port).is_err() {
+    if nat::rewrite(ctx, (flow.l3_off, flow.l4_off, flow.proto), &flow.tuple(), &nat_tuple(entry)).is_err() {
         return drop_packet(DropReason::RewriteFailed);
     }
-    if entry.hairpin_addr != 0 && nat::rewrite(ctx, flow, Side::Source, entry.hairpin_addr, flow.sport).is_err() {
-        return drop_packet(DropReason::RewriteFailed);
+    if flow.first_fragment {
+        frag::remember(flow);
     }
-    VERDICT_PASS
+    if entry.nat_saddr != flow.saddr {
+        return bounce(ctx);
+    }
+    VERDICT_NEXT
+}
+
+/// Sends a rewritten packet back to the pod it came from.
+#[inline(always)]
+fn bounce(ctx: &TcContext) -> i32 {
+    nat::bounce(ctx).unwrap_or_else(|_| drop_packet(DropReason::RewriteFailed))
 }
 
 /// Refuses a packet of service port `service_id` for `reason`: answers the
@@ -184,36 +224,101 @@ fn refuse(ctx: &TcContext, flow: &Flow, service_id: u32, reason: DropReason) -> 
 }
 
 /// A backend's reply to a hairpinned flow (to the hairpin address): restore
-/// the ClusterSetIP as source and the client as destination.
+/// the ClusterSetIP as source and the client as destination, and send it
+/// back to the pod.
 #[inline(always)]
 fn hairpin_reply(ctx: &TcContext, flow: &Flow) -> i32 {
-    let Lookup::Hit(entry, _) = conntrack::lookup_reply(flow) else {
+    let Lookup::Hit(entry, _) = conntrack::lookup(flow, CT_DIR_REPLY) else {
         return VERDICT_NEXT;
     };
-    if nat::rewrite(ctx, flow, Side::Source, entry.nat_addr, entry.nat_port).is_err()
-        || nat::rewrite(ctx, flow, Side::Destination, entry.hairpin_addr, flow.dport).is_err()
-    {
+    if nat::rewrite(ctx, (flow.l3_off, flow.l4_off, flow.proto), &flow.tuple(), &nat_tuple(&entry)).is_err() {
         return drop_packet(DropReason::RewriteFailed);
     }
+    if flow.first_fragment {
+        frag::remember(flow);
+    }
     stats::stat(Stat::ReverseNat);
-    VERDICT_PASS
+    bounce(ctx)
+}
+
+/// A later fragment of a datagram whose flow's entry in direction `dir`
+/// the first fragment found: the same addresses. `None` when the first
+/// fragment was not seen or its flow is not tracked.
+#[inline(always)]
+fn fragment(ctx: &TcContext, frag: &Fragment, dir: u8) -> Option<i32> {
+    let tuple = frag::tuple(frag)?;
+    let entry = conntrack::peek(&conntrack::key(&tuple, frag.proto, dir))?;
+    if nat::rewrite_fragment(ctx, frag.l3_off, &tuple, &nat_tuple(&entry)).is_err() {
+        return Some(drop_packet(DropReason::RewriteFailed));
+    }
+    stats::stat(Stat::FragmentTranslated);
+    // Forward: a hairpinned (source-NATed) flow's fragment goes back to the
+    // pod; reply at ingress: only hairpinned flows' replies arrive there.
+    if dir == CT_DIR_REPLY || entry.nat_saddr != tuple.saddr {
+        return Some(bounce(ctx));
+    }
+    Some(VERDICT_NEXT)
+}
+
+/// An ICMP error about a translated flow, whose quote (seen backwards) is
+/// the key of the flow's entry in direction `dir`. `None` when no tracked
+/// flow matches.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, err: &IcmpError, dir: u8) -> Option<i32> {
+    let entry = match icmp::translate(ctx, err, dir) {
+        Ok(entry) => entry?,
+        Err(_) => return Some(drop_packet(DropReason::RewriteFailed)),
+    };
+    let to_backend = dir == CT_DIR_FORWARD;
+    stats::stat(if to_backend { Stat::IcmpToBackend } else { Stat::IcmpToClient });
+    // From a client to its own hairpinned flow's backend (itself), or an
+    // error at ingress about a hairpinned flow's reply: back to the pod.
+    let client = err.quoted.tuple.daddr;
+    if !to_backend || entry.nat_saddr != client {
+        return Some(bounce(ctx));
+    }
+    Some(VERDICT_NEXT)
 }
 
 /// Egress of pod-facing interfaces: restore the ClusterSetIP on replies.
 #[classifier]
 #[expect(clippy::needless_pass_by_value, reason = "the classifier macro fixes the signature")]
 pub fn mcs_to_pod(ctx: TcContext) -> i32 {
-    let Packet::Flow(flow) = parse::parse(&ctx) else {
-        return VERDICT_NEXT;
-    };
-    let Lookup::Hit(entry, _) = conntrack::lookup_reply(&flow) else {
-        return VERDICT_NEXT;
-    };
-    if nat::rewrite(&ctx, &flow, Side::Source, entry.nat_addr, entry.nat_port).is_err() {
-        return drop_packet(DropReason::RewriteFailed);
+    match parse::parse(&ctx) {
+        Packet::Flow(flow) => {
+            let Lookup::Hit(entry, _) = conntrack::lookup(&flow, CT_DIR_REPLY) else {
+                return VERDICT_NEXT;
+            };
+            if nat::rewrite(&ctx, (flow.l3_off, flow.l4_off, flow.proto), &flow.tuple(), &nat_tuple(&entry)).is_err() {
+                return drop_packet(DropReason::RewriteFailed);
+            }
+            if flow.first_fragment {
+                frag::remember(&flow);
+            }
+            stats::stat(Stat::ReverseNat);
+            VERDICT_NEXT
+        }
+        Packet::Fragment(frag) => {
+            let Some(tuple) = frag::tuple(&frag) else { return VERDICT_NEXT };
+            let Some(entry) = conntrack::peek(&conntrack::key(&tuple, frag.proto, CT_DIR_REPLY)) else {
+                return VERDICT_NEXT;
+            };
+            if nat::rewrite_fragment(&ctx, frag.l3_off, &tuple, &nat_tuple(&entry)).is_err() {
+                return drop_packet(DropReason::RewriteFailed);
+            }
+            stats::stat(Stat::FragmentTranslated);
+            VERDICT_NEXT
+        }
+        Packet::IcmpError(err) => match icmp::translate(&ctx, &err, CT_DIR_REPLY) {
+            Ok(Some(_)) => {
+                stats::stat(Stat::IcmpToClient);
+                VERDICT_NEXT
+            }
+            Ok(None) => VERDICT_NEXT,
+            Err(_) => drop_packet(DropReason::RewriteFailed),
+        },
+        Packet::Other | Packet::Untranslatable { .. } => VERDICT_NEXT,
     }
-    stats::stat(Stat::ReverseNat);
-    VERDICT_PASS
 }
 
 /// Does nothing: the floor the benchmarks compare the other programs with.

@@ -1,28 +1,33 @@
 //! Every map of the datapath, declared with BTF so `bpftool map dump` shows
 //! named fields. Layouts live in `mcs-common`; the agent pins these maps under
-//! its pin directory by the same names.
+//! its pin directory by the same names, and sets the sizes of most at load.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use mcs_common::{
-    AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, MAGLEV_TABLE_FLAGS, MaglevPair,
-    ServiceKey, ServiceStats, ServiceValue, limits, maglev_elements,
+    AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue,
+    MAGLEV_TABLE_FLAGS, MaglevPair, ServiceKey, ServiceStats, ServiceValue, limits, maglev_elements,
 };
 
-/// `BPF_F_NO_PREALLOC`: the service and backend maps are sized for the largest
-/// fleet but hold few entries on most nodes, so memory follows use. For the
-/// hash of maps it also makes replacing an inner map atomic for readers.
+/// `BPF_F_NO_PREALLOC`: the service map is sized for the largest fleet but
+/// holds few entries on most nodes, so memory follows use. For the hash of
+/// maps it also makes replacing an inner map atomic for readers.
 const NO_PREALLOC: usize = 1;
+
+/// `BPF_F_MMAPABLE`: the agent reads and writes the backends array through a
+/// shared mapping instead of a system call per element.
+const MMAPABLE: usize = 1 << 10;
 
 /// Service ports and ClusterSetIP wildcards (see `mcs_common::ServiceKey`).
 #[btf_map]
 pub static MCS_SERVICES: HashMap<ServiceKey, ServiceValue, { limits::SERVICES_MAX as usize }, NO_PREALLOC> =
     HashMap::new();
 
-/// Backends by id.
+/// Backends by id: an array, so the per-packet check that a flow's backend
+/// still exists is an inlined index, not a hash lookup.
 #[btf_map]
-pub static MCS_BACKENDS: HashMap<u32, Backend, { limits::BACKENDS_MAX as usize }, NO_PREALLOC> = HashMap::new();
+pub static MCS_BACKENDS: Array<Backend, { limits::BACKENDS_MAX as usize }, MMAPABLE> = Array::new();
 
 /// Maglev tables by service id: slot → backend id, two slots an element
 /// (`mcs_common::MaglevPair`). The template's size is the default table
@@ -36,9 +41,18 @@ pub static MCS_MAGLEV: HashOfMaps<
     NO_PREALLOC,
 > = HashOfMaps::new();
 
-/// Connection tracking: forward and reply entries of translated flows.
+/// Connection tracking of TCP flows: forward and reply entries.
 #[btf_map]
-pub static MCS_CT: LruHashMap<CtKey, CtValue, { limits::CONNTRACK_MAX as usize }> = LruHashMap::new();
+pub static MCS_CT_TCP: LruHashMap<CtKey, CtValue, { limits::CONNTRACK_MAX as usize }> = LruHashMap::new();
+
+/// Connection tracking of every other protocol (UDP): a map of its own, so
+/// that short UDP flows, however many, cannot evict idle TCP connections.
+#[btf_map]
+pub static MCS_CT_ANY: LruHashMap<CtKey, CtValue, { limits::CONNTRACK_NON_TCP_MAX as usize }> = LruHashMap::new();
+
+/// The ports of fragmented datagrams, from their first fragment.
+#[btf_map]
+pub static MCS_FRAGS: LruHashMap<FragKey, FragValue, { limits::FRAGMENTS_MAX as usize }> = LruHashMap::new();
 
 /// `ClientIP` session affinity: (client, service) → backend.
 #[btf_map]
@@ -48,10 +62,9 @@ pub static MCS_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { limits::AFFINI
 #[btf_map]
 pub static MCS_CLUSTERS: HashMap<u32, ClusterName, { limits::CLUSTERS_MAX as usize }, NO_PREALLOC> = HashMap::new();
 
-/// Per-service counters; the agent creates an entry with each service port.
+/// Per-service counters, indexed by service id (below `--service-ports-max`).
 #[btf_map]
-pub static MCS_SVC_STATS: PerCpuHashMap<u32, ServiceStats, { limits::SERVICE_PORTS_MAX as usize }, NO_PREALLOC> =
-    PerCpuHashMap::new();
+pub static MCS_SVC_STATS: PerCpuArray<ServiceStats, { limits::SERVICE_PORTS_MAX as usize }> = PerCpuArray::new();
 
 /// The settings the programs were loaded with, copied here by the agent for
 /// `inspect`. The programs read the `MCS_CFG` global instead.

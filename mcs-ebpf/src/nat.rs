@@ -1,42 +1,152 @@
 //! Address and port rewriting with incremental checksum updates.
 //!
-//! The kernel helpers do the checksum arithmetic, which also keeps
-//! `CHECKSUM_PARTIAL` and `CHECKSUM_COMPLETE` skbs right. A UDP checksum of zero
-//! (no checksum) stays zero.
+//! One operation serves both directions: a packet's addresses and ports
+//! become a conntrack entry's tuple. The checksum arithmetic of the packet's
+//! own headers is left to the kernel helpers (given the change as a
+//! [`Diff`]), which also keeps `CHECKSUM_PARTIAL` and `CHECKSUM_COMPLETE`
+//! skbs right; a UDP checksum of zero (no checksum) stays zero. Headers
+//! quoted inside an ICMP error are plain bytes to the kernel: their
+//! checksums, and the ICMP checksum over them, are computed here.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
+    helpers::bpf_redirect,
     programs::TcContext,
 };
 use mcs_common::proto;
 
-use crate::parse::{ETH_LEN, Flow, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF};
+use crate::{
+    csum::Diff,
+    parse::{ICMP_CSUM_OFF, IP_CSUM_OFF, IP_SADDR_OFF, IcmpError, Tuple, UDP_CSUM_OFF, l4_csum_off},
+};
 
-/// Which end of the flow to rewrite.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The source (reverse NAT of replies).
-    Source,
-    /// The destination (DNAT to the backend).
-    Destination,
+/// A rewrite the kernel refused.
+pub struct RewriteFailed;
+
+impl From<i64> for RewriteFailed {
+    fn from(_: i64) -> Self {
+        Self
+    }
 }
 
-/// Rewrites the address and port on `side` of `flow` to `addr`:`port` (both NBO).
+/// The checksum change of the addresses going from `old` to `new`.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, flow: &Flow, side: Side, addr: u32, port: u16) -> Result<(), i64> {
-    let (old_addr, old_port, addr_off, port_off) = match side {
-        Side::Source => (flow.saddr, flow.sport, ETH_LEN + IP_SADDR_OFF, flow.l4_off),
-        Side::Destination => (flow.daddr, flow.dport, ETH_LEN + IP_DADDR_OFF, flow.l4_off + 2),
-    };
-    let mangled = if flow.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-    let csum_off = flow.csum_off();
-    if old_addr != addr {
-        ctx.l4_csum_replace(csum_off, u64::from(old_addr), u64::from(addr), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)?;
-        ctx.l3_csum_replace(ETH_LEN + IP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4)?;
-        ctx.store(addr_off, &addr, 0)?;
+const fn addr_diff(old: &Tuple, new: &Tuple) -> Diff {
+    Diff::NONE.dword(old.saddr, new.saddr).dword(old.daddr, new.daddr)
+}
+
+/// The checksum change of the ports going from `old` to `new`.
+#[inline(always)]
+const fn port_diff(old: &Tuple, new: &Tuple) -> Diff {
+    Diff::NONE.word(old.sport, new.sport).word(old.dport, new.dport)
+}
+
+/// Writes the addresses of `new` into the IPv4 header at `l3_off` (with its
+/// checksum) when they differ from `old`'s; returns their checksum change.
+#[inline(always)]
+fn rewrite_addrs(ctx: &TcContext, l3_off: usize, old: &Tuple, new: &Tuple) -> Result<Diff, RewriteFailed> {
+    if old.saddr == new.saddr && old.daddr == new.daddr {
+        return Ok(Diff::NONE);
     }
-    if old_port != port {
-        ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled | 2)?;
-        ctx.store(port_off, &port, 0)?;
+    let diff = addr_diff(old, new);
+    ctx.l3_csum_replace(l3_off + IP_CSUM_OFF, 0, u64::from(diff.0), 0)?;
+    ctx.store(l3_off + IP_SADDR_OFF, &[new.saddr, new.daddr], 0)?;
+    Ok(diff)
+}
+
+/// Rewrites a TCP or UDP packet whose headers start at `l3_off` and
+/// `l4_off` from `old` to `new`: addresses, ports and both checksums.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &TcContext,
+    (l3_off, l4_off, protocol): (usize, usize, u8),
+    old: &Tuple,
+    new: &Tuple,
+) -> Result<(), RewriteFailed> {
+    let mangled = if protocol == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let csum_off = l4_csum_off(protocol, l4_off);
+    let addrs = rewrite_addrs(ctx, l3_off, old, new)?;
+    if !addrs.is_none() {
+        // The pseudo-header's part of the L4 checksum.
+        ctx.l4_csum_replace(csum_off, 0, u64::from(addrs.0), u64::from(BPF_F_PSEUDO_HDR) | mangled)?;
+    }
+    if old.sport != new.sport || old.dport != new.dport {
+        let ports = port_diff(old, new);
+        ctx.l4_csum_replace(csum_off, 0, u64::from(ports.0), mangled)?;
+        ctx.store(l4_off, &[new.sport, new.dport], 0)?;
     }
     Ok(())
+}
+
+/// Rewrites the addresses of a later fragment (no L4 header; the L4
+/// checksum, in the first fragment, was updated with it).
+#[inline(always)]
+pub fn rewrite_fragment(ctx: &TcContext, l3_off: usize, old: &Tuple, new: &Tuple) -> Result<(), RewriteFailed> {
+    rewrite_addrs(ctx, l3_off, old, new).map(|_| ())
+}
+
+/// Rewrites an ICMP error: the quoted header from `err.quoted.tuple` to
+/// `quoted` (its addresses, ports, IPv4 checksum and, when quoted, its L4
+/// checksum), then the outer addresses to `outer`, with the ICMP checksum
+/// over all of it.
+#[inline(always)]
+pub fn rewrite_icmp(ctx: &TcContext, err: &IcmpError, quoted: &Tuple, outer: (u32, u32)) -> Result<(), RewriteFailed> {
+    let q = &err.quoted;
+    let old = &q.tuple;
+    // Every word of the ICMP message that changes, for its checksum.
+    let mut icmp = Diff::NONE;
+
+    let addrs = addr_diff(old, quoted);
+    let ports = port_diff(old, quoted);
+    let inner_ip_csum: u16 = ctx.load(q.l3_off + IP_CSUM_OFF)?;
+    let new_ip_csum = addrs.apply(inner_ip_csum);
+    icmp = icmp.add(addrs).add(ports).word(inner_ip_csum, new_ip_csum);
+    ctx.store(q.l3_off + IP_CSUM_OFF, &new_ip_csum, u64::from(BPF_F_RECOMPUTE_CSUM))?;
+    ctx.store(q.l3_off + IP_SADDR_OFF, &[quoted.saddr, quoted.daddr], u64::from(BPF_F_RECOMPUTE_CSUM))?;
+    ctx.store(q.l4_off, &[quoted.sport, quoted.dport], u64::from(BPF_F_RECOMPUTE_CSUM))?;
+    if q.has_l4_csum {
+        let off = l4_csum_off(q.proto, q.l4_off);
+        let l4_csum: u16 = ctx.load(off)?;
+        // A zero UDP checksum is no checksum.
+        if !(q.proto == proto::UDP && l4_csum == 0) {
+            let mut new_l4 = addrs.add(ports).apply(l4_csum);
+            if q.proto == proto::UDP && new_l4 == 0 && off == q.l4_off + UDP_CSUM_OFF {
+                new_l4 = 0xffff;
+            }
+            icmp = icmp.word(l4_csum, new_l4);
+            ctx.store(off, &new_l4, u64::from(BPF_F_RECOMPUTE_CSUM))?;
+        }
+    }
+    let icmp_csum: u16 = ctx.load(err.icmp_off + ICMP_CSUM_OFF)?;
+    ctx.store(err.icmp_off + ICMP_CSUM_OFF, &icmp.apply(icmp_csum), u64::from(BPF_F_RECOMPUTE_CSUM))?;
+    // The outer header: ICMPv4 has no pseudo-header, so only the IPv4
+    // checksum covers these.
+    let outer_old = Tuple { saddr: err.saddr, daddr: err.daddr, sport: 0, dport: 0 };
+    let outer_new = Tuple { saddr: outer.0, daddr: outer.1, sport: 0, dport: 0 };
+    rewrite_addrs(ctx, err.l3_off, &outer_old, &outer_new).map(|_| ())
+}
+
+/// Sends a rewritten packet back out of the interface it arrived on, to the
+/// pod that sent it: the Ethernet addresses swap, so it comes from the
+/// interface the pod sent it to. For hairpinned flows, whose backend is
+/// the client: no route and no `rp_filter` setting is involved.
+#[inline(always)]
+pub fn bounce(ctx: &TcContext) -> Result<i32, RewriteFailed> {
+    let macs: [u8; 12] = ctx.load(0)?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0)?;
+    Ok(redirect_back(ctx))
+}
+
+/// Redirects the packet to the egress of the interface it arrived on.
+#[inline(always)]
+pub fn redirect_back(ctx: &TcContext) -> i32 {
+    // SAFETY: the context pointer is the program's own `__sk_buff`.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the helper has no preconditions.
+    let verdict = unsafe { bpf_redirect(ifindex, 0) };
+    #[expect(clippy::cast_possible_truncation, reason = "the helper returns a tc verdict")]
+    let verdict = verdict as i32;
+    verdict
 }

@@ -15,12 +15,15 @@ use aya_ebpf::{
         BPF_F_RECOMPUTE_CSUM,
         bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
     },
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::bpf_skb_change_tail,
     programs::TcContext,
 };
 use mcs_common::proto;
 
-use crate::parse::{ETH_LEN, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::{
+    nat,
+    parse::{ETH_LEN, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
 
 const IP_LEN: usize = 20;
 /// Offset of the total length within the IPv4 header.
@@ -102,18 +105,6 @@ fn swapped_eth(ctx: &TcContext) -> Option<[u8; 12]> {
     Some(out)
 }
 
-/// Sends the packet back out of the interface it arrived on.
-#[inline(always)]
-fn redirect_back(ctx: &TcContext) -> i32 {
-    // SAFETY: the context pointer is the program's own `__sk_buff`.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the helper has no preconditions.
-    let verdict = unsafe { bpf_redirect(ifindex, 0) };
-    #[expect(clippy::cast_possible_truncation, reason = "the helper returns a tc verdict")]
-    let verdict = verdict as i32;
-    verdict
-}
-
 /// Makes the IPv4 header of the packet 20 bytes long, dropping options.
 #[inline(always)]
 fn strip_ip_options(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
@@ -178,7 +169,7 @@ pub fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     strip_ip_options(ctx, flow)?;
     set_len(ctx, out.len())?;
     ctx.store(0, &out, u64::from(BPF_F_RECOMPUTE_CSUM)).map_err(|_| ())?;
-    Ok(redirect_back(ctx))
+    Ok(nat::redirect_back(ctx))
 }
 
 /// Turns `flow` (a UDP datagram to a ClusterSetIP, not yet translated) into
@@ -222,5 +213,5 @@ pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     icmp[1] = 3;
     icmp[2..4].copy_from_slice(&icmp_csum.to_be_bytes());
     ctx.store(0, &out, u64::from(BPF_F_RECOMPUTE_CSUM)).map_err(|_| ())?;
-    Ok(redirect_back(ctx))
+    Ok(nat::redirect_back(ctx))
 }

@@ -2,8 +2,8 @@
 //! the check that a tracked flow's backend still exists.
 use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
-    AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, CtValue, NS_PER_SEC, SERVICE_F_FALLBACK, ServiceKey,
-    ServiceValue, flow_hash, maglev_slot,
+    AffinityKey, AffinityValue, BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CtValue, NS_PER_SEC,
+    SERVICE_F_FALLBACK, ServiceKey, ServiceValue, flow_hash, maglev_slot,
 };
 
 use crate::{
@@ -25,19 +25,19 @@ pub fn lookup(flow: &Flow) -> Option<ServiceValue> {
     MCS_SERVICES.get_ptr(key).map(|v| unsafe { *v })
 }
 
-/// A backend by id.
+/// A backend by id (an array index the verifier inlines).
 #[inline(always)]
 fn backend(id: u32) -> Option<Backend> {
-    // SAFETY: the value is copied out at once; the pointer is not kept.
-    MCS_BACKENDS.get_ptr(id).map(|v| unsafe { *v })
+    MCS_BACKENDS.get(id).copied().filter(Backend::is_present)
 }
 
-/// Whether the backend a tracked flow was sent to still exists: same id,
-/// same address and port (ids are reused), same service port.
+/// Whether the backend a tracked flow was sent to still exists (in its
+/// removal grace period included): same id, same address and port (ids are
+/// reused), same service port. `entry` is the flow's forward entry.
 #[inline(always)]
 pub fn backend_still_there(entry: &CtValue) -> bool {
     backend(entry.backend_id)
-        .is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port && b.service_id == entry.service_id)
+        .is_some_and(|b| b.addr == entry.nat_daddr && b.port == entry.nat_dport && b.service_id == entry.service_id)
 }
 
 /// Why no backend could be selected.
@@ -61,7 +61,7 @@ pub struct Selected {
 
 /// The client's affinity backend, when the entry is still valid: not idle
 /// for longer than the timeout, naming a backend of this service port that
-/// exists and is not terminating while ready backends exist. A valid entry's
+/// exists, has not been removed, and is not terminating while ready backends exist. A valid entry's
 /// last-seen time is set to `now` in place.
 #[inline(always)]
 fn affinity_backend(key: &AffinityKey, svc: &ServiceValue, now: u64) -> Option<(u32, Backend)> {
@@ -77,7 +77,8 @@ fn affinity_backend(key: &AffinityKey, svc: &ServiceValue, now: u64) -> Option<(
     if b.service_id != svc.service_id {
         return None;
     }
-    if b.flags & BACKEND_F_TERMINATING != 0 && svc.flags & SERVICE_F_FALLBACK == 0 {
+    if b.flags & BACKEND_F_REMOVED != 0 || (b.flags & BACKEND_F_TERMINATING != 0 && svc.flags & SERVICE_F_FALLBACK == 0)
+    {
         return None;
     }
     // SAFETY: as above.

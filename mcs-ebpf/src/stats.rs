@@ -33,13 +33,13 @@ pub enum ServiceEvent {
     Rejected,
 }
 
-/// Counts an event of service port `service_id` (when the agent created its entry).
+/// Counts an event of service port `service_id` (an index of the per-CPU array).
 #[inline(always)]
 pub fn service(service_id: u32, event: ServiceEvent) {
     let Some(counters) = MCS_SVC_STATS.get_ptr_mut(service_id) else {
         return;
     };
-    // SAFETY: this CPU's value of a per-CPU hash entry; nothing else on this
+    // SAFETY: this CPU's element of a per-CPU array; nothing else on this
     // CPU runs concurrently with the program.
     unsafe {
         match event {

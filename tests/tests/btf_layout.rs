@@ -5,8 +5,8 @@
 use std::{collections::BTreeMap, mem::offset_of, process::Command};
 
 use mcs_common::{
-    AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, ServiceKey, ServiceStats,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue, ServiceKey,
+    ServiceStats, ServiceValue,
 };
 
 /// A struct's size in bytes and its fields as (name, bit offset).
@@ -75,8 +75,22 @@ fn shared_map_types_match_the_object_btf() {
         layout!(CtKey, [saddr, daddr, sport, dport, proto, dir, pad]),
         layout!(
             CtValue,
-            [nat_addr, nat_port, flags, state, backend_id, service_id, hairpin_addr, pad, created_ns, last_seen_ns]
+            [
+                nat_saddr,
+                nat_daddr,
+                nat_sport,
+                nat_dport,
+                backend_id,
+                service_id,
+                own_flags,
+                peer_flags,
+                pad,
+                created_ns,
+                last_seen_ns
+            ]
         ),
+        layout!(FragKey, [saddr, daddr, id, proto, pad]),
+        layout!(FragValue, [sport, dport]),
         layout!(AffinityKey, [client_addr, service_id]),
         layout!(AffinityValue, [backend_id, pad, last_seen_ns]),
         layout!(ClusterName, [name]),
@@ -91,7 +105,12 @@ fn shared_map_types_match_the_object_btf() {
                 hairpin_addr,
                 maglev_table_size,
                 conntrack_max,
-                affinity_max
+                affinity_max,
+                conntrack_max_non_tcp,
+                nat_port_min,
+                nat_port_max,
+                layout_version,
+                pad
             ]
         ),
     ];

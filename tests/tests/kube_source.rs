@@ -373,6 +373,12 @@ fn wait_answers(
 
 /// Entries of a pinned map, from `bpftool --json map dump`.
 fn map_entries(pin: &Path) -> usize {
+    // The backends map is an array: count the elements that hold a backend.
+    if pin.file_name().is_some_and(|n| n == mcs_common::map_names::BACKENDS) {
+        let dir = pin.parent().expect("pin directory");
+        let dp = mcs_agent::dataplane::AyaDataplane::from_pins(dir).expect("open the pinned maps");
+        return mcs_agent::dataplane::Dataplane::backends(&dp).expect("read the backends").len();
+    }
     let out = std::process::Command::new("bpftool")
         .args(["--json", "map", "dump", "pinned"])
         .arg(pin)
@@ -433,7 +439,15 @@ fn agent_follows_the_kubernetes_api() {
     api.apply(slice("demo", "whoami-west", "whoami", "west", &["198.18.2.10", "198.18.2.11"], &west_ports));
 
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
-    let extra = ["--min-sync-interval-ms", "50", "--metrics-addr", metrics_addr.as_str()];
+    // A short removal grace: the deleted import's backends must be gone within the test's wait.
+    let extra = [
+        "--min-sync-interval-ms",
+        "50",
+        "--metrics-addr",
+        metrics_addr.as_str(),
+        "--backend-removal-grace-seconds",
+        "1",
+    ];
     let mut agent =
         AgentGuard::start_kube(topology.node(0), &prefix, &kubeconfig, topology.client_iface(), "local", &extra);
     let limit = Duration::from_secs(15);

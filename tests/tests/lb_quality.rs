@@ -364,9 +364,10 @@ fn established_streams_survive_a_backend_set_change_that_keeps_their_backend() {
     agent.assert_running();
 }
 
-/// The datapath's rule for a flow whose backend was removed (CONTRACT.md, conntrack): a TCP
-/// stream is reset, not left pointing at a backend that is no longer there; a UDP flow (same
-/// socket, same 5-tuple) is re-selected onto a remaining backend.
+/// The datapath's rule for a flow whose backend was removed, once the removal grace is over
+/// (docs/datapath.md, conntrack): a TCP stream is reset, not left pointing at a backend that is
+/// no longer there; a UDP flow (same socket, same 5-tuple) is re-selected onto a remaining
+/// backend.
 #[test]
 fn a_tcp_stream_whose_backend_was_removed_is_reset() {
     let (topology, prefix) = build("removed", 0, &[("east", 1), ("west", 1)]);
@@ -376,7 +377,8 @@ fn a_tcp_stream_whose_backend_was_removed_is_reset() {
     dir.write("import.json", &import("gone", ip).to_json());
     dir.write("slice-east.json", &ready_slice(&topology, "gone", 1));
     dir.write("slice-west.json", &ready_slice(&topology, "gone", 2));
-    let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &[]);
+    let grace = ["--backend-removal-grace-seconds", "1"];
+    let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &grace);
     converge(&topology, &mut agent, vip, "agent programs lbq/gone", |_| true);
     let mut streams: Vec<HeldStream> = topology.client().enter(|| {
         (0..8).map(|i| HeldStream::open(vip, TIMEOUT).unwrap_or_else(|e| panic!("stream {i}: {e}"))).collect()
@@ -401,6 +403,15 @@ fn a_tcp_stream_whose_backend_was_removed_is_reset() {
     agent.remove_manifest("slice-west.json");
     wait_table_clusters(&agent.pin_path, ip, 80, "TCP", &["east"]);
     wait_table_clusters(&agent.pin_path, ip, 53, "UDP", &["east"]);
+    // West's backends keep their flows for the grace (1 s), then leave.
+    wait_inspect(&agent.pin_path, "west's backends gone after their grace", |state| {
+        let left: Vec<_> = [(80, "TCP"), (53, "UDP")]
+            .iter()
+            .flat_map(|(port, protocol)| inspected_backends(state, ip, *port, protocol).unwrap_or_default())
+            .filter(|b| b.cluster == "west")
+            .collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("still there: {left:?}")) }
+    });
     for (i, s) in west.iter_mut().enumerate() {
         match s.ping() {
             Ok(who) => panic!("stream {i} to the removed backend {who} still works"),

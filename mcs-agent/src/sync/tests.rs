@@ -4,7 +4,7 @@
 //! a table slot beyond the live table, or a missing backend.
 use std::net::Ipv4Addr;
 
-use mcs_common::{BACKEND_F_TERMINATING, SERVICE_F_FALLBACK, proto};
+use mcs_common::{BACKEND_F_REMOVED, BACKEND_F_TERMINATING, SERVICE_F_FALLBACK, proto};
 
 use super::*;
 use crate::{
@@ -443,4 +443,86 @@ fn a_periodic_full_sync_keeps_what_the_tables_were_built_from() {
     assert!(dp.tables[&b_id].iter().all(|id| *id != 0));
     assert_eq!(dp.tables[&a_id], a_table);
     assert!(syncer.tables.values().all(|t| t.inputs.is_some()), "{:?}", syncer.tables);
+}
+
+/// [`sync_checked`] at the time `now`.
+fn sync_checked_at(syncer: &mut Syncer, dp: &mut FakeDataplane, desired: &DesiredState, now: Instant) -> SyncOutcome {
+    let before = FakeDataplane { ops: Vec::new(), ..dp.clone() };
+    dp.ops.clear();
+    let outcome = syncer.sync_at(dp, desired, now).expect("sync reads the fake");
+    assert_every_step_consistent(&before, &dp.ops);
+    dp.check_consistent().expect("consistent after the sync");
+    outcome
+}
+
+#[test]
+fn a_removed_backend_keeps_its_element_through_the_grace_and_leaves_after_it() {
+    let grace = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::with_removal_grace(grace);
+    let all = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    sync_checked_at(&mut syncer, &mut dp, &all, t0);
+    let id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+    let only_c1 = Desired::default()
+        .port(VIP_A, 80, Protocol::Tcp, two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
+        .0;
+
+    sync_checked_at(&mut syncer, &mut dp, &only_c1, t0);
+
+    let c2 = (Ipv4Addr::new(198, 18, 2, 10), 9090);
+    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 2, "out of the table at once: no new flows");
+    let flagged: Vec<_> = backends_of(&dp, id).into_iter().filter(|b| (b.0, b.1) == c2).collect();
+    assert_eq!(flagged, vec![(c2.0, c2.1, BACKEND_F_REMOVED)], "kept for its flows, flagged");
+    assert!(dp.clusters.values().any(|c| c == "c2"), "its cluster's name stays with it");
+    assert_eq!((syncer.backends_in_grace(), syncer.next_removal()), (1, Some(t0 + grace)));
+
+    // Within the grace nothing more happens, however often it syncs.
+    let outcome = sync_checked_at(&mut syncer, &mut dp, &only_c1, t0 + grace / 2);
+    assert_eq!(outcome.writes, 0, "{:?}", dp.ops);
+    // After it, the element goes.
+    sync_checked_at(&mut syncer, &mut dp, &only_c1, t0 + grace);
+    assert_eq!(backends_of(&dp, id).len(), 2);
+    assert!(!dp.clusters.values().any(|c| c == "c2"));
+    assert_eq!((syncer.backends_in_grace(), syncer.next_removal()), (0, None));
+}
+
+#[test]
+fn a_backend_back_within_the_grace_gets_its_id_and_its_table_back() {
+    let t0 = Instant::now();
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::with_removal_grace(Duration::from_secs(30));
+    let all = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    sync_checked_at(&mut syncer, &mut dp, &all, t0);
+    let (ids, table) = (dp.backends.clone(), dp.tables.clone());
+    let only_c1 = Desired::default()
+        .port(VIP_A, 80, Protocol::Tcp, two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
+        .0;
+    sync_checked_at(&mut syncer, &mut dp, &only_c1, t0 + Duration::from_secs(1));
+
+    sync_checked_at(&mut syncer, &mut dp, &all, t0 + Duration::from_secs(2));
+
+    assert_eq!(dp.backends, ids, "the same ids, the flag cleared");
+    assert_eq!(dp.tables, table, "the same table: its flows never noticed");
+    assert_eq!(syncer.backends_in_grace(), 0);
+}
+
+#[test]
+fn the_backends_of_a_deleted_service_keep_their_flows_through_the_grace() {
+    let t0 = Instant::now();
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::with_removal_grace(Duration::from_secs(30));
+    sync_checked_at(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0, t0);
+    let id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+
+    sync_checked_at(&mut syncer, &mut dp, &DesiredState::default(), t0);
+    assert!(dp.services.is_empty() && dp.tables.is_empty(), "the port is gone in one sync");
+    assert!(backends_of(&dp, id).iter().all(|b| b.2 & BACKEND_F_REMOVED != 0) && dp.backends.len() == 3);
+    // Its id is not handed out while its backends linger.
+    let other = Desired::default().port(VIP_B, 53, Protocol::Udp, two_clusters()).0;
+    sync_checked_at(&mut syncer, &mut dp, &other, t0);
+    assert_ne!(entry(&dp, VIP_B, 53, proto::UDP).service_id, id);
+    sync_checked_at(&mut syncer, &mut dp, &other, t0 + Duration::from_secs(31));
+    assert!(backends_of(&dp, id).is_empty(), "{dp:?}");
+    assert_eq!(dp.backends.len(), 3, "the other port's");
 }

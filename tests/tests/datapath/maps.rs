@@ -1,0 +1,163 @@
+//! The maps themselves: pins adopted by a second load and read by
+//! `inspect`, pins of another layout refused or removed, capacities from
+//! the flags.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use mcs_agent::{
+    dataplane::AyaDataplane,
+    ebpf::{self, LoadOptions},
+    sync::Syncer,
+    translate::DesiredState,
+};
+use mcs_common::{Backend, DatapathConfig, map_names, program_names};
+use mcs_tests::datapath::{NEXT, ServicePort, TABLE_SIZE};
+
+use super::{BACKENDS, CLIENT_EP, OTHER_VIP, VIP, syn};
+
+/// Removes a pin directory on drop, also when the test panics.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        Self(PathBuf::from(format!("/sys/fs/bpf/mcs-test-{tag}-{}", std::process::id())))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = ebpf::cleanup(&self.0) {
+            eprintln!("cleaning up {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+fn desired(ports: impl IntoIterator<Item = ServicePort>) -> DesiredState {
+    let mut desired = DesiredState::default();
+    desired.services.extend(ports.into_iter().map(ServicePort::into_desired));
+    desired
+}
+
+fn run_syn(ebpf: &aya::Ebpf) -> u32 {
+    let prog: &SchedClassifier = ebpf.program(program_names::FROM_POD).expect("program").try_into().expect("tc");
+    let frame = syn(CLIENT_EP, (VIP, 80));
+    let mut out = vec![0u8; frame.len() + 64];
+    prog.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::default() })
+        .expect("test_run")
+        .return_value
+}
+
+#[test]
+fn pinned_maps_are_adopted_by_a_second_load_and_read_by_inspect() {
+    let pins = PinDir::new("dp");
+    let options = LoadOptions {
+        pin_path: Some(pins.0.clone()),
+        config: DatapathConfig { maglev_table_size: TABLE_SIZE, ..DatapathConfig::DEFAULT },
+        ..LoadOptions::default()
+    };
+    let mut first = ebpf::load(&options).expect("load pinned");
+    let mut dp = AyaDataplane::from_ebpf(&mut first).expect("maps");
+    let desired = desired([ServicePort::tcp(VIP, 80).ready(&BACKENDS)]);
+    assert!(Syncer::new().sync(&mut dp, &desired).expect("sync").errors.is_empty());
+    assert_eq!(run_syn(&first), NEXT);
+
+    // A restarted agent: same pins, a fresh syncer. Nothing to rewrite.
+    let mut second = ebpf::load(&options).expect("load adopting the pins");
+    let mut adopted = AyaDataplane::from_ebpf(&mut second).expect("maps");
+    let outcome = Syncer::new().sync(&mut adopted, &desired).expect("sync");
+    assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
+    assert_eq!((outcome.writes, outcome.tables_written), (0, 0), "tables read back and found unchanged");
+
+    let snapshot = mcs_agent::inspect::Snapshot::from_pins(&pins.0, true).expect("inspect the pins");
+    let v = mcs_agent::inspect::to_json(&snapshot);
+    let service = &v["services"][0];
+    assert_eq!((service["ip"].as_str(), service["port"].as_u64()), (Some("198.19.0.10"), Some(80)), "{v:#}");
+    assert_eq!(service["tableSize"], TABLE_SIZE);
+    let backends = service["backends"].as_array().expect("backends");
+    assert_eq!(backends.len(), 3);
+    let slots: u64 = backends.iter().map(|b| b["slots"].as_u64().expect("slots")).sum();
+    assert_eq!(slots, u64::from(TABLE_SIZE));
+    assert!(backends.iter().all(|b| ["c1", "c2"].contains(&b["cluster"].as_str().expect("cluster"))), "{v:#}");
+    assert_eq!(service["counters"]["newFlows"], 1);
+    let flows = v["conntrack"].as_array().expect("flows");
+    assert_eq!(flows.len(), 1, "{v:#}");
+    assert_eq!(flows[0]["client"], "198.18.0.2:40000");
+    assert!(flows[0]["translatedClient"].as_str().expect("translated").starts_with("198.18.0.2:6"), "{v:#}");
+    assert_eq!((flows[0]["state"].as_str(), flows[0]["expired"].as_bool()), (Some("syn"), Some(false)));
+    assert_eq!(flows[0]["replyEntry"], true);
+    drop((first, second, dp, adopted));
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_and_an_obsolete_one_removed() {
+    let pins = PinDir::new("layout");
+    std::fs::create_dir_all(&pins.0).expect("pin directory");
+    let options = LoadOptions { pin_path: Some(pins.0.clone()), ..LoadOptions::default() };
+    // The backends map of layout 1: a hash of the same key and value sizes.
+    let old = || -> HashMap<MapData, u32, Backend> { HashMap::create(16, 0).expect("create a map") };
+    old().pin(pins.0.join(map_names::BACKENDS)).expect("pin it");
+    let error = format!("{:#}", ebpf::load(&options).expect_err("a hash where an array belongs"));
+    assert!(error.contains(map_names::BACKENDS) && error.contains("cleanup"), "{error}");
+    std::fs::remove_file(pins.0.join(map_names::BACKENDS)).expect("unpin");
+
+    // Layout 1's single conntrack map: nothing reads it any more.
+    old().pin(pins.0.join("MCS_CT")).expect("pin it");
+    let loaded = ebpf::load(&options).expect("load");
+    assert!(!pins.0.join("MCS_CT").exists(), "the obsolete pin is gone");
+    drop(loaded);
+}
+
+#[test]
+fn map_capacities_come_from_the_flags_and_a_full_map_is_a_per_service_error() {
+    let args = ebpf::DatapathArgs {
+        backends_max: 4,
+        services_max: 64,
+        service_ports_max: 8,
+        conntrack_max: 1024,
+        conntrack_max_non_tcp: 512,
+        ..Default::default()
+    };
+    let options = LoadOptions {
+        config: DatapathConfig { maglev_table_size: TABLE_SIZE, ..args.load_options(None).config },
+        ..args.load_options(None)
+    };
+    let mut ebpf = ebpf::load(&options).expect("load with small maps");
+    let max_entries = |name: &str| {
+        use aya::maps::Map;
+        match ebpf.map(name).expect(name) {
+            Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::HashOfMaps(d)
+            | Map::Array(d)
+            | Map::PerCpuArray(d)
+            | Map::PerCpuHashMap(d) => d.info().expect("map info").max_entries(),
+            other => panic!("{name} is an unexpected map type: {other:?}"),
+        }
+    };
+    assert_eq!(
+        [
+            map_names::BACKENDS,
+            map_names::SERVICES,
+            map_names::MAGLEV,
+            map_names::SERVICE_STATS,
+            map_names::CONNTRACK_TCP,
+            map_names::CONNTRACK_ANY
+        ]
+        .map(max_entries),
+        [4, 64, 8, 8, 1024, 512]
+    );
+    let mut dp = AyaDataplane::from_ebpf(&mut ebpf).expect("maps");
+    let two: Vec<(Ipv4Addr, u16)> = (1..=2).map(|i| (Ipv4Addr::new(198, 18, 9, i), 8080)).collect();
+    let desired = desired([
+        ServicePort::tcp(VIP, 80).ready(&BACKENDS).named("fits"),
+        ServicePort::tcp(OTHER_VIP, 80).ready(&two).named("big"),
+    ]);
+    let outcome = Syncer::new().sync(&mut dp, &desired).expect("sync");
+    // Ids 1 to 3 fit the 4 elements (id 0 is never used); the second port's do not.
+    assert!(outcome.errors.iter().any(|e| e.contains("ServiceImport demo/big port 80/TCP")), "{outcome:?}");
+    assert!(!outcome.errors.iter().any(|e| e.contains("demo/fits")), "{outcome:?}");
+    assert_eq!(run_syn(&ebpf), NEXT, "the port that fits is live");
+}
