@@ -121,6 +121,11 @@ impl Pair {
         Err(io::Error::new(io::ErrorKind::TimedOut, format!("{token} to {target}: no listener accepted it in time")))
     }
 
+    /// How long each side of an exchange may take from now on (default [`PAIR_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The identity of the listener that accepted it.
     #[must_use]
     pub fn backend(&self) -> &str {
