@@ -4,7 +4,8 @@
 //! - Cold start: from spawning `mcs-agent run --source file` to its first
 //!   `synced` log line that reports every service port (`service_ports`) and no
 //!   errors. The maps are then counted (keys walked in the pinned
-//!   `MCS_SERVICES` and `MCS_BACKENDS`, layout-free) and reported beside it.
+//!   `MCS_SERVICES`, layout-free; the present slots of the `MCS_BACKENDS`
+//!   array, through the agent's own reader) and reported beside it.
 //! - One change: a probe service (one port, one endpoint) is rewritten on disk
 //!   with a new endpoint address (written aside, renamed into place). Its
 //!   latency ends when the datapath, reading the agent's pinned maps, sends a
@@ -142,6 +143,14 @@ fn count_keys<K: aya::Pod, V: aya::Pod>(pin_path: &Path, name: &str) -> Result<u
     Ok(map.keys().flatten().count() as u64)
 }
 
+/// The backends present in the pinned `MCS_BACKENDS`, an array indexed by backend id whose
+/// free slots are empty: counted by the agent's own reader, as `inspect` does.
+fn present_backends(pin_path: &Path) -> Result<u64> {
+    use mcs_agent::dataplane::Dataplane as _;
+    let dataplane = mcs_agent::dataplane::AyaDataplane::from_pins(pin_path).context("the agent's pinned maps")?;
+    Ok(dataplane.backends().context("reading MCS_BACKENDS")?.len() as u64)
+}
+
 /// The memlock of the Maglev tables: they are inner maps of `MCS_MAGLEV`,
 /// neither pinned nor held by the agent, so they are counted here: the
 /// number of tables times the memlock of one (all have the same size).
@@ -276,7 +285,7 @@ pub fn run(s: Settings) -> Result<Report> {
     }
     report.entries = (
         count_keys::<mcs_common::ServiceKey, mcs_common::ServiceValue>(&agent.pin_path, map_names::SERVICES)?,
-        count_keys::<u32, mcs_common::Backend>(&agent.pin_path, map_names::BACKENDS)?,
+        present_backends(&agent.pin_path)?,
     );
     println!(
         "   first sync after {:.2} s: {} of {expected} service ports, {} errors; fully programmed: {}; maps hold {} \
