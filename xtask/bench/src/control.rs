@@ -220,7 +220,9 @@ fn probe(prog: &SchedClassifier, port: u16) -> Option<Ipv4Addr> {
     let mut out = vec![0u8; frame.len() + 64];
     let r =
         prog.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() }).ok()?;
-    (r.return_value == 0 && r.data_size_out as usize >= 34).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+    // Translated: `TCX_NEXT` (-1, the datapath lets the chain go on) or `TC_ACT_OK` (0).
+    let passed = r.return_value == u32::MAX || r.return_value == 0;
+    (passed && r.data_size_out as usize >= 34).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
 }
 
 /// Runs the control-plane benchmarks.
