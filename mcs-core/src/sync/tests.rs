@@ -8,7 +8,8 @@ use mcs_common::{BACKEND_F_TERMINATING, SERVICE_F_FALLBACK, proto};
 
 use super::*;
 use crate::{
-    dataplane::{FakeDataplane, Op},
+    fake::{FakeDataplane, Op},
+    testkit::{PortBuilder, desired_port},
     translate::{DesiredBackend, Protocol},
 };
 
@@ -23,35 +24,26 @@ fn terminating(cluster: &str, ip: [u8; 4], port: u16) -> DesiredBackend {
     DesiredBackend { state: EndpointState::Terminating, ..backend(cluster, ip, port) }
 }
 
-/// A desired state built port by port.
+/// A desired state built port by port; every port belongs to `demo/svc-<vip>`.
 #[derive(Default)]
 struct Desired(DesiredState);
 
+/// A port's key: (`ClusterSetIP`, port, protocol).
+type Key = (Ipv4Addr, u16, Protocol);
+
+/// A port of `demo/svc-<vip>` with no backends yet.
+fn svc(vip: Ipv4Addr) -> PortBuilder {
+    desired_port("demo", &format!("svc-{vip}"))
+}
+
 impl Desired {
-    fn port(self, vip: Ipv4Addr, port: u16, protocol: Protocol, backends: Vec<DesiredBackend>) -> Self {
-        self.port_with(vip, port, protocol, backends, Vec::new(), None)
+    /// The port `key` with these backends, no draining ones, no affinity.
+    fn port(self, key: Key, backends: Vec<DesiredBackend>) -> Self {
+        self.put(key, svc(key.0).backends(backends))
     }
 
-    fn port_with(
-        mut self,
-        vip: Ipv4Addr,
-        port: u16,
-        protocol: Protocol,
-        backends: Vec<DesiredBackend>,
-        draining: Vec<DesiredBackend>,
-        affinity: Option<u32>,
-    ) -> Self {
-        self.0.services.insert(
-            ServicePortKey { ip: vip, port, protocol },
-            DesiredServicePort {
-                namespace: "demo".into(),
-                name: format!("svc-{vip}"),
-                port_name: String::new(),
-                session_affinity_timeout: affinity,
-                backends,
-                draining,
-            },
-        );
+    fn put(mut self, (ip, port, protocol): Key, entry: PortBuilder) -> Self {
+        self.0.services.insert(ServicePortKey { ip, port, protocol }, entry.build());
         self
     }
 }
@@ -113,7 +105,7 @@ fn position(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
 fn first_sync_writes_clusters_backends_table_then_entry() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    let desired = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     assert!(outcome.full, "the first sync reads the maps");
@@ -143,7 +135,7 @@ fn first_sync_writes_clusters_backends_table_then_entry() {
 fn second_sync_of_the_same_state_writes_nothing() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    let desired = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked(&mut syncer, &mut dp, &desired);
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.writes, 0);
@@ -155,10 +147,10 @@ fn second_sync_of_the_same_state_writes_nothing() {
 fn removing_a_cluster_swaps_in_a_new_table_before_deleting_its_backend() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     let before = dp.tables.values().next().expect("table").clone();
     let only_c1: Vec<_> = two_clusters().into_iter().filter(|b| b.cluster == "c1").collect();
-    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, only_c1).0);
+    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), only_c1).0);
     assert_eq!(outcome.tables_written, 1);
     assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 2);
     assert_eq!(dp.backends.len(), 2, "c2's backend is deleted");
@@ -178,12 +170,12 @@ fn deleting_a_service_removes_every_entry_in_one_sync() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let both = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 53, Protocol::Udp, vec![backend("c1", [198, 18, 1, 20], 5353)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 53, Protocol::Udp), vec![backend("c1", [198, 18, 1, 20], 5353)])
         .0;
     sync_checked(&mut syncer, &mut dp, &both);
     let a_id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
-    let only_b = Desired::default().port(VIP_B, 53, Protocol::Udp, vec![backend("c1", [198, 18, 1, 20], 5353)]).0;
+    let only_b = Desired::default().port((VIP_B, 53, Protocol::Udp), vec![backend("c1", [198, 18, 1, 20], 5353)]).0;
     sync_checked(&mut syncer, &mut dp, &only_b);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B), "{:?}", dp.services.keys());
     assert_eq!(dp.backends.len(), 1);
@@ -202,8 +194,8 @@ fn tcp_and_udp_on_one_port_are_independent_entries() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port(VIP_A, 42, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 10], 4242)])
-        .port(VIP_A, 42, Protocol::Udp, vec![backend("c1", [198, 18, 1, 10], 4343)])
+        .port((VIP_A, 42, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 4242)])
+        .port((VIP_A, 42, Protocol::Udp), vec![backend("c1", [198, 18, 1, 10], 4343)])
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(
@@ -221,8 +213,8 @@ fn tcp_and_udp_on_one_port_are_independent_entries() {
 fn a_restarted_syncer_adopts_the_maps_and_rewrites_no_table() {
     let mut dp = FakeDataplane::default();
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 443, Protocol::Tcp, vec![backend("c3", [198, 18, 3, 10], 8443)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 443, Protocol::Tcp), vec![backend("c3", [198, 18, 3, 10], 8443)])
         .0;
     sync_checked(&mut Syncer::new(), &mut dp, &desired);
     let before = dp.clone();
@@ -244,7 +236,7 @@ fn a_restarted_syncer_adopts_the_maps_and_rewrites_no_table() {
 #[test]
 fn a_restart_with_another_table_size_rebuilds_every_table_safely() {
     let mut dp = FakeDataplane::default();
-    let desired = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked(&mut Syncer::new(), &mut dp, &desired);
     for size in [101, 509] {
         // Smaller, then larger: the entry and the table change places.
@@ -262,8 +254,8 @@ fn a_full_map_fails_one_service_cleanly_and_writes_the_others() {
     let mut dp = FakeDataplane { tables_capacity: Some(1), ..FakeDataplane::default() };
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 80, Protocol::Tcp, two_clusters())
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 80, Protocol::Tcp), two_clusters())
         .0;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
@@ -283,8 +275,8 @@ fn a_cluster_name_that_does_not_fit_fails_its_service_only() {
     let mut syncer = Syncer::new();
     let long = "c".repeat(200);
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 80, Protocol::Tcp, vec![backend(&long, [198, 18, 9, 9], 80)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 80, Protocol::Tcp), vec![backend(&long, [198, 18, 9, 9], 80)])
         .0;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
@@ -296,8 +288,8 @@ fn a_cluster_name_that_does_not_fit_fails_its_service_only() {
 fn a_changed_cluster_set_ip_moves_in_one_sync() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_B, 80, Protocol::Tcp, two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_B, 80, Protocol::Tcp), two_clusters()).0);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B));
     assert_eq!(table_share(&dp, VIP_B, 80, proto::TCP).len(), 3);
     assert_eq!(dp.tables.len(), 1);
@@ -307,8 +299,8 @@ fn a_changed_cluster_set_ip_moves_in_one_sync() {
 fn a_service_without_backends_has_no_table_and_fails_fast() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, Vec::new()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), Vec::new()).0);
     let value = entry(&dp, VIP_A, 80, proto::TCP);
     assert_eq!(value.table_size, 0);
     assert!(dp.tables.is_empty() && dp.backends.is_empty());
@@ -321,17 +313,17 @@ fn a_service_without_backends_has_no_table_and_fails_fast() {
 fn draining_backends_stay_flagged_but_leave_the_table() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     let mut ready = two_clusters();
     let leaving = ready.pop().expect("three");
     let desired = Desired::default()
-        .port_with(
-            VIP_A,
-            80,
-            Protocol::Tcp,
-            ready,
-            vec![terminating(&leaving.cluster, leaving.ip.octets(), leaving.port)],
-            None,
+        .put(
+            (VIP_A, 80, Protocol::Tcp),
+            svc(VIP_A).backends(ready).draining_backends(vec![terminating(
+                &leaving.cluster,
+                leaving.ip.octets(),
+                leaving.port,
+            )]),
         )
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
@@ -349,7 +341,10 @@ fn a_fallback_to_terminating_backends_is_flagged() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port_with(VIP_A, 80, Protocol::Tcp, vec![terminating("c1", [198, 18, 1, 10], 8080)], Vec::new(), Some(30))
+        .put(
+            (VIP_A, 80, Protocol::Tcp),
+            svc(VIP_A).backends(vec![terminating("c1", [198, 18, 1, 10], 8080)]).affinity(Some(30)),
+        )
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
     let value = entry(&dp, VIP_A, 80, proto::TCP);
@@ -365,11 +360,11 @@ fn a_backend_in_two_service_ports_gets_an_entry_in_each() {
     let mut syncer = Syncer::new();
     let shared = vec![backend("c1", [198, 18, 1, 10], 8080)];
     let desired =
-        Desired::default().port(VIP_A, 80, Protocol::Tcp, shared.clone()).port(VIP_B, 80, Protocol::Tcp, shared).0;
+        Desired::default().port((VIP_A, 80, Protocol::Tcp), shared.clone()).port((VIP_B, 80, Protocol::Tcp), shared).0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(dp.backends.len(), 2, "one entry per service port, so a port's flows check their own backends");
     // Removing one port leaves the other's backend alone.
-    let only_b = Desired::default().port(VIP_B, 80, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 10], 8080)]).0;
+    let only_b = Desired::default().port((VIP_B, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 8080)]).0;
     sync_checked(&mut syncer, &mut dp, &only_b);
     assert_eq!(dp.backends.len(), 1);
 }
@@ -378,8 +373,8 @@ fn a_backend_in_two_service_ports_gets_an_entry_in_each() {
 fn service_ids_are_reused_lowest_first_and_stay_stable() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    let one = |vip| Desired::default().port(vip, 80, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 10], 8080)]);
-    let both = one(VIP_A).port(VIP_B, 80, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 11], 8080)]).0;
+    let one = |vip| Desired::default().port((vip, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 8080)]);
+    let both = one(VIP_A).port((VIP_B, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 11], 8080)]).0;
     sync_checked(&mut syncer, &mut dp, &both);
     let b_id = entry(&dp, VIP_B, 80, proto::TCP).service_id;
     sync_checked(&mut syncer, &mut dp, &one(VIP_B).0);
@@ -396,7 +391,7 @@ fn new_ports_of_one_sync_fill_the_gaps_lowest_first() {
         let mut desired = Desired::default();
         for (i, port) in ports.iter().enumerate() {
             let last = u8::try_from(i).expect("few ports") + 10;
-            desired = desired.port(VIP_A, *port, Protocol::Tcp, vec![backend("c1", [198, 18, 1, last], 8080)]);
+            desired = desired.port((VIP_A, *port, Protocol::Tcp), vec![backend("c1", [198, 18, 1, last], 8080)]);
         }
         desired.0
     };
@@ -416,8 +411,8 @@ fn a_periodic_full_sync_keeps_what_the_tables_were_built_from() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 443, Protocol::Tcp, vec![backend("c3", [198, 18, 3, 10], 8443)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 443, Protocol::Tcp), vec![backend("c3", [198, 18, 3, 10], 8443)])
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert!(syncer.tables.values().all(|t| t.inputs.is_some()), "{:?}", syncer.tables);

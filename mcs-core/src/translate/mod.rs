@@ -71,7 +71,7 @@ impl Inputs {
 
 /// Which clusters' endpoints a service prefers (the locality annotation, or the
 /// agent's default).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Locality {
     /// Every selected cluster's endpoints alike.
     #[default]

@@ -9,315 +9,15 @@ mod readiness;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Endpoints;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
-use crate::k8s::{
-    self, ClientIpConfig, ClusterStatus, GkeServiceImport, ServiceImport, ServiceImportSpec, ServiceImportStatus,
-    ServicePort, SessionAffinityConfig,
+use crate::k8s::{self, GkeServiceImport, ServiceImport};
+use crate::testkit::{
+    GkeImportBuilder, ImportBuilder, SliceBuilder, conditions, desired_port, endpoints, gke_import, import, port_key,
+    slice,
 };
-
-// ---- builders -------------------------------------------------------
-
-/// Builds a `ServiceImport`: `ClusterSetIP`, no ips, no ports.
-struct ImportBuilder(ServiceImport);
-
-fn import(namespace: &str, name: &str) -> ImportBuilder {
-    ImportBuilder(ServiceImport {
-        api_version: "multicluster.x-k8s.io/v1beta1".into(),
-        kind: "ServiceImport".into(),
-        metadata: ObjectMeta { namespace: Some(namespace.into()), name: Some(name.into()), ..ObjectMeta::default() },
-        spec: ServiceImportSpec { type_: k8s::TYPE_CLUSTER_SET_IP.into(), ..ServiceImportSpec::default() },
-        status: None,
-    })
-}
-
-impl ImportBuilder {
-    fn type_(mut self, type_: &str) -> Self {
-        self.0.spec.type_ = type_.into();
-        self
-    }
-    fn ip(mut self, ip: &str) -> Self {
-        self.0.spec.ips.push(ip.into());
-        self
-    }
-    fn family(mut self, family: &str) -> Self {
-        self.0.spec.ip_families.push(family.into());
-        self
-    }
-    /// A port without a protocol (TCP).
-    fn port(self, name: &str, port: i64) -> Self {
-        self.raw_port(Some(name), None, port)
-    }
-    fn udp(self, name: &str, port: i64) -> Self {
-        self.raw_port(Some(name), Some("UDP"), port)
-    }
-    fn raw_port(mut self, name: Option<&str>, protocol: Option<&str>, port: i64) -> Self {
-        self.0.spec.ports.push(ServicePort {
-            name: name.map(Into::into),
-            protocol: protocol.map(Into::into),
-            app_protocol: None,
-            port,
-        });
-        self
-    }
-    fn affinity(mut self, affinity: &str, timeout: Option<i64>) -> Self {
-        self.0.spec.session_affinity = Some(affinity.into());
-        self.0.spec.session_affinity_config =
-            timeout.map(|t| SessionAffinityConfig { client_ip: Some(ClientIpConfig { timeout_seconds: Some(t) }) });
-        self
-    }
-    fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.0.metadata.annotations.get_or_insert_default().insert(key.into(), value.into());
-        self
-    }
-    fn status_clusters(mut self, clusters: &[&str]) -> Self {
-        let clusters = clusters.iter().map(|c| ClusterStatus { cluster: (*c).into() }).collect();
-        self.0.status = Some(ServiceImportStatus { clusters });
-        self
-    }
-    fn build(self) -> ServiceImport {
-        self.0
-    }
-}
-
-/// Builds an `EndpointSlice`.
-struct SliceBuilder(EndpointSlice);
-
-/// An IPv4 MCS slice of `service` from `cluster`, with both labels.
-fn slice(namespace: &str, name: &str, service: &str, cluster: &str) -> SliceBuilder {
-    SliceBuilder(EndpointSlice {
-        address_type: k8s::ADDRESS_TYPE_IPV4.into(),
-        metadata: ObjectMeta { namespace: Some(namespace.into()), name: Some(name.into()), ..ObjectMeta::default() },
-        ..EndpointSlice::default()
-    })
-    .label(k8s::LABEL_SERVICE_NAME, service)
-    .label(k8s::LABEL_SOURCE_CLUSTER, cluster)
-}
-
-impl SliceBuilder {
-    fn label(mut self, key: &str, value: &str) -> Self {
-        self.0.metadata.labels.get_or_insert_default().insert(key.into(), value.into());
-        self
-    }
-    fn without_label(mut self, key: &str) -> Self {
-        self.0.metadata.labels.get_or_insert_default().remove(key);
-        self
-    }
-    fn address_type(mut self, address_type: &str) -> Self {
-        self.0.address_type = address_type.into();
-        self
-    }
-    /// A port without a protocol (TCP).
-    fn port(self, name: &str, port: i32) -> Self {
-        self.raw_port(Some(name), None, Some(port))
-    }
-    fn udp(self, name: &str, port: i32) -> Self {
-        self.raw_port(Some(name), Some("UDP"), Some(port))
-    }
-    fn raw_port(mut self, name: Option<&str>, protocol: Option<&str>, port: Option<i32>) -> Self {
-        self.0.ports.get_or_insert_default().push(EndpointPort {
-            name: name.map(Into::into),
-            protocol: protocol.map(Into::into),
-            port,
-            app_protocol: None,
-        });
-        self
-    }
-    fn endpoint(mut self, address: &str, conditions: Option<EndpointConditions>) -> Self {
-        self.0.endpoints.get_or_insert_default().push(Endpoint {
-            addresses: vec![address.into()],
-            conditions,
-            ..Endpoint::default()
-        });
-        self
-    }
-    /// An endpoint with `ready: true`.
-    fn ready(self, address: &str) -> Self {
-        self.endpoint(address, Some(EndpointConditions { ready: Some(true), ..EndpointConditions::default() }))
-    }
-    fn not_ready(self, address: &str) -> Self {
-        self.endpoint(address, Some(EndpointConditions { ready: Some(false), ..EndpointConditions::default() }))
-    }
-    /// Explicit conditions (ready, serving, terminating); `None` leaves one unset.
-    fn conditions(self, address: &str, ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> Self {
-        self.endpoint(address, Some(EndpointConditions { ready, serving, terminating }))
-    }
-    /// Serving but terminating, as kube sets it during graceful shutdown.
-    fn terminating(self, address: &str) -> Self {
-        self.endpoint(
-            address,
-            Some(EndpointConditions { ready: Some(false), serving: Some(true), terminating: Some(true) }),
-        )
-    }
-    fn build(self) -> EndpointSlice {
-        self.0
-    }
-}
-
-/// Builds a GKE `ServiceImport` (`net.gke.io/v1`) with `ips` and `ports`
-/// under `status`, as in GKE's documentation, and the derived-service
-/// annotation.
-struct GkeBuilder(GkeServiceImport);
-
-fn gke_import(namespace: &str, name: &str, derived: &str) -> GkeBuilder {
-    let mut annotations = BTreeMap::new();
-    annotations.insert(k8s::GKE_DERIVED_SERVICE_ANNOTATION.to_owned(), derived.to_owned());
-    GkeBuilder(GkeServiceImport {
-        api_version: k8s::GKE_SERVICE_IMPORT_API_VERSION.into(),
-        kind: "ServiceImport".into(),
-        metadata: ObjectMeta {
-            namespace: Some(namespace.into()),
-            name: Some(name.into()),
-            annotations: Some(annotations),
-            ..ObjectMeta::default()
-        },
-        spec: None,
-        status: Some(ServiceImportSpec { type_: k8s::TYPE_CLUSTER_SET_IP.into(), ..ServiceImportSpec::default() }),
-    })
-}
-
-impl GkeBuilder {
-    fn section(&mut self) -> &mut ServiceImportSpec {
-        self.0.status.get_or_insert_default()
-    }
-    fn ip(mut self, ip: &str) -> Self {
-        self.section().ips.push(ip.into());
-        self
-    }
-    fn port(self, name: &str, port: i64) -> Self {
-        self.raw_port(Some(name), None, port)
-    }
-    fn udp(self, name: &str, port: i64) -> Self {
-        self.raw_port(Some(name), Some("UDP"), port)
-    }
-    fn raw_port(mut self, name: Option<&str>, protocol: Option<&str>, port: i64) -> Self {
-        self.section().ports.push(ServicePort {
-            name: name.map(Into::into),
-            protocol: protocol.map(Into::into),
-            app_protocol: None,
-            port,
-        });
-        self
-    }
-    fn type_(mut self, type_: &str) -> Self {
-        self.section().type_ = type_.into();
-        self
-    }
-    fn affinity(mut self, timeout: i64) -> Self {
-        let section = self.section();
-        section.session_affinity = Some("ClientIP".into());
-        section.session_affinity_config =
-            Some(SessionAffinityConfig { client_ip: Some(ClientIpConfig { timeout_seconds: Some(timeout) }) });
-        self
-    }
-    /// Moves `ips`, `ports` and the rest from `status` to `spec`.
-    fn in_spec(mut self) -> Self {
-        self.0.spec = self.0.status.take();
-        self
-    }
-    fn annotation(mut self, key: &str, value: Option<&str>) -> Self {
-        let annotations = self.0.metadata.annotations.get_or_insert_default();
-        match value {
-            Some(v) => annotations.insert(key.into(), v.into()),
-            None => annotations.remove(key),
-        };
-        self
-    }
-    fn build(self) -> GkeServiceImport {
-        self.0
-    }
-}
-
-/// Builds a core/v1 `Endpoints` object, one subset at a time.
-struct EndpointsBuilder(Endpoints);
-
-fn endpoints(namespace: &str, name: &str) -> EndpointsBuilder {
-    EndpointsBuilder(Endpoints {
-        metadata: ObjectMeta { namespace: Some(namespace.into()), name: Some(name.into()), ..ObjectMeta::default() },
-        subsets: None,
-    })
-}
-
-impl EndpointsBuilder {
-    /// A subset with `ports` (name, protocol, port), ready and not-ready
-    /// addresses.
-    fn subset(mut self, ports: &[(&str, Option<&str>, i32)], ready: &[&str], not_ready: &[&str]) -> Self {
-        use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as CorePort, EndpointSubset};
-        let addresses = |ips: &[&str]| {
-            Some(ips.iter().map(|ip| EndpointAddress { ip: (*ip).into(), ..EndpointAddress::default() }).collect())
-        };
-        self.0.subsets.get_or_insert_default().push(EndpointSubset {
-            addresses: addresses(ready),
-            not_ready_addresses: addresses(not_ready),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|(name, protocol, port)| CorePort {
-                        name: Some((*name).into()),
-                        protocol: protocol.map(Into::into),
-                        port: *port,
-                        app_protocol: None,
-                    })
-                    .collect(),
-            ),
-        });
-        self
-    }
-    fn build(self) -> Endpoints {
-        self.0
-    }
-}
-
-/// An entry with explicit backends and draining endpoints:
-/// (cluster, ip, port, state).
-fn entry_with(
-    namespace: &str,
-    name: &str,
-    port_name: &str,
-    backends: &[(&str, &str, u16, EndpointState)],
-    draining: &[(&str, &str, u16)],
-) -> DesiredServicePort {
-    let backend = |cluster: &str, ip: &str, port: u16, state| DesiredBackend {
-        cluster: cluster.into(),
-        ip: ip.parse().expect("test backend IP"),
-        port,
-        state,
-    };
-    DesiredServicePort {
-        namespace: namespace.into(),
-        name: name.into(),
-        port_name: port_name.into(),
-        session_affinity_timeout: None,
-        backends: backends.iter().map(|(c, ip, port, state)| backend(c, ip, *port, *state)).collect(),
-        draining: draining.iter().map(|(c, ip, port)| backend(c, ip, *port, EndpointState::Terminating)).collect(),
-    }
-}
-
-fn key(ip: &str, port: u16, protocol: Protocol) -> ServicePortKey {
-    ServicePortKey { ip: ip.parse().expect("test VIP"), port, protocol }
-}
-
-/// An entry without affinity whose backends are all ready.
-fn entry(namespace: &str, name: &str, port_name: &str, backends: &[(&str, &str, u16)]) -> DesiredServicePort {
-    DesiredServicePort {
-        namespace: namespace.into(),
-        name: name.into(),
-        port_name: port_name.into(),
-        session_affinity_timeout: None,
-        backends: backends
-            .iter()
-            .map(|(cluster, ip, port)| DesiredBackend {
-                cluster: (*cluster).into(),
-                ip: ip.parse().expect("test backend IP"),
-                port: *port,
-                state: EndpointState::Ready,
-            })
-            .collect(),
-        draining: Vec::new(),
-    }
-}
 
 fn with_affinity(entry: DesiredServicePort, timeout: u32) -> DesiredServicePort {
     DesiredServicePort { session_affinity_timeout: Some(timeout), ..entry }
@@ -450,156 +150,180 @@ fn ports_and_keys() {
     run(vec![
         Case {
             name: "one port, one cluster",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east")
-                    .port("http", 8080)
-                    .ready("198.18.0.2")
-                    .ready("198.18.0.1")
-                    .build(),
+                slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.2").ready("198.18.0.1").build(),
             ],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry("demo", "web", "http", &[("east", "198.18.0.1", 8080), ("east", "198.18.0.2", 8080)]),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .ready(&[("east", "198.18.0.1", 8080), ("east", "198.18.0.2", 8080)])
+                    .build(),
             )],
             ..Case::default()
         },
         Case {
             name: "http/80 and https/443 from three clusters with different target ports",
-            imports: vec![web().port("http", 80).port("https", 443).build()],
+            imports: vec![web().port("http", None, 80).port("https", None, 443).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east")
-                    .port("http", 8080)
-                    .port("https", 8443)
+                slice("demo", "web", "east")
+                    .port("http", None, 8080)
+                    .port("https", None, 8443)
                     .ready("198.18.1.1")
                     .build(),
                 // Ports listed in the other order.
-                slice("demo", "web-west", "web", "west")
-                    .port("https", 9443)
-                    .port("http", 9080)
+                slice("demo", "web", "west")
+                    .port("https", None, 9443)
+                    .port("http", None, 9080)
                     .ready("198.18.2.1")
                     .build(),
-                slice("demo", "web-north", "web", "north")
-                    .port("http", 80)
-                    .port("https", 443)
+                slice("demo", "web", "north")
+                    .port("http", None, 80)
+                    .port("https", None, 443)
                     .ready("198.18.3.1")
                     .build(),
             ],
             want: vec![
                 (
-                    key(VIP, 80, Protocol::Tcp),
-                    entry(
-                        "demo",
-                        "web",
-                        "http",
-                        &[("east", "198.18.1.1", 8080), ("north", "198.18.3.1", 80), ("west", "198.18.2.1", 9080)],
-                    ),
+                    port_key(VIP, 80, Protocol::Tcp),
+                    desired_port("demo", "web")
+                        .port_name("http")
+                        .ready(&[
+                            ("east", "198.18.1.1", 8080),
+                            ("north", "198.18.3.1", 80),
+                            ("west", "198.18.2.1", 9080),
+                        ])
+                        .build(),
                 ),
                 (
-                    key(VIP, 443, Protocol::Tcp),
-                    entry(
-                        "demo",
-                        "web",
-                        "https",
-                        &[("east", "198.18.1.1", 8443), ("north", "198.18.3.1", 443), ("west", "198.18.2.1", 9443)],
-                    ),
+                    port_key(VIP, 443, Protocol::Tcp),
+                    desired_port("demo", "web")
+                        .port_name("https")
+                        .ready(&[
+                            ("east", "198.18.1.1", 8443),
+                            ("north", "198.18.3.1", 443),
+                            ("west", "198.18.2.1", 9443),
+                        ])
+                        .build(),
                 ),
             ],
             ..Case::default()
         },
         Case {
             name: "TCP/42 and UDP/42 are two independent entries",
-            imports: vec![web().port("tcp-port", 42).udp("udp-port", 42).build()],
+            imports: vec![web().port("tcp-port", None, 42).udp("udp-port", 42).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east")
-                    .port("tcp-port", 4200)
+                slice("demo", "web", "east")
+                    .port("tcp-port", None, 4200)
                     .udp("udp-port", 4201)
                     .ready("198.18.0.1")
                     .build(),
-                slice("demo", "web-west", "web", "west").udp("udp-port", 4202).ready("198.18.0.2").build(),
+                slice("demo", "web", "west").udp("udp-port", 4202).ready("198.18.0.2").build(),
             ],
             want: vec![
-                (key(VIP, 42, Protocol::Tcp), entry("demo", "web", "tcp-port", &[("east", "198.18.0.1", 4200)])),
                 (
-                    key(VIP, 42, Protocol::Udp),
-                    entry("demo", "web", "udp-port", &[("east", "198.18.0.1", 4201), ("west", "198.18.0.2", 4202)]),
+                    port_key(VIP, 42, Protocol::Tcp),
+                    desired_port("demo", "web").port_name("tcp-port").ready(&[("east", "198.18.0.1", 4200)]).build(),
+                ),
+                (
+                    port_key(VIP, 42, Protocol::Udp),
+                    desired_port("demo", "web")
+                        .port_name("udp-port")
+                        .ready(&[("east", "198.18.0.1", 4201), ("west", "198.18.0.2", 4202)])
+                        .build(),
                 ),
             ],
             ..Case::default()
         },
         Case {
             name: "explicit TCP equals unset protocol, on both sides",
-            imports: vec![web().raw_port(Some("http"), Some("TCP"), 80).build()],
+            imports: vec![web().port(Some("http"), Some("TCP"), 80).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build(),
-                slice("demo", "web-west", "web", "west")
-                    .raw_port(Some("http"), Some("TCP"), Some(9090))
-                    .ready("198.18.0.2")
-                    .build(),
+                slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build(),
+                slice("demo", "web", "west").port(Some("http"), Some("TCP"), Some(9090)).ready("198.18.0.2").build(),
             ],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry("demo", "web", "http", &[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 9090)]),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .ready(&[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 9090)])
+                    .build(),
             )],
             ..Case::default()
         },
         Case {
             name: "a port of the same name but another protocol does not match",
-            imports: vec![web().port("dns", 53).build()],
-            slices: vec![slice("demo", "web-east", "web", "east").udp("dns", 5353).ready("198.18.0.1").build()],
-            want: vec![(key(VIP, 53, Protocol::Tcp), entry("demo", "web", "dns", &[]))],
+            imports: vec![web().port("dns", None, 53).build()],
+            slices: vec![slice("demo", "web", "east").udp("dns", 5353).ready("198.18.0.1").build()],
+            want: vec![(
+                port_key(VIP, 53, Protocol::Tcp),
+                desired_port("demo", "web").port_name("dns").ready(&[]).build(),
+            )],
             ..Case::default()
         },
         Case {
             name: "unset and empty port names match each other",
             imports: vec![
-                web().raw_port(None, None, 80).build(),
-                import("demo", "api").ip(VIP2).raw_port(Some(""), None, 80).build(),
+                web().port(None, None, 80).build(),
+                import("demo", "api").ip(VIP2).port(Some(""), None, 80).build(),
             ],
             slices: vec![
-                slice("demo", "web-east", "web", "east")
-                    .raw_port(Some(""), None, Some(8080))
-                    .ready("198.18.0.1")
-                    .build(),
-                slice("demo", "api-east", "api", "east").raw_port(None, None, Some(8081)).ready("198.18.0.2").build(),
+                slice("demo", "web", "east").port(Some(""), None, Some(8080)).ready("198.18.0.1").build(),
+                slice("demo", "api", "east").port(None, None, Some(8081)).ready("198.18.0.2").build(),
             ],
             want: vec![
-                (key(VIP, 80, Protocol::Tcp), entry("demo", "web", "", &[("east", "198.18.0.1", 8080)])),
-                (key(VIP2, 80, Protocol::Tcp), entry("demo", "api", "", &[("east", "198.18.0.2", 8081)])),
+                (
+                    port_key(VIP, 80, Protocol::Tcp),
+                    desired_port("demo", "web").ready(&[("east", "198.18.0.1", 8080)]).build(),
+                ),
+                (
+                    port_key(VIP2, 80, Protocol::Tcp),
+                    desired_port("demo", "api").ready(&[("east", "198.18.0.2", 8081)]).build(),
+                ),
             ],
             ..Case::default()
         },
         Case {
             name: "a slice without the named port contributes nothing to that entry",
-            imports: vec![web().port("http", 80).port("metrics", 9100).build()],
+            imports: vec![web().port("http", None, 80).port("metrics", None, 9100).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build(),
-                slice("demo", "web-west", "web", "west")
-                    .port("http", 8080)
-                    .port("metrics", 9100)
+                slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build(),
+                slice("demo", "web", "west")
+                    .port("http", None, 8080)
+                    .port("metrics", None, 9100)
                     .ready("198.18.0.2")
                     .build(),
-                slice("demo", "web-north", "web", "north").port("other", 80).ready("198.18.0.3").build(),
+                slice("demo", "web", "north").port("other", None, 80).ready("198.18.0.3").build(),
             ],
             want: vec![
                 (
-                    key(VIP, 80, Protocol::Tcp),
-                    entry("demo", "web", "http", &[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 8080)]),
+                    port_key(VIP, 80, Protocol::Tcp),
+                    desired_port("demo", "web")
+                        .port_name("http")
+                        .ready(&[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 8080)])
+                        .build(),
                 ),
-                (key(VIP, 9100, Protocol::Tcp), entry("demo", "web", "metrics", &[("west", "198.18.0.2", 9100)])),
+                (
+                    port_key(VIP, 9100, Protocol::Tcp),
+                    desired_port("demo", "web").port_name("metrics").ready(&[("west", "198.18.0.2", 9100)]).build(),
+                ),
             ],
             ..Case::default()
         },
         Case {
             name: "slice ports without a number or out of range contribute nothing",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east").raw_port(Some("http"), None, None).ready("198.18.0.1").build(),
-                slice("demo", "web-west", "web", "west").port("http", 70000).ready("198.18.0.2").build(),
-                slice("demo", "web-north", "web", "north").port("http", 0).ready("198.18.0.3").build(),
-                slice("demo", "web-south", "web", "south").port("http", 8080).ready("198.18.0.4").build(),
+                slice("demo", "web", "east").port(Some("http"), None, None).ready("198.18.0.1").build(),
+                slice("demo", "web", "west").port("http", None, 70000).ready("198.18.0.2").build(),
+                slice("demo", "web", "north").port("http", None, 0).ready("198.18.0.3").build(),
+                slice("demo", "web", "south").port("http", None, 8080).ready("198.18.0.4").build(),
             ],
-            want: vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "web", "http", &[("south", "198.18.0.4", 8080)]))],
+            want: vec![(
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web").port_name("http").ready(&[("south", "198.18.0.4", 8080)]).build(),
+            )],
             warnings: vec![
                 "EndpointSlice demo/web-north ports[0].port: 0 is outside 1..=65535",
                 "EndpointSlice demo/web-west ports[0].port: 70000 is outside 1..=65535",
@@ -608,44 +332,44 @@ fn ports_and_keys() {
         },
         Case {
             name: "backends from several slices of one cluster are merged, deduplicated and sorted",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
-                slice("demo", "web-east-1", "web", "east")
-                    .port("http", 8080)
+                slice("demo", "web", "east")
+                    .named("web-east-1")
+                    .port("http", None, 8080)
                     .ready("198.18.0.9")
                     .ready("198.18.0.1")
                     .build(),
-                slice("demo", "web-east-2", "web", "east")
-                    .port("http", 8080)
+                slice("demo", "web", "east")
+                    .named("web-east-2")
+                    .port("http", None, 8080)
                     .ready("198.18.0.1")
                     .ready("198.18.0.5")
                     .build(),
                 // The same address with another target port is another backend.
-                slice("demo", "web-east-3", "web", "east").port("http", 8081).ready("198.18.0.1").build(),
+                slice("demo", "web", "east").named("web-east-3").port("http", None, 8081).ready("198.18.0.1").build(),
                 // The same address in another cluster is another backend.
-                slice("demo", "web-west", "web", "west").port("http", 8080).ready("198.18.0.1").build(),
+                slice("demo", "web", "west").port("http", None, 8080).ready("198.18.0.1").build(),
             ],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry(
-                    "demo",
-                    "web",
-                    "http",
-                    &[
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .ready(&[
                         ("east", "198.18.0.1", 8080),
                         ("east", "198.18.0.1", 8081),
                         ("east", "198.18.0.5", 8080),
                         ("east", "198.18.0.9", 8080),
                         ("west", "198.18.0.1", 8080),
-                    ],
-                ),
+                    ])
+                    .build(),
             )],
             ..Case::default()
         },
         Case {
             name: "an import without ports programs nothing",
             imports: vec![web().build()],
-            slices: vec![slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build()],
+            slices: vec![slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build()],
             ..Case::default()
         },
     ]);
@@ -656,51 +380,65 @@ fn which_slices_count() {
     run(vec![
         Case {
             name: "only MCS slices of the import in its namespace, not FQDN, IPv6 or controller-managed",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
-                slice("demo", "good", "web", "east").port("http", 8080).ready("198.18.0.1").build(),
+                slice("demo", "web", "east").named("good").port("http", None, 8080).ready("198.18.0.1").build(),
                 // The local cluster's slice is just another cluster's.
-                slice("demo", "local", "web", "west").port("http", 8080).ready("198.18.0.2").build(),
-                slice("demo", "no-cluster", "web", "x")
+                slice("demo", "web", "west").named("local").port("http", None, 8080).ready("198.18.0.2").build(),
+                slice("demo", "web", "x")
+                    .named("no-cluster")
                     .without_label(k8s::LABEL_SOURCE_CLUSTER)
-                    .port("http", 8080)
+                    .port("http", None, 8080)
                     .ready("198.18.1.1")
                     .build(),
-                slice("demo", "empty-cluster", "web", "").port("http", 8080).ready("198.18.1.2").build(),
-                slice("demo", "no-service", "web", "east")
+                slice("demo", "web", "").named("empty-cluster").port("http", None, 8080).ready("198.18.1.2").build(),
+                slice("demo", "web", "east")
+                    .named("no-service")
                     .without_label(k8s::LABEL_SERVICE_NAME)
-                    .port("http", 8080)
+                    .port("http", None, 8080)
                     .ready("198.18.1.3")
                     .build(),
-                slice("demo", "plain", "web", "east")
+                slice("demo", "web", "east")
+                    .named("plain")
                     .without_label(k8s::LABEL_SERVICE_NAME)
                     .without_label(k8s::LABEL_SOURCE_CLUSTER)
                     .label("kubernetes.io/service-name", "web")
-                    .port("http", 8080)
+                    .port("http", None, 8080)
                     .ready("198.18.1.4")
                     .build(),
-                slice("other", "other-ns", "web", "east").port("http", 8080).ready("198.18.1.5").build(),
-                slice("demo", "other-svc", "api", "east").port("http", 8080).ready("198.18.1.6").build(),
-                slice("demo", "managed", "web", "east")
+                slice("other", "web", "east").named("other-ns").port("http", None, 8080).ready("198.18.1.5").build(),
+                slice("demo", "api", "east").named("other-svc").port("http", None, 8080).ready("198.18.1.6").build(),
+                slice("demo", "web", "east")
+                    .named("managed")
                     .label(k8s::LABEL_MANAGED_BY, k8s::MANAGED_BY_ENDPOINTSLICE_CONTROLLER)
-                    .port("http", 8080)
+                    .port("http", None, 8080)
                     .ready("198.18.1.7")
                     .build(),
-                slice("demo", "fqdn", "web", "east")
+                slice("demo", "web", "east")
+                    .named("fqdn")
                     .address_type("FQDN")
-                    .port("http", 8080)
+                    .port("http", None, 8080)
                     .ready("pod.example")
                     .build(),
-                slice("demo", "v6", "web", "east").address_type("IPv6").port("http", 8080).ready("fd00::1").build(),
-                slice("demo", "odd-type", "web", "east")
+                slice("demo", "web", "east")
+                    .named("v6")
+                    .address_type("IPv6")
+                    .port("http", None, 8080)
+                    .ready("fd00::1")
+                    .build(),
+                slice("demo", "web", "east")
+                    .named("odd-type")
                     .address_type("IPv5")
-                    .port("http", 8080)
+                    .port("http", None, 8080)
                     .ready("198.18.1.8")
                     .build(),
             ],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry("demo", "web", "http", &[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 8080)]),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .ready(&[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 8080)])
+                    .build(),
             )],
             warnings: vec![
                 "EndpointSlice demo/empty-cluster: has label multicluster.kubernetes.io/service-name but no multicluster.kubernetes.io/source-cluster label",
@@ -712,33 +450,42 @@ fn which_slices_count() {
         Case {
             name: "imports of one name in two namespaces never share backends",
             imports: vec![
-                import("demo", "web").ip(VIP).port("http", 80).build(),
-                import("prod", "web").ip(VIP2).port("http", 80).build(),
+                import("demo", "web").ip(VIP).port("http", None, 80).build(),
+                import("prod", "web").ip(VIP2).port("http", None, 80).build(),
             ],
             slices: vec![
-                slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build(),
-                slice("prod", "web-east", "web", "east").port("http", 8080).ready("198.18.0.2").build(),
-                slice("prod", "web-west", "web", "west").port("http", 8080).ready("198.18.0.3").build(),
+                slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build(),
+                slice("prod", "web", "east").port("http", None, 8080).ready("198.18.0.2").build(),
+                slice("prod", "web", "west").port("http", None, 8080).ready("198.18.0.3").build(),
             ],
             want: vec![
-                (key(VIP, 80, Protocol::Tcp), entry("demo", "web", "http", &[("east", "198.18.0.1", 8080)])),
                 (
-                    key(VIP2, 80, Protocol::Tcp),
-                    entry("prod", "web", "http", &[("east", "198.18.0.2", 8080), ("west", "198.18.0.3", 8080)]),
+                    port_key(VIP, 80, Protocol::Tcp),
+                    desired_port("demo", "web").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+                ),
+                (
+                    port_key(VIP2, 80, Protocol::Tcp),
+                    desired_port("prod", "web")
+                        .port_name("http")
+                        .ready(&[("east", "198.18.0.2", 8080), ("west", "198.18.0.3", 8080)])
+                        .build(),
                 ),
             ],
             ..Case::default()
         },
         Case {
             name: "status.clusters only ranks: unlisted present clusters count too",
-            imports: vec![web().port("http", 80).status_clusters(&["west"]).build()],
+            imports: vec![web().port("http", None, 80).status_clusters(&["west"]).build()],
             slices: vec![
-                slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build(),
-                slice("demo", "web-west", "web", "west").port("http", 8080).ready("198.18.0.2").build(),
+                slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build(),
+                slice("demo", "web", "west").port("http", None, 8080).ready("198.18.0.2").build(),
             ],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry("demo", "web", "http", &[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 8080)]),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .ready(&[("east", "198.18.0.1", 8080), ("west", "198.18.0.2", 8080)])
+                    .build(),
             )],
             ..Case::default()
         },
@@ -747,27 +494,31 @@ fn which_slices_count() {
 
 #[test]
 fn types_and_ips() {
-    let east = || slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build();
-    let programmed =
-        || vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "web", "http", &[("east", "198.18.0.1", 8080)]))];
+    let east = || slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build();
+    let programmed = || {
+        vec![(
+            port_key(VIP, 80, Protocol::Tcp),
+            desired_port("demo", "web").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+        )]
+    };
     run(vec![
         Case {
             name: "headless imports are skipped",
-            imports: vec![web().type_("Headless").port("http", 80).build()],
+            imports: vec![web().type_("Headless").port("http", None, 80).build()],
             slices: vec![east()],
             skipped: vec![("demo", "web", SkipReason::Headless, "headless")],
             ..Case::default()
         },
         Case {
             name: "an empty type means ClusterSetIP",
-            imports: vec![web().type_("").port("http", 80).build()],
+            imports: vec![web().type_("").port("http", None, 80).build()],
             slices: vec![east()],
             want: programmed(),
             ..Case::default()
         },
         Case {
             name: "a ClusterSetIP import without ips is skipped",
-            imports: vec![import("demo", "web").port("http", 80).build()],
+            imports: vec![import("demo", "web").port("http", None, 80).build()],
             slices: vec![east()],
             skipped: vec![("demo", "web", SkipReason::NoIps, "spec.ips is empty")],
             ..Case::default()
@@ -775,7 +526,13 @@ fn types_and_ips() {
         Case {
             name: "dual-stack programs the IPv4 ClusterSetIP",
             imports: vec![
-                import("demo", "web").ip("fd00::10").ip(VIP).family("IPv6").family("IPv4").port("http", 80).build(),
+                import("demo", "web")
+                    .ip("fd00::10")
+                    .ip(VIP)
+                    .family("IPv6")
+                    .family("IPv4")
+                    .port("http", None, 80)
+                    .build(),
             ],
             slices: vec![east()],
             want: programmed(),
@@ -783,7 +540,7 @@ fn types_and_ips() {
         },
         Case {
             name: "IPv6-only imports are skipped: the datapath is IPv4 only",
-            imports: vec![import("demo", "web").ip("fd00::10").family("IPv6").port("http", 80).build()],
+            imports: vec![import("demo", "web").ip("fd00::10").family("IPv6").port("http", None, 80).build()],
             slices: vec![east()],
             skipped: vec![(
                 "demo",
@@ -795,7 +552,7 @@ fn types_and_ips() {
         },
         Case {
             name: "ipFamilies may be left out",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![east()],
             want: programmed(),
             ..Case::default()
@@ -806,84 +563,86 @@ fn types_and_ips() {
 #[test]
 fn invalid_imports_are_skipped_naming_the_field() {
     // Each case also has a valid import, which must not be disturbed.
-    let ok = || import("demo", "ok").ip(VIP2).port("http", 80).build();
-    let ok_entry = || (key(VIP2, 80, Protocol::Tcp), entry("demo", "ok", "http", &[("east", "198.18.0.1", 8080)]));
-    let ok_slice = || slice("demo", "ok-east", "ok", "east").port("http", 8080).ready("198.18.0.1").build();
+    let ok = || import("demo", "ok").ip(VIP2).port("http", None, 80).build();
+    let ok_entry = || {
+        (
+            port_key(VIP2, 80, Protocol::Tcp),
+            desired_port("demo", "ok").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+        )
+    };
+    let ok_slice = || slice("demo", "ok", "east").port("http", None, 8080).ready("198.18.0.1").build();
     let cases: Vec<(&str, ServiceImport, &str)> = vec![
         (
             "unparsable ip",
-            web().port("http", 80).build().with_ips(&["300.1.1.1"]),
+            web().port("http", None, 80).build().with_ips(&["300.1.1.1"]),
             r#"spec.ips[0]: "300.1.1.1" is not an IP address"#,
         ),
-        ("port 0", web().port("http", 0).build(), "spec.ports[0].port: 0 is outside 1..=65535"),
+        ("port 0", web().port("http", None, 0).build(), "spec.ports[0].port: 0 is outside 1..=65535"),
         (
             "port above 65535",
-            web().port("http", 80).port("big", 70000).build(),
+            web().port("http", None, 80).port("big", None, 70000).build(),
             "spec.ports[1].port: 70000 is outside 1..=65535",
         ),
-        ("negative port", web().port("http", -1).build(), "spec.ports[0].port: -1 is outside 1..=65535"),
+        ("negative port", web().port("http", None, -1).build(), "spec.ports[0].port: -1 is outside 1..=65535"),
         (
             "SCTP",
-            web().port("http", 80).raw_port(Some("sctp"), Some("SCTP"), 80).build(),
+            web().port("http", None, 80).port(Some("sctp"), Some("SCTP"), 80).build(),
             r#"spec.ports[1].protocol: unsupported protocol "SCTP" (TCP and UDP are translated)"#,
         ),
         (
             "lower-case protocol",
-            web().raw_port(Some("http"), Some("tcp"), 80).build(),
+            web().port(Some("http"), Some("tcp"), 80).build(),
             r#"spec.ports[0].protocol: unsupported protocol "tcp""#,
         ),
         (
             "duplicate port name",
-            web().port("http", 80).udp("http", 81).build(),
+            web().port("http", None, 80).udp("http", 81).build(),
             r#"spec.ports[1].name: duplicate port name "http" (also spec.ports[0])"#,
         ),
         (
             "two unnamed ports",
-            web().raw_port(None, None, 80).raw_port(Some(""), None, 81).build(),
+            web().port(None, None, 80).port(Some(""), None, 81).build(),
             r#"spec.ports[1].name: duplicate port name """#,
         ),
         (
             "duplicate port and protocol",
-            web().port("a", 80).port("b", 80).build(),
+            web().port("a", None, 80).port("b", None, 80).build(),
             "spec.ports[1]: TCP/80 is listed twice (also spec.ports[0])",
         ),
         (
             "three ips",
-            web().ip("fd00::1").ip("198.19.0.9").port("http", 80).build(),
+            web().ip("fd00::1").ip("198.19.0.9").port("http", None, 80).build(),
             "spec.ips: 3 addresses, at most 2",
         ),
-        ("two IPv4 ips", web().ip("198.19.0.9").port("http", 80).build(), "spec.ips[1]: a second IPv4 address"),
+        ("two IPv4 ips", web().ip("198.19.0.9").port("http", None, 80).build(), "spec.ips[1]: a second IPv4 address"),
         (
             "family disagrees",
-            web().family("IPv6").port("http", 80).build(),
+            web().family("IPv6").port("http", None, 80).build(),
             r#"spec.ipFamilies[0]: IPv6 disagrees with spec.ips[0] "198.19.0.1""#,
         ),
         (
             "unknown family",
-            web().family("IPv5").port("http", 80).build(),
+            web().family("IPv5").port("http", None, 80).build(),
             r#"spec.ipFamilies[0]: unknown family "IPv5""#,
         ),
         (
             "three families",
-            web().family("IPv4").family("IPv6").family("IPv4").port("http", 80).build(),
+            web().family("IPv4").family("IPv6").family("IPv4").port("http", None, 80).build(),
             "spec.ipFamilies: 3 families",
         ),
         (
             "unknown type",
-            web().type_("LoadBalancer").port("http", 80).build(),
+            web().type_("LoadBalancer").port("http", None, 80).build(),
             r#"spec.type: unsupported type "LoadBalancer""#,
         ),
-        ("invalid ports beat missing ips", import("demo", "web").port("http", 0).build(), "spec.ports[0].port"),
+        ("invalid ports beat missing ips", import("demo", "web").port("http", None, 0).build(), "spec.ports[0].port"),
     ];
     run(cases
         .into_iter()
         .map(|(name, bad, message)| Case {
             name,
             imports: vec![bad, ok()],
-            slices: vec![
-                ok_slice(),
-                slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.2").build(),
-            ],
+            slices: vec![ok_slice(), slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.2").build()],
             want: vec![ok_entry()],
             skipped: vec![("demo", "web", SkipReason::Invalid, message)],
             ..Case::default()
@@ -892,7 +651,7 @@ fn invalid_imports_are_skipped_naming_the_field() {
 
     let nameless = ServiceImport {
         metadata: ObjectMeta { namespace: Some("demo".into()), ..ObjectMeta::default() },
-        ..web().port("http", 80).build()
+        ..web().port("http", None, 80).build()
     };
     run(vec![Case {
         name: "missing name",
@@ -917,17 +676,20 @@ impl ServiceImport {
 
 #[test]
 fn conflicting_imports() {
-    let a_slice = || slice("demo", "a-east", "a", "east").port("http", 8080).ready("198.18.0.1").build();
-    let b_slice = || slice("demo", "b-east", "b", "east").port("http", 8080).ready("198.18.0.2").build();
+    let a_slice = || slice("demo", "a", "east").port("http", None, 8080).ready("198.18.0.1").build();
+    let b_slice = || slice("demo", "b", "east").port("http", None, 8080).ready("198.18.0.2").build();
     run(vec![
         Case {
             name: "the later import in (namespace, name) order is skipped, naming the other",
             imports: vec![
-                import("demo", "b").ip(VIP).port("x", 81).port("http", 80).build(),
-                import("demo", "a").ip(VIP).port("http", 80).build(),
+                import("demo", "b").ip(VIP).port("x", None, 81).port("http", None, 80).build(),
+                import("demo", "a").ip(VIP).port("http", None, 80).build(),
             ],
             slices: vec![a_slice(), b_slice()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "a", "http", &[("east", "198.18.0.1", 8080)]))],
+            want: vec![(
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "a").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+            )],
             skipped: vec![(
                 "demo",
                 "b",
@@ -939,46 +701,61 @@ fn conflicting_imports() {
         Case {
             name: "namespace orders before name",
             imports: vec![
-                import("prod", "a").ip(VIP).port("http", 80).build(),
-                import("demo", "z").ip(VIP).port("http", 80).build(),
+                import("prod", "a").ip(VIP).port("http", None, 80).build(),
+                import("demo", "z").ip(VIP).port("http", None, 80).build(),
             ],
-            want: vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "z", "http", &[]))],
+            want: vec![(
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "z").port_name("http").ready(&[]).build(),
+            )],
             skipped: vec![("prod", "a", SkipReason::Invalid, "already used by ServiceImport demo/z")],
             ..Case::default()
         },
         Case {
             name: "one ip with another port or protocol is no conflict",
             imports: vec![
-                import("demo", "a").ip(VIP).port("http", 80).build(),
-                import("demo", "b").ip(VIP).udp("http", 80).port("alt", 81).build(),
+                import("demo", "a").ip(VIP).port("http", None, 80).build(),
+                import("demo", "b").ip(VIP).udp("http", 80).port("alt", None, 81).build(),
             ],
             slices: vec![
                 a_slice(),
-                slice("demo", "b-east", "b", "east").udp("http", 8080).port("alt", 8081).ready("198.18.0.2").build(),
+                slice("demo", "b", "east").udp("http", 8080).port("alt", None, 8081).ready("198.18.0.2").build(),
             ],
             want: vec![
-                (key(VIP, 80, Protocol::Tcp), entry("demo", "a", "http", &[("east", "198.18.0.1", 8080)])),
-                (key(VIP, 80, Protocol::Udp), entry("demo", "b", "http", &[("east", "198.18.0.2", 8080)])),
-                (key(VIP, 81, Protocol::Tcp), entry("demo", "b", "alt", &[("east", "198.18.0.2", 8081)])),
+                (
+                    port_key(VIP, 80, Protocol::Tcp),
+                    desired_port("demo", "a").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+                ),
+                (
+                    port_key(VIP, 80, Protocol::Udp),
+                    desired_port("demo", "b").port_name("http").ready(&[("east", "198.18.0.2", 8080)]).build(),
+                ),
+                (
+                    port_key(VIP, 81, Protocol::Tcp),
+                    desired_port("demo", "b").port_name("alt").ready(&[("east", "198.18.0.2", 8081)]).build(),
+                ),
             ],
             ..Case::default()
         },
         Case {
             name: "a skipped import claims nothing",
             imports: vec![
-                import("demo", "a").ip(VIP).port("http", 80).raw_port(Some("s"), Some("SCTP"), 9).build(),
-                import("demo", "b").ip(VIP).port("http", 80).build(),
+                import("demo", "a").ip(VIP).port("http", None, 80).port(Some("s"), Some("SCTP"), 9).build(),
+                import("demo", "b").ip(VIP).port("http", None, 80).build(),
             ],
             slices: vec![a_slice(), b_slice()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "b", "http", &[("east", "198.18.0.2", 8080)]))],
+            want: vec![(
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "b").port_name("http").ready(&[("east", "198.18.0.2", 8080)]).build(),
+            )],
             skipped: vec![("demo", "a", SkipReason::Invalid, "spec.ports[1].protocol")],
             ..Case::default()
         },
         Case {
             name: "two imports with one namespace and name are both skipped",
             imports: vec![
-                import("demo", "a").ip(VIP).port("http", 80).build(),
-                import("demo", "a").ip(VIP2).port("http", 80).build(),
+                import("demo", "a").ip(VIP).port("http", None, 80).build(),
+                import("demo", "a").ip(VIP2).port("http", None, 80).build(),
             ],
             slices: vec![a_slice()],
             skipped: vec![("demo", "a", SkipReason::Invalid, "2 ServiceImports have this namespace and name")],
@@ -989,14 +766,14 @@ fn conflicting_imports() {
 
 #[test]
 fn session_affinity() {
-    let east = || slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build();
+    let east = || slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build();
     let programmed = |timeout: Option<u32>| {
-        let e = entry("demo", "web", "http", &[("east", "198.18.0.1", 8080)]);
+        let e = desired_port("demo", "web").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build();
         let e = match timeout {
             Some(t) => with_affinity(e, t),
             None => e,
         };
-        vec![(key(VIP, 80, Protocol::Tcp), e)]
+        vec![(port_key(VIP, 80, Protocol::Tcp), e)]
     };
     let case = |name, import: ServiceImport, timeout, warnings| Case {
         name,
@@ -1009,25 +786,25 @@ fn session_affinity() {
     run(vec![
         case(
             "ClientIP without a timeout uses 10800",
-            web().port("http", 80).affinity("ClientIP", None).build(),
+            web().port("http", None, 80).affinity("ClientIP", None).build(),
             Some(10_800),
             vec![],
         ),
         case(
             "ClientIP with a timeout",
-            web().port("http", 80).affinity("ClientIP", Some(60)).build(),
+            web().port("http", None, 80).affinity("ClientIP", Some(60)).build(),
             Some(60),
             vec![],
         ),
         case(
             "the largest timeout",
-            web().port("http", 80).affinity("ClientIP", Some(86_400)).build(),
+            web().port("http", None, 80).affinity("ClientIP", Some(86_400)).build(),
             Some(86_400),
             vec![],
         ),
         case(
             "timeout 0 falls back to 10800",
-            web().port("http", 80).affinity("ClientIP", Some(0)).build(),
+            web().port("http", None, 80).affinity("ClientIP", Some(0)).build(),
             Some(10_800),
             vec![
                 "ServiceImport demo/web spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is outside 1..=86400; using 10800",
@@ -1035,15 +812,15 @@ fn session_affinity() {
         ),
         case(
             "timeout above 86400 falls back to 10800",
-            web().port("http", 80).affinity("ClientIP", Some(86_401)).build(),
+            web().port("http", None, 80).affinity("ClientIP", Some(86_401)).build(),
             Some(10_800),
             vec!["timeoutSeconds: 86401 is outside"],
         ),
-        case("None", web().port("http", 80).affinity("None", Some(60)).build(), None, vec![]),
-        case("unset", web().port("http", 80).build(), None, vec![]),
+        case("None", web().port("http", None, 80).affinity("None", Some(60)).build(), None, vec![]),
+        case("unset", web().port("http", None, 80).build(), None, vec![]),
         case(
             "an unknown value turns affinity off",
-            web().port("http", 80).affinity("Sticky", None).build(),
+            web().port("http", None, 80).affinity("Sticky", None).build(),
             None,
             vec![r#"ServiceImport demo/web spec.sessionAffinity: unknown value "Sticky""#],
         ),
@@ -1053,60 +830,67 @@ fn session_affinity() {
 /// A mix of everything, for the order and mutation checks.
 fn mixed_inputs() -> Inputs {
     let imports = vec![
-        import("demo", "web").ip(VIP).port("http", 80).port("https", 443).affinity("ClientIP", Some(0)).build(),
-        import("demo", "dns").ip(VIP2).port("tcp", 53).udp("udp", 53).build(),
+        import("demo", "web")
+            .ip(VIP)
+            .port("http", None, 80)
+            .port("https", None, 443)
+            .affinity("ClientIP", Some(0))
+            .build(),
+        import("demo", "dns").ip(VIP2).port("tcp", None, 53).udp("udp", 53).build(),
         import("prod", "web")
             .ip("198.19.0.3")
-            .port("http", 80)
+            .port("http", None, 80)
             .status_clusters(&["west", "c3"])
             .annotation(k8s::LOCALITY_ANNOTATION, "local")
             .build(),
         // Loses VIP:80/TCP to demo/web, which sorts first.
-        import("demo", "web-copy").ip(VIP).port("http", 80).build(),
+        import("demo", "web-copy").ip(VIP).port("http", None, 80).build(),
         import("demo", "headless").type_("Headless").build(),
-        import("demo", "pending").port("http", 80).build(),
-        web().raw_port(Some("x"), Some("SCTP"), 1).build().with_ips(&["198.19.0.4"]).renamed("bad"),
+        import("demo", "pending").port("http", None, 80).build(),
+        web().port(Some("x"), Some("SCTP"), 1).build().with_ips(&["198.19.0.4"]).renamed("bad"),
     ];
     let mut slices = vec![
-        slice("demo", "web-east", "web", "east")
-            .port("http", 8080)
-            .port("https", 8443)
+        slice("demo", "web", "east")
+            .port("http", None, 8080)
+            .port("https", None, 8443)
             .ready("198.18.0.1")
             .ready("198.18.0.300")
             .terminating("198.18.0.5")
             .build(),
-        slice("demo", "web-west", "web", "west")
-            .port("https", 9443)
-            .port("http", 9080)
+        slice("demo", "web", "west")
+            .port("https", None, 9443)
+            .port("http", None, 9080)
             .ready("198.18.0.2")
             .not_ready("198.18.0.3")
             .build(),
-        slice("demo", "web-west-2", "web", "west").port("http", 9080).ready("198.18.0.2").ready("198.18.0.4").build(),
-        slice("demo", "dns-east", "dns", "east").port("tcp", 5353).udp("udp", 5353).terminating("198.18.1.1").build(),
-        slice("demo", "stray", "web", "x").without_label(k8s::LABEL_SOURCE_CLUSTER).build(),
-        slice("demo", "gke-derived", "", "")
+        slice("demo", "web", "west")
+            .named("web-west-2")
+            .port("http", None, 9080)
+            .ready("198.18.0.2")
+            .ready("198.18.0.4")
+            .build(),
+        slice("demo", "dns", "east").port("tcp", None, 5353).udp("udp", 5353).terminating("198.18.1.1").build(),
+        slice("demo", "web", "x").named("stray").without_label(k8s::LABEL_SOURCE_CLUSTER).build(),
+        slice("demo", "", "")
+            .named("gke-derived")
             .without_label(k8s::LABEL_SERVICE_NAME)
             .without_label(k8s::LABEL_SOURCE_CLUSTER)
             .label(k8s::LABEL_KUBERNETES_SERVICE_NAME, "gke-mcs-sliced")
-            .port("http", 8080)
+            .port("http", None, 8080)
             .ready("198.18.4.1")
             .build(),
     ];
     // Seven clusters for prod/web: two are over the cap.
     for (i, cluster) in ["c1", "c2", "c3", "c4", "c5", "west", "east"].into_iter().enumerate() {
-        slices.push(
-            slice("prod", &format!("web-{cluster}"), "web", cluster)
-                .port("http", 8080)
-                .ready(&format!("198.18.2.{}", i + 1))
-                .build(),
-        );
+        slices
+            .push(slice("prod", "web", cluster).port("http", None, 8080).ready(&format!("198.18.2.{}", i + 1)).build());
     }
     let gke_imports = vec![
-        gke_import("demo", "gke-endpoints", "gke-mcs-endpoints").ip("198.19.0.20").port("http", 80).build(),
-        gke_import("demo", "gke-sliced", "gke-mcs-sliced").ip("198.19.0.21").port("http", 80).in_spec().build(),
-        gke_import("demo", "gke-missing", "gke-mcs-missing").ip("198.19.0.22").port("http", 80).build(),
-        gke_import("demo", "gke-bad", "x").ip("198.19.0.23").port("http", 0).build(),
-        gke_import("demo", "web", "gke-mcs-web").ip(VIP).port("https", 443).build(),
+        gke_import("demo", "gke-endpoints", "gke-mcs-endpoints").ip("198.19.0.20").port("http", None, 80).build(),
+        gke_import("demo", "gke-sliced", "gke-mcs-sliced").ip("198.19.0.21").port("http", None, 80).in_spec().build(),
+        gke_import("demo", "gke-missing", "gke-mcs-missing").ip("198.19.0.22").port("http", None, 80).build(),
+        gke_import("demo", "gke-bad", "x").ip("198.19.0.23").port("http", None, 0).build(),
+        gke_import("demo", "web", "gke-mcs-web").ip(VIP).port("https", None, 443).build(),
     ];
     let endpoints = vec![
         endpoints("demo", "gke-mcs-endpoints")
@@ -1184,5 +968,5 @@ fn names_and_numbers() {
     assert_eq!(SkipReason::Headless.as_str(), "headless");
     assert_eq!(SkipReason::NoIps.as_str(), "no-ips");
     assert_eq!(SkipReason::Invalid.as_str(), "invalid");
-    assert_eq!(key(VIP, 80, Protocol::Udp).to_string(), "198.19.0.1:80/UDP");
+    assert_eq!(port_key(VIP, 80, Protocol::Udp).to_string(), "198.19.0.1:80/UDP");
 }
