@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 
 use crate::k8s::{self, GkeServiceImport, ServiceImport};
 
-pub use crate::translate::Inputs;
+use crate::translate::Inputs;
 
 /// A document, or a whole file, that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +147,7 @@ pub fn parse_str(source_name: &Path, text: &str) -> (Inputs, Vec<LoadError>) {
             // Pad with the lines before the chunk so that the parser's line
             // numbers are those of the file.
             let padded = format!("{}{chunk}", "\n".repeat(first_line));
-            match serde_yaml::from_str::<Value>(&padded) {
+            match serde_norway::from_str::<Value>(&padded) {
                 Ok(value) => reader.object(value, ""),
                 Err(err) => reader.error(None, err.to_string()),
             }

@@ -191,7 +191,7 @@ fn follows_the_api() {
         let snapshot =
             wait_for(&mut source, &api, limit, "malformed import reported", |s| !s.problems.is_empty()).await;
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
-        let problem = &snapshot.problems[0];
+        let problem = snapshot.problems[0].to_string();
         assert!(problem.contains("demo/broken") && problem.contains("spec.ports[0].port"), "{problem}");
         assert_eq!(snapshot.inputs.imports.len(), 1, "the good import stays");
         api.apply(slice("demo", "web-west-2", "web", "west", &["198.18.2.11"], &[("http", "TCP", 9080)]));

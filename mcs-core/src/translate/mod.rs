@@ -83,6 +83,9 @@ pub enum Locality {
 }
 
 impl Locality {
+    /// Every locality, in the order of the flag's help.
+    pub const ALL: [Self; 3] = [Self::None, Self::Local, Self::Remote];
+
     /// The annotation / flag value: `none`, `local` or `remote`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -97,7 +100,7 @@ impl Locality {
     /// `none`, `local` and `remote` (exact, lower case).
     #[must_use]
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::None, Self::Local, Self::Remote].into_iter().find(|l| l.as_str() == value)
+        Self::ALL.into_iter().find(|l| l.as_str() == value)
     }
 }
 
