@@ -273,7 +273,7 @@ impl Inspection {
             affinity_max: c.affinity_max,
         });
         let services =
-            s.services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(k, v)| service_view(s, k, v)).collect();
+            s.services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(k, v)| service_view(s, *k, v)).collect();
         let drops = s.drops.iter().map(|(r, n)| (r.name().to_owned(), *n)).collect();
         let stats = s.stats.iter().map(|(st, n)| (st.name().to_owned(), *n)).collect();
         let conntrack = s.conntrack.as_ref().map(|entries| {
@@ -304,7 +304,7 @@ impl Inspection {
     }
 }
 
-fn service_view(s: &Snapshot, key: &ServiceKey, value: &ServiceValue) -> ServiceView {
+fn service_view(s: &Snapshot, key: ServiceKey, value: &ServiceValue) -> ServiceView {
     let table = s.tables.get(&value.service_id);
     let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
     for id in table.map(Vec::as_slice).unwrap_or_default().iter().take(value.table_size as usize) {

@@ -1,4 +1,4 @@
-//! The agent's HTTP endpoint (hyper): `/metrics` (OpenMetrics text, written
+//! The agent's HTTP endpoint (hyper): `/metrics` (`OpenMetrics` text, written
 //! by `prometheus-client`), `/healthz` (the process is alive) and `/readyz`
 //! (the datapath is loaded, every source has synced and the first sync is
 //! done).
@@ -184,7 +184,7 @@ impl Metrics {
         (!missing.is_empty()).then(|| missing.join(", "))
     }
 
-    /// The OpenMetrics text exposition, read now.
+    /// The `OpenMetrics` text exposition, read now.
     ///
     /// # Panics
     /// Never: writing into a `String` does not fail.

@@ -9,10 +9,10 @@
 //! permutation visits every slot, each backend ends with `⌊M/N⌋` or `⌈M/N⌉`
 //! slots, and removing a backend moves few slots that were not its own.
 //!
-//! The hashes are SipHash-2-4 (the `siphasher` crate) with fixed keys, so the
+//! The hashes are `SipHash-2-4` (the `siphasher` crate) with fixed keys, so the
 //! table depends on nothing but the backends' identities and `M`: every node,
 //! and every agent version, builds the same table. A reference vector of the
-//! SipHash paper and a pinned table layout guard that.
+//! `SipHash` paper and a pinned table layout guard that.
 use std::hash::Hasher as _;
 
 use siphasher::sip::SipHasher24;

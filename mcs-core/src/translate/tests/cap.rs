@@ -5,7 +5,7 @@ use super::*;
 
 /// A slice of demo/web from `cluster` with one ready endpoint 198.18.`n`.1:8080.
 fn from(cluster: &str, n: u8) -> EndpointSlice {
-    slice("demo", "web", cluster).port("http", None, 8080).ready(&format!("198.18.{n}.1")).build()
+    slice("demo", "web", cluster).port("http", None, 8080).ready(format!("198.18.{n}.1")).build()
 }
 
 /// Slices from c1..=c`count`, cluster `ci` with endpoint 198.18.i.1.
@@ -273,7 +273,7 @@ fn ip_changes_and_deletions_across_two_translations() {
             slice("demo", "web", &format!("c{i}"))
                 .port("http", None, 8080)
                 .port("https", None, 8443)
-                .ready(&format!("198.18.{i}.1"))
+                .ready(format!("198.18.{i}.1"))
                 .build()
         })
         .collect();
