@@ -7,13 +7,17 @@
 //! file (with serde) or hands them to the translation sees exactly what the
 //! agent reads. Deliberately malformed input (a port that is a string, a
 //! field of the wrong type) cannot be built here: tests write it by hand.
+//! The builders serialize as the object they hold, so a test can write one
+//! to a file without building it first.
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+pub use k8s_openapi::api::discovery::v1::EndpointConditions;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
 
 use crate::k8s::{
     self, ClientIpConfig, ClusterStatus, GkeServiceImport, ServiceImport, ServiceImportSpec, ServiceImportStatus,
@@ -34,7 +38,8 @@ fn client_ip(timeout: Option<i64>) -> Option<SessionAffinityConfig> {
 }
 
 /// A `ServiceImport` (`multicluster.x-k8s.io/v1beta1`) being built.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
 pub struct ImportBuilder(ServiceImport);
 
 /// An import `namespace/name` of type `ClusterSetIP`, with no ips and no ports yet.
@@ -71,6 +76,24 @@ impl ImportBuilder {
         self
     }
 
+    /// Adds entries to `spec.ips`.
+    #[must_use]
+    pub fn ips(self, ips: &[&str]) -> Self {
+        ips.iter().fold(self, Self::ip)
+    }
+
+    /// Sets `appProtocol` on the port named `port_name`.
+    ///
+    /// # Panics
+    /// When the import has no such port.
+    #[must_use]
+    pub fn app_protocol(mut self, port_name: &str, app_protocol: &str) -> Self {
+        let port = self.0.spec.ports.iter_mut().find(|p| p.name.as_deref() == Some(port_name));
+        port.unwrap_or_else(|| panic!("no port {port_name:?} to set appProtocol on")).app_protocol =
+            Some(app_protocol.into());
+        self
+    }
+
     /// Adds an entry to `spec.ipFamilies`.
     #[must_use]
     pub fn family(mut self, family: &str) -> Self {
@@ -92,14 +115,20 @@ impl ImportBuilder {
 
     /// Adds a port with `protocol: TCP`.
     #[must_use]
-    pub fn tcp(self, name: &str, port: i64) -> Self {
-        self.port(name, "TCP", port)
+    pub fn tcp(self, name: &str, port: u16) -> Self {
+        self.port(name, "TCP", i64::from(port))
     }
 
     /// Adds a port with `protocol: UDP`.
     #[must_use]
-    pub fn udp(self, name: &str, port: i64) -> Self {
-        self.port(name, "UDP", port)
+    pub fn udp(self, name: &str, port: u16) -> Self {
+        self.port(name, "UDP", i64::from(port))
+    }
+
+    /// Adds ports: (name, protocol, port).
+    #[must_use]
+    pub fn ports(self, ports: &[(&str, &str, u16)]) -> Self {
+        ports.iter().fold(self, |s, (name, protocol, port)| s.port(*name, *protocol, i64::from(*port)))
     }
 
     /// Sets `spec.sessionAffinity`, and the `ClientIP` timeout when given.
@@ -112,8 +141,8 @@ impl ImportBuilder {
 
     /// `sessionAffinity: ClientIP` with this `timeoutSeconds`.
     #[must_use]
-    pub fn client_ip_affinity(self, timeout_seconds: i64) -> Self {
-        self.affinity(k8s::SESSION_AFFINITY_CLIENT_IP, Some(timeout_seconds))
+    pub fn client_ip_affinity(self, timeout_seconds: impl Into<i64>) -> Self {
+        self.affinity(k8s::SESSION_AFFINITY_CLIENT_IP, Some(timeout_seconds.into()))
     }
 
     /// Adds an annotation.
@@ -139,7 +168,8 @@ impl ImportBuilder {
 }
 
 /// An `EndpointSlice` (`discovery.k8s.io/v1`) being built.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
 pub struct SliceBuilder(EndpointSlice);
 
 /// An IPv4 slice of the import `namespace/service` exported by `cluster`,
@@ -154,6 +184,25 @@ pub fn slice(namespace: &str, service: &str, cluster: &str) -> SliceBuilder {
     .label(k8s::LABEL_SERVICE_NAME, service)
     .label(k8s::LABEL_SOURCE_CLUSTER, cluster)
 }
+
+/// An IPv4 slice `namespace/name` of an ordinary Service `service` (labelled
+/// `kubernetes.io/service-name`, as GKE's derived services are), not an MCS slice.
+#[must_use]
+pub fn service_slice(namespace: &str, name: &str, service: &str) -> SliceBuilder {
+    SliceBuilder(EndpointSlice {
+        address_type: k8s::ADDRESS_TYPE_IPV4.into(),
+        metadata: meta(namespace, name),
+        ..EndpointSlice::default()
+    })
+    .label(k8s::LABEL_KUBERNETES_SERVICE_NAME, service)
+}
+
+/// Ready, serving, not terminating: a pod that takes new connections.
+pub const READY: EndpointConditions = conditions(Some(true), Some(true), Some(false));
+/// Not ready, not serving, not terminating: a pod failing its readiness probe.
+pub const NOT_READY: EndpointConditions = conditions(Some(false), Some(false), Some(false));
+/// Serving but terminating, not ready: a pod in its graceful shutdown.
+pub const TERMINATING: EndpointConditions = conditions(Some(false), Some(true), Some(true));
 
 /// Endpoint conditions; `None` leaves one unset.
 #[must_use]
@@ -216,14 +265,14 @@ impl SliceBuilder {
 
     /// Adds a port with `protocol: TCP`.
     #[must_use]
-    pub fn tcp(self, name: &str, port: i32) -> Self {
-        self.port(name, "TCP", port)
+    pub fn tcp(self, name: &str, port: u16) -> Self {
+        self.port(name, "TCP", i32::from(port))
     }
 
     /// Adds a port with `protocol: UDP`.
     #[must_use]
-    pub fn udp(self, name: &str, port: i32) -> Self {
-        self.port(name, "UDP", port)
+    pub fn udp(self, name: &str, port: u16) -> Self {
+        self.port(name, "UDP", i32::from(port))
     }
 
     /// Adds an endpoint with one address and these conditions.
@@ -249,10 +298,22 @@ impl SliceBuilder {
         self.endpoint(address, Some(conditions(Some(true), None, None)))
     }
 
-    /// Adds endpoints that are ready, serving and not terminating.
+    /// Adds endpoints that are [`READY`].
     #[must_use]
-    pub fn ready_all(self, addresses: &[Ipv4Addr]) -> Self {
-        addresses.iter().fold(self, |s, a| s.with_conditions(a, conditions(Some(true), Some(true), Some(false))))
+    pub fn ready_all<A: Display>(self, addresses: impl IntoIterator<Item = A>) -> Self {
+        addresses.into_iter().fold(self, |s, a| s.with_conditions(a, READY))
+    }
+
+    /// Adds ports: (name, protocol, port).
+    #[must_use]
+    pub fn ports(self, ports: &[(&str, &str, u16)]) -> Self {
+        ports.iter().fold(self, |s, (name, protocol, port)| s.port(*name, *protocol, i32::from(*port)))
+    }
+
+    /// Adds endpoints, each with its conditions.
+    #[must_use]
+    pub fn endpoints(self, endpoints: &[(Ipv4Addr, EndpointConditions)]) -> Self {
+        endpoints.iter().fold(self, |s, (a, c)| s.with_conditions(a, c.clone()))
     }
 
     /// Adds an endpoint with `ready: false`.
@@ -277,7 +338,8 @@ impl SliceBuilder {
 
 /// A GKE `ServiceImport` (`net.gke.io/v1`) being built: `ips` and `ports`
 /// under `status`, as in GKE's documentation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
 pub struct GkeImportBuilder(GkeServiceImport);
 
 /// A GKE import `namespace/name` whose derived service is `derived`.
@@ -320,8 +382,8 @@ impl GkeImportBuilder {
 
     /// Adds a port with `protocol: UDP`.
     #[must_use]
-    pub fn udp(self, name: &str, port: i64) -> Self {
-        self.port(name, "UDP", port)
+    pub fn udp(self, name: &str, port: u16) -> Self {
+        self.port(name, "UDP", i64::from(port))
     }
 
     /// Sets `type`.
@@ -366,7 +428,8 @@ impl GkeImportBuilder {
 }
 
 /// A core/v1 `Endpoints` object being built, one subset at a time.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
 pub struct EndpointsBuilder(Endpoints);
 
 /// An `Endpoints` object `namespace/name` without subsets.

@@ -283,9 +283,8 @@ mod tests {
 
     #[tokio::test]
     async fn reports_a_change_only_when_the_directory_changes() {
-        let dir = std::env::temp_dir().join(format!("mcs-file-source-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create dir");
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let dir = temp.path().to_owned();
         let mut source = FileSource::start(dir.clone(), Duration::from_millis(10)).expect("the directory exists");
         tokio::time::timeout(Duration::from_secs(5), source.changed()).await.expect("first read").expect("running");
         assert!(source.synced());
@@ -308,7 +307,6 @@ mod tests {
         assert_eq!(snapshot.inputs.imports.len(), 1, "{snapshot:?}");
         assert_eq!(snapshot.problems.len(), 1, "{snapshot:?}");
         assert!(snapshot.problems[0].to_string().contains("broken.yaml"), "{:?}", snapshot.problems);
-        fs::remove_dir_all(&dir).expect("remove dir");
     }
 
     const IMPORT: &str = "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\n\
@@ -325,9 +323,8 @@ mod tests {
 
     #[test]
     fn only_changed_files_are_parsed_again_and_the_union_matches_load_dir() {
-        let dir = std::env::temp_dir().join(format!("mcs-file-cache-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create dir");
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let dir = temp.path().to_owned();
         fs::write(dir.join("a.yaml"), import("a")).expect("write a");
         fs::write(dir.join("b.yaml"), format!("{}---\n{}", import("b1"), import("b2"))).expect("write b");
         fs::write(dir.join("c.yaml"), import("c")).expect("write c");
@@ -372,7 +369,5 @@ mod tests {
         assert_eq!(names(&snapshot), ["b3", "bb", "c2", "d"]);
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
         same_as_load_dir(&snapshot);
-
-        fs::remove_dir_all(&dir).expect("remove dir");
     }
 }
