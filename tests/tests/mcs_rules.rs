@@ -1,4 +1,4 @@
-//! The MCS rules of `shared/mcs-semantics.md`, end to end through the agent and the datapath
+//! The MCS rules of `docs/mcs-semantics.md`, end to end through the agent and the datapath
 //! (ISSUE-3's integration tests): real sockets between network namespaces, the agent running
 //! on the client's node, fed with manifests written by the test.
 //!

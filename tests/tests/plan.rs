@@ -1,5 +1,5 @@
 //! `mcs-agent plan` end to end: the built binary on directories of manifests,
-//! one test per rule of `mcs-semantics.md`, asserting on the parsed JSON (the
+//! one test per rule of `docs/mcs-semantics.md`, asserting on the parsed JSON (the
 //! contract in `docs/plan.md`). No root, no kernel: `plan` only translates.
 //!
 //! The binary must be built first (`cargo build --bins`; `cargo xtask test`

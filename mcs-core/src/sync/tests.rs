@@ -74,13 +74,13 @@ fn sync_checked(syncer: &mut Syncer, dp: &mut FakeDataplane, desired: &DesiredSt
     outcome
 }
 
-fn entry(dp: &FakeDataplane, vip: Ipv4Addr, port: u16, proto: u8) -> ServiceValue {
+fn entry(dp: &FakeDataplane, (vip, port, proto): (Ipv4Addr, u16, u8)) -> ServiceValue {
     *dp.services.get(&ServiceKey::new(vip, port, proto)).unwrap_or_else(|| panic!("entry {vip}:{port}/{proto}"))
 }
 
 /// (ip, port) → slots of the port's table.
-fn table_share(dp: &FakeDataplane, vip: Ipv4Addr, port: u16, proto: u8) -> BTreeMap<(Ipv4Addr, u16), usize> {
-    let value = entry(dp, vip, port, proto);
+fn table_share(dp: &FakeDataplane, (vip, port, proto): (Ipv4Addr, u16, u8)) -> BTreeMap<(Ipv4Addr, u16), usize> {
+    let value = entry(dp, (vip, port, proto));
     let mut share = BTreeMap::new();
     for id in dp.tables.get(&value.service_id).map(Vec::as_slice).unwrap_or_default() {
         let b = dp.backends[id];
@@ -110,7 +110,7 @@ fn first_sync_writes_clusters_backends_table_then_entry() {
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     assert!(outcome.full, "the first sync reads the maps");
     assert_eq!(outcome.tables_written, 1);
-    let share = table_share(&dp, VIP_A, 80, proto::TCP);
+    let share = table_share(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(
         share.keys().copied().collect::<Vec<_>>(),
         vec![
@@ -121,7 +121,7 @@ fn first_sync_writes_clusters_backends_table_then_entry() {
     );
     // 251 slots over 3 backends: 83 or 84 each.
     assert!(share.values().all(|n| (83..=84).contains(n)), "{share:?}");
-    assert_eq!(entry(&dp, VIP_A, 80, proto::TCP).table_size, dp.table_size);
+    assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, dp.table_size);
     assert!(dp.services.contains_key(&ServiceKey::wildcard(VIP_A)));
     assert_eq!(dp.clusters.values().cloned().collect::<Vec<_>>(), vec!["c1".to_owned(), "c2".to_owned()]);
     let cluster = position(&dp.ops, |op| matches!(op, Op::PutCluster(..)));
@@ -152,7 +152,7 @@ fn removing_a_cluster_swaps_in_a_new_table_before_deleting_its_backend() {
     let only_c1: Vec<_> = two_clusters().into_iter().filter(|b| b.cluster == "c1").collect();
     let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), only_c1).0);
     assert_eq!(outcome.tables_written, 1);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 2);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 2);
     assert_eq!(dp.backends.len(), 2, "c2's backend is deleted");
     assert_eq!(dp.clusters.values().collect::<Vec<_>>(), vec!["c1"], "c2's name is deleted with its last backend");
     let table = position(&dp.ops, |op| matches!(op, Op::PutTable(..)));
@@ -174,7 +174,7 @@ fn deleting_a_service_removes_every_entry_in_one_sync() {
         .port((VIP_B, 53, Protocol::Udp), vec![backend("c1", [198, 18, 1, 20], 5353)])
         .0;
     sync_checked(&mut syncer, &mut dp, &both);
-    let a_id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+    let a_id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
     let only_b = Desired::default().port((VIP_B, 53, Protocol::Udp), vec![backend("c1", [198, 18, 1, 20], 5353)]).0;
     sync_checked(&mut syncer, &mut dp, &only_b);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B), "{:?}", dp.services.keys());
@@ -199,14 +199,14 @@ fn tcp_and_udp_on_one_port_are_independent_entries() {
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(
-        table_share(&dp, VIP_A, 42, proto::TCP).keys().collect::<Vec<_>>(),
+        table_share(&dp, (VIP_A, 42, proto::TCP)).keys().collect::<Vec<_>>(),
         [&(Ipv4Addr::new(198, 18, 1, 10), 4242)]
     );
     assert_eq!(
-        table_share(&dp, VIP_A, 42, proto::UDP).keys().collect::<Vec<_>>(),
+        table_share(&dp, (VIP_A, 42, proto::UDP)).keys().collect::<Vec<_>>(),
         [&(Ipv4Addr::new(198, 18, 1, 10), 4343)]
     );
-    assert_ne!(entry(&dp, VIP_A, 42, proto::TCP).service_id, entry(&dp, VIP_A, 42, proto::UDP).service_id);
+    assert_ne!(entry(&dp, (VIP_A, 42, proto::TCP)).service_id, entry(&dp, (VIP_A, 42, proto::UDP)).service_id);
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn a_restart_with_another_table_size_rebuilds_every_table_safely() {
         dp.table_size = size;
         let outcome = sync_checked(&mut Syncer::new(), &mut dp, &desired);
         assert_eq!(outcome.tables_written, 1);
-        assert_eq!(entry(&dp, VIP_A, 80, proto::TCP).table_size, size);
+        assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, size);
         assert_eq!(dp.tables.values().next().expect("table").len(), size as usize);
     }
 }
@@ -260,13 +260,13 @@ fn a_full_map_fails_one_service_cleanly_and_writes_the_others() {
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
     assert!(outcome.errors[0].contains("ServiceImport demo/svc-198.19.0.11 port 80/TCP"), "{}", outcome.errors[0]);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 3);
     assert!(!dp.services.contains_key(&ServiceKey::new(VIP_B, 80, proto::TCP)), "no half-written service");
     // The next sync is a full one; with room it completes.
     dp.tables_capacity = None;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
-    assert_eq!(table_share(&dp, VIP_B, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_B, 80, proto::TCP)).len(), 3);
 }
 
 #[test]
@@ -281,7 +281,7 @@ fn a_cluster_name_that_does_not_fit_fails_its_service_only() {
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
     assert!(outcome.errors[0].contains("svc-198.19.0.11") && outcome.errors[0].contains("cluster name"), "{outcome:?}");
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 3);
 }
 
 #[test]
@@ -291,7 +291,7 @@ fn a_changed_cluster_set_ip_moves_in_one_sync() {
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_B, 80, Protocol::Tcp), two_clusters()).0);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B));
-    assert_eq!(table_share(&dp, VIP_B, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_B, 80, proto::TCP)).len(), 3);
     assert_eq!(dp.tables.len(), 1);
 }
 
@@ -301,7 +301,7 @@ fn a_service_without_backends_has_no_table_and_fails_fast() {
     let mut syncer = Syncer::new();
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), Vec::new()).0);
-    let value = entry(&dp, VIP_A, 80, proto::TCP);
+    let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.table_size, 0);
     assert!(dp.tables.is_empty() && dp.backends.is_empty());
     let entry_at = position(&dp.ops, |op| matches!(op, Op::PutService(k, _) if !k.is_wildcard()));
@@ -327,9 +327,9 @@ fn draining_backends_stay_flagged_but_leave_the_table() {
         )
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
-    let value = entry(&dp, VIP_A, 80, proto::TCP);
+    let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.flags & SERVICE_F_FALLBACK, 0);
-    let share = table_share(&dp, VIP_A, 80, proto::TCP);
+    let share = table_share(&dp, (VIP_A, 80, proto::TCP));
     assert!(!share.contains_key(&(leaving.ip, leaving.port)), "{share:?}");
     let backends = backends_of(&dp, value.service_id);
     assert!(backends.contains(&(leaving.ip, leaving.port, BACKEND_F_TERMINATING)), "{backends:?}");
@@ -347,10 +347,10 @@ fn a_fallback_to_terminating_backends_is_flagged() {
         )
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
-    let value = entry(&dp, VIP_A, 80, proto::TCP);
+    let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.flags & SERVICE_F_FALLBACK, SERVICE_F_FALLBACK);
     assert_eq!(value.affinity_timeout, 30);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 1);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 1);
     assert_eq!(backends_of(&dp, value.service_id)[0].2, BACKEND_F_TERMINATING);
 }
 
@@ -376,11 +376,11 @@ fn service_ids_are_reused_lowest_first_and_stay_stable() {
     let one = |vip| Desired::default().port((vip, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 8080)]);
     let both = one(VIP_A).port((VIP_B, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 11], 8080)]).0;
     sync_checked(&mut syncer, &mut dp, &both);
-    let b_id = entry(&dp, VIP_B, 80, proto::TCP).service_id;
+    let b_id = entry(&dp, (VIP_B, 80, proto::TCP)).service_id;
     sync_checked(&mut syncer, &mut dp, &one(VIP_B).0);
-    assert_eq!(entry(&dp, VIP_B, 80, proto::TCP).service_id, b_id, "a surviving port keeps its id");
+    assert_eq!(entry(&dp, (VIP_B, 80, proto::TCP)).service_id, b_id, "a surviving port keeps its id");
     sync_checked(&mut syncer, &mut dp, &both);
-    assert!(entry(&dp, VIP_A, 80, proto::TCP).service_id < b_id, "the freed id is handed out again");
+    assert!(entry(&dp, (VIP_A, 80, proto::TCP)).service_id < b_id, "the freed id is handed out again");
 }
 
 #[test]
@@ -397,7 +397,7 @@ fn new_ports_of_one_sync_fill_the_gaps_lowest_first() {
     };
     sync_checked(&mut syncer, &mut dp, &ports(&[80, 81, 82]));
     let ids = |dp: &FakeDataplane, list: &[u16]| -> Vec<u32> {
-        list.iter().map(|p| entry(dp, VIP_A, *p, proto::TCP).service_id).collect()
+        list.iter().map(|p| entry(dp, (VIP_A, *p, proto::TCP)).service_id).collect()
     };
     assert_eq!(ids(&dp, &[80, 81, 82]), [1, 2, 3]);
     // Ids 1 and 3 are freed; three new ports take 1, 3 and then 4.
@@ -427,8 +427,8 @@ fn a_periodic_full_sync_keeps_what_the_tables_were_built_from() {
     );
     // A table changed behind the syncer's back is not trusted: it is rebuilt
     // and rewritten at the next full sync.
-    let b_id = entry(&dp, VIP_B, 443, proto::TCP).service_id;
-    let a_id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+    let b_id = entry(&dp, (VIP_B, 443, proto::TCP)).service_id;
+    let a_id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
     let a_table = dp.tables[&a_id].clone();
     dp.tables.get_mut(&b_id).expect("a table")[0] = 0;
     syncer.invalidate();

@@ -3,7 +3,8 @@
 //!
 //! [`translate`] is a pure function: no I/O, no clock, the inputs are only
 //! read, and the output depends on the inputs' contents, not their order. It
-//! implements every rule of `mcs-semantics.md`.
+//! implements every rule of `docs/mcs-semantics.md`, which names the tests
+//! that show each one.
 //!
 //! Per import (MCS and GKE alike, in (namespace, name, kind) order) the steps
 //! are:
