@@ -25,6 +25,30 @@ use crate::k8s::{
 };
 use crate::translate::{DesiredBackend, DesiredServicePort, EndpointState, Protocol, ServicePortKey};
 
+/// `tcp`, `udp` and `ports` for a builder whose `port(name, protocol, number)`
+/// takes the number as `$number` (the objects' own integer types differ).
+macro_rules! protocol_ports {
+    ($number:ty) => {
+        /// Adds a port with `protocol: TCP`.
+        #[must_use]
+        pub fn tcp(self, name: &str, port: u16) -> Self {
+            self.port(name, "TCP", <$number>::from(port))
+        }
+
+        /// Adds a port with `protocol: UDP`.
+        #[must_use]
+        pub fn udp(self, name: &str, port: u16) -> Self {
+            self.port(name, "UDP", <$number>::from(port))
+        }
+
+        /// Adds ports: (name, protocol, port).
+        #[must_use]
+        pub fn ports(self, ports: &[(&str, &str, u16)]) -> Self {
+            ports.iter().fold(self, |s, (name, protocol, port)| s.port(*name, *protocol, <$number>::from(*port)))
+        }
+    };
+}
+
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
     ObjectMeta { namespace: Some(namespace.into()), name: Some(name.into()), ..ObjectMeta::default() }
 }
@@ -113,23 +137,7 @@ impl ImportBuilder {
         self
     }
 
-    /// Adds a port with `protocol: TCP`.
-    #[must_use]
-    pub fn tcp(self, name: &str, port: u16) -> Self {
-        self.port(name, "TCP", i64::from(port))
-    }
-
-    /// Adds a port with `protocol: UDP`.
-    #[must_use]
-    pub fn udp(self, name: &str, port: u16) -> Self {
-        self.port(name, "UDP", i64::from(port))
-    }
-
-    /// Adds ports: (name, protocol, port).
-    #[must_use]
-    pub fn ports(self, ports: &[(&str, &str, u16)]) -> Self {
-        ports.iter().fold(self, |s, (name, protocol, port)| s.port(*name, *protocol, i64::from(*port)))
-    }
+    protocol_ports!(i64);
 
     /// Sets `spec.sessionAffinity`, and the `ClientIP` timeout when given.
     #[must_use]
@@ -263,17 +271,7 @@ impl SliceBuilder {
         self
     }
 
-    /// Adds a port with `protocol: TCP`.
-    #[must_use]
-    pub fn tcp(self, name: &str, port: u16) -> Self {
-        self.port(name, "TCP", i32::from(port))
-    }
-
-    /// Adds a port with `protocol: UDP`.
-    #[must_use]
-    pub fn udp(self, name: &str, port: u16) -> Self {
-        self.port(name, "UDP", i32::from(port))
-    }
+    protocol_ports!(i32);
 
     /// Adds an endpoint with one address and these conditions.
     #[must_use]
@@ -304,11 +302,6 @@ impl SliceBuilder {
         addresses.into_iter().fold(self, |s, a| s.with_conditions(a, READY))
     }
 
-    /// Adds ports: (name, protocol, port).
-    #[must_use]
-    pub fn ports(self, ports: &[(&str, &str, u16)]) -> Self {
-        ports.iter().fold(self, |s, (name, protocol, port)| s.port(*name, *protocol, i32::from(*port)))
-    }
 
     /// Adds endpoints, each with its conditions.
     #[must_use]
@@ -380,11 +373,7 @@ impl GkeImportBuilder {
         self
     }
 
-    /// Adds a port with `protocol: UDP`.
-    #[must_use]
-    pub fn udp(self, name: &str, port: u16) -> Self {
-        self.port(name, "UDP", i64::from(port))
-    }
+    protocol_ports!(i64);
 
     /// Sets `type`.
     #[must_use]
