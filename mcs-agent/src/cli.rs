@@ -334,6 +334,52 @@ fn error(kind: ErrorKind, message: &str) -> clap::Error {
     run.error(kind, message)
 }
 
+/// A command with its configuration, ready to run.
+#[derive(Debug)]
+pub enum Job {
+    /// `run`.
+    Run(RunConfig),
+    /// `plan`.
+    Plan(PlanConfig),
+    /// `inspect`.
+    Inspect(InspectConfig),
+    /// `cleanup` of this pin directory.
+    Cleanup(PathBuf),
+}
+
+impl Command {
+    /// The command's configuration.
+    ///
+    /// # Errors
+    /// When its arguments do not combine (each message names the fix).
+    pub fn job(&self) -> Result<Job, clap::Error> {
+        Ok(match self {
+            Self::Run(args) => Job::Run(args.config()?),
+            Self::Plan(args) => Job::Plan(args.config()),
+            Self::Inspect(args) => Job::Inspect(args.config()),
+            Self::Cleanup { pin_path } => Job::Cleanup(pin_path.clone()),
+        })
+    }
+}
+
+impl Job {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// Whatever the command fails with.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Run(config) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(run::run(config))
+            }
+            Self::Plan(config) => plan::execute(&config),
+            Self::Inspect(config) => inspect::execute(&config),
+            Self::Cleanup(pin_path) => ebpf::cleanup(&pin_path),
+        }
+    }
+}
+
 /// Parses the process's arguments and runs the command. Arguments that do
 /// not parse or combine end the process with clap's usage error (exit code
 /// 2) before anything is done.
@@ -341,30 +387,7 @@ fn error(kind: ErrorKind, message: &str) -> clap::Error {
 /// # Errors
 /// Whatever the command fails with.
 pub fn main() -> Result<()> {
-    let cli = Cli::parse();
-    if let Command::Run(args) = &cli.command
-        && let Err(e) = args.config()
-    {
-        e.exit();
-    }
-    execute(cli)
-}
-
-/// Runs a parsed command line.
-///
-/// # Errors
-/// When the arguments do not combine, or whatever the command fails with.
-pub fn execute(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Run(args) => {
-            let config = args.config()?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(run::run(config))
-        }
-        Command::Plan(args) => plan::execute(&args.config()),
-        Command::Inspect(args) => inspect::execute(&args.config()),
-        Command::Cleanup { pin_path } => ebpf::cleanup(&pin_path),
-    }
+    Cli::parse().command.job().unwrap_or_else(|e| e.exit()).run()
 }
 
 #[cfg(test)]

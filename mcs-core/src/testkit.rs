@@ -302,7 +302,6 @@ impl SliceBuilder {
         addresses.into_iter().fold(self, |s, a| s.with_conditions(a, READY))
     }
 
-
     /// Adds endpoints, each with its conditions.
     #[must_use]
     pub fn endpoints(self, endpoints: &[(Ipv4Addr, EndpointConditions)]) -> Self {

@@ -93,7 +93,7 @@ fn draw(
     let mut ctx = ChartBuilder::on(root)
         .caption(chart.title, ("sans-serif", 20).into_font())
         .margin(16)
-        .x_label_area_size(56)
+        .x_label_area_size(64)
         .y_label_area_size(72)
         .build_cartesian_2d(0.0..n, 0.0..top)
         .map_err(err)?;
@@ -108,12 +108,13 @@ fn draw(
         .y_desc(chart.y_label)
         .draw()
         .map_err(err)?;
+    // The category names go under the axis, outside the plotting area.
     let below = Pos::new(HPos::Center, VPos::Top);
-    let labels =
-        chart.categories.iter().enumerate().map(|(i, c)| {
-            Text::new(c.clone(), (centre(i), 0.0), ("sans-serif", 14).into_font().color(&BLACK).pos(below))
-        });
-    ctx.draw_series(labels).map_err(err)?;
+    for (i, c) in chart.categories.iter().enumerate() {
+        let (x, y) = ctx.backend_coord(&(centre(i), 0.0));
+        let style = ("sans-serif", 14).into_font().color(&BLACK).pos(below);
+        root.draw(&Text::new(c.clone(), (x, y + 10), style)).map_err(err)?;
+    }
     draw(&mut ctx)?;
     ctx.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
