@@ -122,7 +122,7 @@ fn ip_of(value: &Value) -> std::net::Ipv4Addr {
 }
 
 /// The service entry (namespace, name, port, protocol).
-fn service<'a>(plan: &'a Value, namespace: &str, name: &str, port: u16, protocol: &str) -> &'a Value {
+fn service<'a>(plan: &'a Value, (namespace, name): (&str, &str), (port, protocol): (u16, &str)) -> &'a Value {
     plan["services"]
         .as_array()
         .expect("services")
@@ -227,8 +227,8 @@ fn keying_tcp_and_udp_on_one_port_are_two_entries() {
     );
     let plan = plan(&dir, &[]);
     assert_eq!(plan["services"].as_array().map(Vec::len), Some(2), "{plan:#}");
-    let tcp = service(&plan, "demo", "dns", 42, "TCP");
-    let udp = service(&plan, "demo", "dns", 42, "UDP");
+    let tcp = service(&plan, ("demo", "dns"), (42, "TCP"));
+    let udp = service(&plan, ("demo", "dns"), (42, "UDP"));
     assert_eq!(tcp["ip"], "198.19.0.2");
     assert_eq!(tcp["portName"], "dns-tcp");
     assert_eq!(backends(tcp), ["east 198.18.1.1:4200 ready"]);
@@ -257,11 +257,11 @@ fn ports_are_matched_by_name_then_protocol_in_every_cluster() {
     );
     let plan = plan(&dir, &[]);
     assert_eq!(
-        backends(service(&plan, "demo", "web", 80, "TCP")),
+        backends(service(&plan, ("demo", "web"), (80, "TCP"))),
         ["east 198.18.1.1:8080 ready", "north 198.18.3.1:80 ready", "west 198.18.2.1:9080 ready"]
     );
     assert_eq!(
-        backends(service(&plan, "demo", "web", 443, "TCP")),
+        backends(service(&plan, ("demo", "web"), (443, "TCP"))),
         ["east 198.18.1.1:8443 ready", "north 198.18.3.1:443 ready", "west 198.18.2.1:9443 ready"]
     );
 }
@@ -274,7 +274,7 @@ fn exporting_cluster_cap_ranks_excludes_and_promotes() {
         dir.write(&format!("slice-c{i}.yaml"), &[web_slice(&format!("c{i}"), &format!("198.18.{i}.1"))]);
     }
     let clusters = |plan: &Value| -> Vec<String> {
-        backends(service(plan, "demo", "web", 80, "TCP"))
+        backends(service(plan, ("demo", "web"), (80, "TCP")))
             .iter()
             .map(|b| b.split(' ').next().expect("cluster").to_owned())
             .collect()
@@ -336,7 +336,7 @@ fn readiness_terminating_fallback_and_draining() {
         ],
     );
     let plan1 = plan(&dir, &[]);
-    let web = service(&plan1, "demo", "web", 80, "TCP");
+    let web = service(&plan1, ("demo", "web"), (80, "TCP"));
     assert_eq!(backends(web), ["east 198.18.1.1:8080 ready"]);
     assert_eq!(endpoints(web, "draining"), ["east 198.18.1.2:8080 terminating", "west 198.18.2.1:9080 terminating"]);
 
@@ -359,7 +359,7 @@ fn readiness_terminating_fallback_and_draining() {
         ],
     );
     let plan2 = plan(&dir, &[]);
-    let web = service(&plan2, "demo", "web", 80, "TCP");
+    let web = service(&plan2, ("demo", "web"), (80, "TCP"));
     assert_eq!(backends(web), ["east 198.18.1.2:8080 terminating", "west 198.18.2.1:9080 terminating"]);
     assert_eq!(endpoints(web, "draining"), Vec::<String>::new());
 
@@ -369,7 +369,7 @@ fn readiness_terminating_fallback_and_draining() {
         &[yaml(&slice("demo", "web", "east").ports(&[("http", "TCP", 8080)]).with_conditions("198.18.1.3", NOT_READY))],
     );
     let plan3 = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan3, "demo", "web", 80, "TCP")), Vec::<String>::new());
+    assert_eq!(backends(service(&plan3, ("demo", "web"), (80, "TCP"))), Vec::<String>::new());
 }
 
 #[test]
@@ -377,7 +377,7 @@ fn locality_flag_and_annotation() {
     let dir = ManifestDir::new("locality");
     dir.write("web.yaml", &[yaml(&web())])
         .write("slices.yaml", &[web_slice("east", "198.18.1.1"), web_slice("west", "198.18.2.1")]);
-    let get = |extra: &[&str]| backends(service(&plan(&dir, extra), "demo", "web", 80, "TCP"));
+    let get = |extra: &[&str]| backends(service(&plan(&dir, extra), ("demo", "web"), (80, "TCP")));
     let all = ["east 198.18.1.1:8080 ready", "west 198.18.2.1:8080 ready"];
     // The local cluster's endpoints are backends like any other's.
     assert_eq!(get(&["--cluster-id", "east"]), all);
@@ -421,8 +421,8 @@ fn types_headless_no_ips_and_ip_changes() {
     assert_eq!(reasons, ["demo/headless headless", "demo/pending no-ips", "demo/v6 invalid"]);
     assert!(skips[1].3.contains("spec.ips"), "{skips:?}");
     assert!(skips[2].3.contains("IPv6 is not translated"), "{skips:?}");
-    assert_eq!(service(&before, "demo", "web", 80, "TCP")["ip"], "198.19.0.1");
-    assert_eq!(backends(service(&before, "demo", "web", 80, "TCP")), ["east 198.18.1.1:8080 ready"]);
+    assert_eq!(service(&before, ("demo", "web"), (80, "TCP"))["ip"], "198.19.0.1");
+    assert_eq!(backends(service(&before, ("demo", "web"), (80, "TCP"))), ["east 198.18.1.1:8080 ready"]);
 
     // A new ClusterSetIP: the old one is gone, the new one has the backends.
     dir.write("imports.yaml", &[yaml(&import("demo", "web").ip("198.19.0.9").tcp("http", 80))]);
@@ -447,7 +447,7 @@ fn session_affinity() {
         ],
     );
     let plan = plan(&dir, &[]);
-    let get = |name: &str| service(&plan, "demo", name, 80, "TCP")["sessionAffinity"].clone();
+    let get = |name: &str| service(&plan, ("demo", name), (80, "TCP"))["sessionAffinity"].clone();
     assert_eq!(get("a"), json!({"clientIP": true, "timeoutSeconds": 60}));
     assert_eq!(get("b"), json!({"clientIP": true, "timeoutSeconds": 10800}));
     assert_eq!(get("c"), json!({"clientIP": true, "timeoutSeconds": 10800}));
@@ -479,9 +479,9 @@ fn namespace_sameness() {
         ],
     );
     let plan = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan, "demo", "web", 80, "TCP")), ["east 198.18.1.1:8080 ready"]);
+    assert_eq!(backends(service(&plan, ("demo", "web"), (80, "TCP"))), ["east 198.18.1.1:8080 ready"]);
     assert_eq!(
-        backends(service(&plan, "prod", "web", 80, "TCP")),
+        backends(service(&plan, ("prod", "web"), (80, "TCP"))),
         ["east 198.18.9.1:8080 ready", "west 198.18.9.2:8080 ready"]
     );
 }
@@ -515,8 +515,8 @@ fn deletion_of_an_import_and_of_a_clusters_slices() {
     // Every slice of east deleted: its backends vanish from every port.
     dir.remove("east.yaml");
     let plan1 = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan1, "demo", "web", 80, "TCP")), ["west 198.18.2.1:8080 ready"]);
-    assert_eq!(backends(service(&plan1, "demo", "web", 81, "UDP")), ["west 198.18.2.1:8081 ready"]);
+    assert_eq!(backends(service(&plan1, ("demo", "web"), (80, "TCP"))), ["west 198.18.2.1:8080 ready"]);
+    assert_eq!(backends(service(&plan1, ("demo", "web"), (81, "UDP"))), ["west 198.18.2.1:8081 ready"]);
 
     // The import deleted: all its entries go, the other import stays.
     dir.remove("web.yaml");
@@ -539,12 +539,12 @@ fn gke_imports_with_their_derived_endpoints() {
     dir.write("gke.yaml", &[yaml(&gke_import), endpoints.clone()]);
     let plan1 = plan(&dir, &["--max-exporting-clusters", "1"]);
     assert_eq!(
-        backends(service(&plan1, "demo", "shop", 80, "TCP")),
+        backends(service(&plan1, ("demo", "shop"), (80, "TCP"))),
         [" 198.18.5.1:8080 ready", " 198.18.5.2:8080 ready"],
         "cluster is empty for GKE imports"
     );
     assert_eq!(
-        backends(service(&plan1, "demo", "shop", 9090, "TCP")),
+        backends(service(&plan1, ("demo", "shop"), (9090, "TCP"))),
         [" 198.18.5.1:50051 ready", " 198.18.5.2:50051 ready"]
     );
     assert_eq!(excluded(&plan1), Vec::<String>::new());
@@ -556,8 +556,8 @@ fn gke_imports_with_their_derived_endpoints() {
         .ready("198.18.6.1");
     dir.write("derived-slice.yaml", &[yaml(&derived_slice)]);
     let plan2 = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan2, "demo", "shop", 80, "TCP")), [" 198.18.6.1:8080 ready"]);
-    assert_eq!(backends(service(&plan2, "demo", "shop", 9090, "TCP")), Vec::<String>::new());
+    assert_eq!(backends(service(&plan2, ("demo", "shop"), (80, "TCP"))), [" 198.18.6.1:8080 ready"]);
+    assert_eq!(backends(service(&plan2, ("demo", "shop"), (9090, "TCP"))), Vec::<String>::new());
 
     // Without the annotation the import is skipped, naming it.
     dir.remove("derived-slice.yaml");
@@ -631,7 +631,7 @@ fn invalid_input_is_skipped_naming_the_field_and_disturbs_nothing_else() {
     }
     // The valid import is untouched, minus the one bad endpoint address.
     assert_eq!(
-        backends(service(&plan, "demo", "web", 80, "TCP")),
+        backends(service(&plan, ("demo", "web"), (80, "TCP"))),
         ["east 198.18.1.1:8080 ready", "west 198.18.2.1:8080 ready"]
     );
     let warnings = warnings(&plan);
