@@ -49,6 +49,41 @@ macro_rules! protocol_ports {
     };
 }
 
+/// The edits of a `ServiceImportSpec` shared by the MCS and the GKE import
+/// builders, for a builder whose `section()` is the spec it edits.
+macro_rules! spec_edits {
+    () => {
+        /// Sets the type (`ClusterSetIP` or `Headless`).
+        #[must_use]
+        pub fn type_(mut self, type_: &str) -> Self {
+            self.section().type_ = type_.into();
+            self
+        }
+
+        /// Adds an ip.
+        #[must_use]
+        pub fn ip(mut self, ip: impl Display) -> Self {
+            self.section().ips.push(ip.to_string());
+            self
+        }
+
+        /// Adds a port; `None` leaves the name or the protocol unset.
+        #[must_use]
+        pub fn port<'a>(
+            mut self,
+            name: impl Into<Option<&'a str>>,
+            protocol: impl Into<Option<&'a str>>,
+            port: i64,
+        ) -> Self {
+            let port = service_port(name.into(), protocol.into(), port);
+            self.section().ports.push(port);
+            self
+        }
+
+        protocol_ports!(i64);
+    };
+}
+
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
     ObjectMeta { namespace: Some(namespace.into()), name: Some(name.into()), ..ObjectMeta::default() }
 }
@@ -79,24 +114,16 @@ pub fn import(namespace: &str, name: &str) -> ImportBuilder {
 }
 
 impl ImportBuilder {
-    /// Sets `spec.type`.
-    #[must_use]
-    pub fn type_(mut self, type_: &str) -> Self {
-        self.0.spec.type_ = type_.into();
-        self
+    spec_edits!();
+
+    fn section(&mut self) -> &mut ServiceImportSpec {
+        &mut self.0.spec
     }
 
     /// Sets `apiVersion` (v1beta1 unless told).
     #[must_use]
     pub fn api_version(mut self, api_version: &str) -> Self {
         self.0.api_version = api_version.into();
-        self
-    }
-
-    /// Adds an entry to `spec.ips`.
-    #[must_use]
-    pub fn ip(mut self, ip: impl Display) -> Self {
-        self.0.spec.ips.push(ip.to_string());
         self
     }
 
@@ -124,20 +151,6 @@ impl ImportBuilder {
         self.0.spec.ip_families.push(family.into());
         self
     }
-
-    /// Adds a port; `None` leaves the name or the protocol unset.
-    #[must_use]
-    pub fn port<'a>(
-        mut self,
-        name: impl Into<Option<&'a str>>,
-        protocol: impl Into<Option<&'a str>>,
-        port: i64,
-    ) -> Self {
-        self.0.spec.ports.push(service_port(name.into(), protocol.into(), port));
-        self
-    }
-
-    protocol_ports!(i64);
 
     /// Sets `spec.sessionAffinity`, and the `ClientIP` timeout when given.
     #[must_use]
@@ -348,37 +361,10 @@ pub fn gke_import(namespace: &str, name: &str, derived: &str) -> GkeImportBuilde
 }
 
 impl GkeImportBuilder {
+    spec_edits!();
+
     fn section(&mut self) -> &mut ServiceImportSpec {
         self.0.status.get_or_insert_default()
-    }
-
-    /// Adds an entry to `ips`.
-    #[must_use]
-    pub fn ip(mut self, ip: impl Display) -> Self {
-        self.section().ips.push(ip.to_string());
-        self
-    }
-
-    /// Adds a port; `None` leaves the name or the protocol unset.
-    #[must_use]
-    pub fn port<'a>(
-        mut self,
-        name: impl Into<Option<&'a str>>,
-        protocol: impl Into<Option<&'a str>>,
-        port: i64,
-    ) -> Self {
-        let port = service_port(name.into(), protocol.into(), port);
-        self.section().ports.push(port);
-        self
-    }
-
-    protocol_ports!(i64);
-
-    /// Sets `type`.
-    #[must_use]
-    pub fn type_(mut self, type_: &str) -> Self {
-        self.section().type_ = type_.into();
-        self
     }
 
     /// `sessionAffinity: ClientIP` with this timeout.
@@ -517,16 +503,14 @@ impl PortBuilder {
 
     /// Adds ready backends: (cluster, ip, port).
     #[must_use]
-    pub fn ready(mut self, backends: &[(&str, &str, u16)]) -> Self {
-        self.0.backends.extend(backends.iter().map(|(c, ip, port)| backend(c, ip, *port)));
-        self
+    pub fn ready(self, backends: &[(&str, &str, u16)]) -> Self {
+        self.backends(backends.iter().map(|(c, ip, port)| backend(c, ip, *port)))
     }
 
     /// Adds backends, each in its state: (cluster, ip, port, state).
     #[must_use]
-    pub fn backends_in(mut self, backends: &[(&str, &str, u16, EndpointState)]) -> Self {
-        self.0.backends.extend(backends.iter().map(|(c, ip, port, state)| backend_in(c, (ip, *port), *state)));
-        self
+    pub fn backends_in(self, backends: &[(&str, &str, u16, EndpointState)]) -> Self {
+        self.backends(backends.iter().map(|(c, ip, port, state)| backend_in(c, (ip, *port), *state)))
     }
 
     /// Adds backends new connections may use.
@@ -539,10 +523,10 @@ impl PortBuilder {
     /// Adds terminating endpoints that keep only their established
     /// connections: (cluster, ip, port).
     #[must_use]
-    pub fn draining(mut self, draining: &[(&str, &str, u16)]) -> Self {
-        let terminating = |(c, ip, port): &(&str, &str, u16)| backend_in(c, (ip, *port), EndpointState::Terminating);
-        self.0.draining.extend(draining.iter().map(terminating));
-        self
+    pub fn draining(self, draining: &[(&str, &str, u16)]) -> Self {
+        self.draining_backends(
+            draining.iter().map(|(c, ip, port)| backend_in(c, (ip, *port), EndpointState::Terminating)),
+        )
     }
 
     /// Adds draining endpoints.
