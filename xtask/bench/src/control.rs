@@ -227,7 +227,12 @@ pub fn run(s: Settings) -> Result<Report> {
     let dir = TempDir::new(&format!("{prefix}-manifests"))?;
     let t = Instant::now();
     let fillers = s.imports.saturating_sub(1);
-    mgen::write_services(&dir.0, (0..fillers).map(|i| mgen::filler(i, s.ports, s.clusters, s.per_cluster)), 500)?;
+    mgen::write_services(
+        &dir.0,
+        (0..fillers)
+            .map(|i| mgen::filler(i, mgen::Shape { ports: s.ports, clusters: s.clusters, per_cluster: s.per_cluster })),
+        500,
+    )?;
     let probe_file = dir.0.join("zz-probe.json");
     mgen::write_list(&probe_file, &probe_service(probe_address(0)).objects())?;
     let mut report = Report {
