@@ -142,6 +142,13 @@ fn count_keys<K: aya::Pod, V: aya::Pod>(pin_path: &Path, name: &str) -> Result<u
     Ok(map.keys().flatten().count() as u64)
 }
 
+/// Backends in the pinned `MCS_BACKENDS` array (elements that hold one).
+fn present_backends(pin_path: &Path) -> Result<u64> {
+    use mcs_agent::dataplane::Dataplane as _;
+    let dp = mcs_agent::dataplane::AyaDataplane::from_pins(pin_path)?;
+    Ok(dp.backends().context("reading MCS_BACKENDS")?.len() as u64)
+}
+
 /// The memlock of the Maglev tables: they are inner maps of `MCS_MAGLEV`,
 /// neither pinned nor held by the agent, so they are counted here: the
 /// number of tables times the memlock of one (all have the same size).
@@ -211,7 +218,10 @@ fn probe(prog: &SchedClassifier, port: u16) -> Option<Ipv4Addr> {
     let mut out = vec![0u8; frame.len() + 64];
     let r =
         prog.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() }).ok()?;
-    (r.return_value == 0 && r.data_size_out as usize >= 34).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+    // Translated packets go on with TCX_NEXT (`TC_ACT_UNSPEC`, -1), as untouched ones do.
+    (r.return_value == u32::MAX && r.data_size_out as usize >= 34)
+        .then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+        .filter(|dst| *dst != PROBE_VIP)
 }
 
 /// Runs the control-plane benchmarks.
@@ -281,7 +291,7 @@ pub fn run(s: Settings) -> Result<Report> {
     }
     report.entries = (
         count_keys::<mcs_common::ServiceKey, mcs_common::ServiceValue>(&agent.pin_path, map_names::SERVICES)?,
-        count_keys::<u32, mcs_common::Backend>(&agent.pin_path, map_names::BACKENDS)?,
+        present_backends(&agent.pin_path)?,
     );
     println!(
         "   first sync after {:.2} s: {} of {expected} service ports, {} errors; fully programmed: {}; maps hold {} \
