@@ -1,17 +1,44 @@
-//! The command line of `mcs-agent`. It lives in the library so that tests can
-//! check that the deployment manifests pass arguments the agent accepts.
-use std::path::PathBuf;
+//! The command line of `mcs-agent`: the only module that knows clap. It
+//! parses the arguments, checks how they combine, and turns them into the
+//! plain configuration of each command ([`run::RunConfig`],
+//! [`plan::PlanConfig`], [`inspect::InspectConfig`]); nothing below it sees
+//! an argument. It lives in the library so that tests can check that the
+//! deployment manifests pass arguments the agent accepts.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{
+    CommandFactory as _, Parser, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser as _},
+    error::ErrorKind,
+};
+use mcs_common::{DEFAULT_HAIRPIN_ADDR, limits};
 
 use crate::{
-    ebpf, inspect, plan, run,
-    translate::{self, Config},
+    ebpf::{self, DatapathSettings, PortRange},
+    inspect::{self, InspectConfig},
+    interfaces, maglev,
+    output::OutputFormat,
+    plan::{self, PlanConfig, PlanSource},
+    run::{self, RunConfig},
+    source::SourceConfig,
+    translate::{self, Locality},
 };
 
+/// `-o json|table`.
+fn output_format() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+    PossibleValuesParser::new(OutputFormat::ALL.map(OutputFormat::as_str))
+        .map(|s| OutputFormat::parse(&s).expect("clap only passes the possible values"))
+}
+
+/// `--locality none|local|remote`.
+fn locality() -> impl clap::builder::TypedValueParser<Value = Locality> {
+    PossibleValuesParser::new(Locality::ALL.map(Locality::as_str))
+        .map(|s| Locality::parse(&s).expect("clap only passes the possible values"))
+}
+
 /// The translation's settings, shared by `run` and `plan`. `--cluster-id` is
-/// required here; `plan` makes it optional (see [`plan::PlanArgs`]).
+/// required here; `plan` makes it optional (see [`PlanArgs`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct TranslateArgs {
     /// This cluster's id in the ClusterSet.
@@ -21,19 +48,292 @@ pub struct TranslateArgs {
     #[arg(long, default_value_t = translate::DEFAULT_MAX_EXPORTING_CLUSTERS)]
     pub max_exporting_clusters: usize,
     /// Locality preference of imports without the `mcs-ebpf.dev/locality` annotation.
-    #[arg(long, value_enum, default_value_t = translate::Locality::None)]
-    pub locality: translate::Locality,
+    #[arg(long, value_parser = locality(), default_value = "none")]
+    pub locality: Locality,
 }
 
 impl TranslateArgs {
     /// The translation settings these arguments ask for.
     #[must_use]
-    pub fn config(&self) -> Config {
-        Config {
+    pub fn config(&self) -> translate::Config {
+        translate::Config {
             cluster_id: self.cluster_id.clone(),
             max_exporting_clusters: self.max_exporting_clusters,
             locality: self.locality,
         }
+    }
+}
+
+/// Where `run` reads ServiceImports and EndpointSlices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// The Kubernetes API: in-cluster config, or `--kubeconfig`.
+    Kubernetes,
+    /// A directory of manifests (`--manifests`).
+    File,
+}
+
+fn parse_table_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if !(3..=limits::MAGLEV_TABLE_SIZE_MAX).contains(&n) || !maglev::is_prime(n) {
+        return Err(format!(
+            "{n} is not a prime between 3 and {} (for example 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521)",
+            limits::MAGLEV_TABLE_SIZE_MAX
+        ));
+    }
+    Ok(n)
+}
+
+/// The datapath's settings on the command line of `run`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct DatapathFlags {
+    /// Entries of the TCP conntrack map (LRU; two per connection).
+    #[arg(long, default_value_t = limits::CONNTRACK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    pub conntrack_max: u32,
+    /// Entries of the conntrack map of every other protocol (UDP; LRU; two
+    /// per flow). A map of its own, so UDP churn cannot evict TCP flows.
+    #[arg(long, default_value_t = limits::CONNTRACK_NON_TCP_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    pub conntrack_max_non_tcp: u32,
+    /// The source ports translated flows get, `FIRST-LAST`. It must lie
+    /// outside the pods' ephemeral port range (`net.ipv4.ip_local_port_range`,
+    /// 32768-60999 by default), so that a pod's direct connections and its
+    /// ClusterSetIP connections can never share a tuple (docs/datapath.md).
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub nat_port_range: PortRange,
+    /// Slots of each service port's Maglev table: a prime, at least 100 times
+    /// the most backends a port has for an even spread (docs/datapath.md).
+    #[arg(long, default_value_t = limits::MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
+    pub maglev_table_size: u32,
+    /// Idle timeout of a TCP connection that has only sent its SYN, in seconds.
+    #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_SYN_SECS)]
+    pub ct_timeout_tcp_syn: u64,
+    /// Idle timeout of an established TCP connection, in seconds.
+    #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_ESTABLISHED_SECS)]
+    pub ct_timeout_tcp_established: u64,
+    /// Idle timeout of a closing TCP connection (RST, or FIN both ways), in seconds.
+    #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_CLOSING_SECS)]
+    pub ct_timeout_tcp_closing: u64,
+    /// Idle timeout of a UDP flow, in seconds.
+    #[arg(long, default_value_t = limits::CT_TIMEOUT_UDP_SECS)]
+    pub ct_timeout_udp: u64,
+    /// Entries of the session-affinity map (LRU; one per client and service port).
+    #[arg(long, default_value_t = limits::AFFINITY_MAX)]
+    pub affinity_max: u32,
+    /// Entries of the backends map: one per backend of each service port
+    /// (draining ones included). A sync that needs more reports the service
+    /// ports it could not write. Applies when the maps are created, not to
+    /// maps adopted from the pin directory.
+    #[arg(long, default_value_t = limits::BACKENDS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub backends_max: u32,
+    /// Entries of the services map: one per service port and one per
+    /// ClusterSetIP. Applies when the maps are created.
+    #[arg(long, default_value_t = limits::SERVICES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub services_max: u32,
+    /// Service ports with a Maglev table and counters (the capacity of those
+    /// two maps). Applies when the maps are created.
+    #[arg(long, default_value_t = limits::SERVICE_PORTS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub service_ports_max: u32,
+    /// The address a pod that reaches itself through a ClusterSetIP is
+    /// source-NATed to, so its own stack takes the connection for a peer's.
+    /// The packets go straight back to the pod, so it needs no route; a
+    /// link-local address that no pod or node uses. `0.0.0.0` turns hairpin
+    /// translation off.
+    #[arg(long, default_value_t = DEFAULT_HAIRPIN_ADDR)]
+    pub hairpin_ip: std::net::Ipv4Addr,
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let (first, last) =
+        s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST (for example 61000-65535)"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {s:?} is not a port: {e}"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || last < first {
+        return Err(format!("{s:?}: the range must start above 0 and end at or after its start"));
+    }
+    if u32::from(last - first) + 1 < limits::NAT_PORT_PROBES {
+        return Err(format!("{s:?}: at least {} ports are needed", limits::NAT_PORT_PROBES));
+    }
+    Ok(PortRange { first, last })
+}
+
+impl DatapathFlags {
+    /// The datapath settings these flags ask for.
+    #[must_use]
+    pub const fn settings(&self) -> DatapathSettings {
+        DatapathSettings {
+            conntrack_max: self.conntrack_max,
+            conntrack_max_non_tcp: self.conntrack_max_non_tcp,
+            nat_port_range: self.nat_port_range,
+            maglev_table_size: self.maglev_table_size,
+            ct_timeout_tcp_syn: self.ct_timeout_tcp_syn,
+            ct_timeout_tcp_established: self.ct_timeout_tcp_established,
+            ct_timeout_tcp_closing: self.ct_timeout_tcp_closing,
+            ct_timeout_udp: self.ct_timeout_udp,
+            affinity_max: self.affinity_max,
+            backends_max: self.backends_max,
+            services_max: self.services_max,
+            service_ports_max: self.service_ports_max,
+            hairpin_ip: self.hairpin_ip,
+        }
+    }
+}
+
+/// Arguments of `mcs-agent run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Where ServiceImports and EndpointSlices come from: `file` when
+    /// `--manifests` is given, else `kubernetes`.
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
+    /// Directory of manifests (selects `--source file`).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig file (with `--source kubernetes`); in-cluster config when unset.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Pod-facing interfaces: names and glob patterns, comma separated
+    /// (for example `lxc*,veth*`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub interfaces: Vec<String>,
+    /// The translation's settings (`--cluster-id` is required).
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+    /// Directory on bpffs where maps and links are pinned.
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// How often the file source checks the directory, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub poll_interval_ms: u64,
+    /// Minimum time between two syncs, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub min_sync_interval_ms: u64,
+    /// Maximum time between two syncs (a periodic full resync), in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub max_sync_interval_ms: u64,
+    /// How long a backend that left its slices keeps its established
+    /// connections (it takes no new ones) before they are reset (TCP) or
+    /// moved (UDP); one that comes back within it changes nothing. Long
+    /// enough to ride out a relist or a remote cluster's export missing for
+    /// a moment, short enough that clients of a pod that is really gone
+    /// learn it in seconds rather than at TCP's retransmission timeout.
+    #[arg(long, default_value_t = 30)]
+    pub backend_removal_grace_seconds: u64,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz; empty disables it.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    pub metrics_addr: String,
+    /// The datapath's settings.
+    #[command(flatten)]
+    pub datapath: DatapathFlags,
+}
+
+impl RunArgs {
+    /// The source these arguments select: `--source` when given, else `file`
+    /// with `--manifests` and `kubernetes` without.
+    #[must_use]
+    pub const fn source_kind(&self) -> SourceKind {
+        match (self.source, &self.manifests) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => SourceKind::File,
+            (None, None) => SourceKind::Kubernetes,
+        }
+    }
+
+    /// The configuration of `run`.
+    ///
+    /// # Errors
+    /// When the arguments do not combine (each message names the fix), or a
+    /// value is invalid.
+    pub fn config(&self) -> Result<RunConfig, clap::Error> {
+        let source = match (self.source_kind(), &self.manifests) {
+            (SourceKind::File, Some(dir)) => {
+                let poll_interval = Duration::from_millis(self.poll_interval_ms.max(10));
+                SourceConfig::File { dir: dir.clone(), poll_interval }
+            }
+            (SourceKind::File, None) => {
+                return Err(error(ErrorKind::MissingRequiredArgument, "--source file needs --manifests DIR"));
+            }
+            (SourceKind::Kubernetes, Some(_)) => {
+                return Err(error(
+                    ErrorKind::ArgumentConflict,
+                    "--manifests is read only by --source file: drop --source kubernetes, or --manifests",
+                ));
+            }
+            (SourceKind::Kubernetes, None) => SourceConfig::Kubernetes { kubeconfig: self.kubeconfig.clone() },
+        };
+        let interfaces = interfaces::parse_patterns(&self.interfaces)
+            .map_err(|e| error(ErrorKind::ValueValidation, &format!("--interfaces: {e}")))?;
+        let metrics_addr = match self.metrics_addr.trim() {
+            "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                error(ErrorKind::ValueValidation, &format!("--metrics-addr {addr:?} is not an address:port: {e}"))
+            })?),
+        };
+        Ok(RunConfig {
+            source,
+            interfaces,
+            translate: self.translate.config(),
+            pin_path: self.pin_path.clone(),
+            min_sync_interval: Duration::from_millis(self.min_sync_interval_ms),
+            max_sync_interval: Duration::from_millis(self.max_sync_interval_ms.max(1)),
+            backend_removal_grace: Duration::from_secs(self.backend_removal_grace_seconds),
+            metrics_addr,
+            datapath: self.datapath.settings(),
+        })
+    }
+}
+
+/// Arguments of `mcs-agent plan`. Unlike `run`, `--cluster-id` may be left
+/// out (no cluster is local then).
+#[derive(Clone, Debug, clap::Args)]
+#[command(mut_arg("cluster_id", |arg| arg.required(false).default_value("")))]
+pub struct PlanArgs {
+    /// Directory of ServiceImport, EndpointSlice (and GKE ServiceImport and
+    /// Endpoints) manifests. Without it the objects are listed from the
+    /// Kubernetes API (in-cluster config, or `--kubeconfig`).
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig file, when reading from the Kubernetes API.
+    #[arg(long, conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The translation's settings.
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_parser = output_format(), default_value = "json")]
+    pub output: OutputFormat,
+}
+
+impl PlanArgs {
+    /// The configuration of `plan`.
+    #[must_use]
+    pub fn config(&self) -> PlanConfig {
+        let source = match &self.manifests {
+            Some(dir) => PlanSource::Manifests(dir.clone()),
+            None => PlanSource::Kubernetes { kubeconfig: self.kubeconfig.clone() },
+        };
+        PlanConfig { source, translate: self.translate.config(), output: self.output }
+    }
+}
+
+/// Arguments of `mcs-agent inspect`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Directory on bpffs where the agent pinned its maps.
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// List the tracked connections too.
+    #[arg(long)]
+    pub conntrack: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_parser = output_format(), default_value = "table")]
+    pub output: OutputFormat,
+}
+
+impl InspectArgs {
+    /// The configuration of `inspect`.
+    #[must_use]
+    pub fn config(&self) -> InspectConfig {
+        InspectConfig { pin_path: self.pin_path.clone(), conntrack: self.conntrack, output: self.output }
     }
 }
 
@@ -50,12 +350,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the datapath and keep it in sync with the source.
-    Run(run::RunArgs),
+    Run(RunArgs),
     /// Print the dataplane the agent would program from manifests, without
     /// touching the kernel.
-    Plan(plan::PlanArgs),
+    Plan(PlanArgs),
     /// Print what a running agent's pinned maps hold.
-    Inspect(inspect::InspectArgs),
+    Inspect(InspectArgs),
     /// Detach the programs and remove the pinned maps. Tracked connections are lost.
     Cleanup {
         /// Directory on bpffs where maps and links are pinned.
@@ -64,18 +364,107 @@ pub enum Command {
     },
 }
 
-/// Runs the parsed command line.
+/// A clap error of `run`, with the usage line.
+fn error(kind: ErrorKind, message: &str) -> clap::Error {
+    let mut command = Cli::command();
+    let run = command.find_subcommand_mut("run").expect("the run subcommand exists");
+    run.error(kind, message)
+}
+
+/// A command with its configuration, ready to run.
+#[derive(Debug)]
+pub enum Job {
+    /// `run`.
+    Run(RunConfig),
+    /// `plan`.
+    Plan(PlanConfig),
+    /// `inspect`.
+    Inspect(InspectConfig),
+    /// `cleanup` of this pin directory.
+    Cleanup(PathBuf),
+}
+
+impl Command {
+    /// The command's configuration.
+    ///
+    /// # Errors
+    /// When its arguments do not combine (each message names the fix).
+    pub fn job(&self) -> Result<Job, clap::Error> {
+        Ok(match self {
+            Self::Run(args) => Job::Run(args.config()?),
+            Self::Plan(args) => Job::Plan(args.config()),
+            Self::Inspect(args) => Job::Inspect(args.config()),
+            Self::Cleanup { pin_path } => Job::Cleanup(pin_path.clone()),
+        })
+    }
+}
+
+impl Job {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// Whatever the command fails with.
+    pub fn run(self) -> Result<()> {
+        match self {
+            Self::Run(config) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(run::run(config))
+            }
+            Self::Plan(config) => plan::execute(&config),
+            Self::Inspect(config) => inspect::execute(&config),
+            Self::Cleanup(pin_path) => ebpf::cleanup(&pin_path),
+        }
+    }
+}
+
+/// Parses the process's arguments and runs the command. Arguments that do
+/// not parse or combine end the process with clap's usage error (exit code
+/// 2) before anything is done.
 ///
 /// # Errors
-/// Whatever the subcommand fails with.
-pub fn execute(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(run::run(args))
+/// Whatever the command fails with.
+pub fn main() -> Result<()> {
+    Cli::parse().command.job().unwrap_or_else(|e| e.exit()).run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(
+            ["mcs-agent", "run", "--interfaces", "veth*", "--cluster-id", "c1"].iter().chain(args),
+        )?;
+        let Command::Run(run) = cli.command else { panic!("parsed {args:?} as another command") };
+        Ok(run)
+    }
+
+    #[test]
+    fn manifests_alone_select_the_file_source() {
+        let run = run_args(&["--manifests", "/m"]).expect("parses");
+        assert_eq!(run.source_kind(), SourceKind::File);
+        let config = run.config().expect("combines");
+        assert!(matches!(config.source, SourceConfig::File { ref dir, .. } if dir == std::path::Path::new("/m")));
+        let run = run_args(&[]).expect("parses");
+        assert_eq!(run.source_kind(), SourceKind::Kubernetes);
+        assert!(matches!(run.config().expect("combines").source, SourceConfig::Kubernetes { kubeconfig: None }));
+    }
+
+    #[test]
+    fn invalid_combinations_are_usage_errors_that_name_the_fix() {
+        let cases: [(&[&str], &str); 4] = [
+            (&["--source", "file"], "--source file needs --manifests DIR"),
+            (&["--source", "kubernetes", "--manifests", "/m"], "drop --source kubernetes, or --manifests"),
+            (&["--source", "file", "--manifests", "/m", "--kubeconfig", "/k"], "cannot be used with"),
+            (&["--metrics-addr", "nowhere"], "--metrics-addr \"nowhere\" is not an address:port"),
+        ];
+        for (args, fix) in cases {
+            let error = run_args(args).and_then(|run| run.config()).expect_err("an invalid combination");
+            let text = error.to_string();
+            assert!(text.contains(fix), "{args:?}: {text}");
+            assert_eq!(error.exit_code(), 2, "{args:?}: a usage error");
         }
-        Command::Plan(args) => plan::execute(&args),
-        Command::Inspect(args) => inspect::execute(&args),
-        Command::Cleanup { pin_path } => ebpf::cleanup(&pin_path),
+        let error = run_args(&["--interfaces", "pod[0-9"]).and_then(|run| run.config()).expect_err("a bad pattern");
+        assert!(error.to_string().contains("--interfaces"), "{error}");
     }
 }

@@ -36,6 +36,8 @@ use mcs_common::{
 };
 use tracing::{debug, info, warn};
 
+use crate::maglev;
+
 /// The eBPF object built from `mcs-ebpf` by the build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcs-ebpf"));
 
@@ -95,15 +97,37 @@ impl Default for LoadOptions {
     }
 }
 
-fn parse_table_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
-    if !(3..=limits::MAGLEV_TABLE_SIZE_MAX).contains(&n) || !crate::maglev::is_prime(n) {
-        return Err(format!(
-            "{n} is not a prime between 3 and {} (for example 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521)",
-            limits::MAGLEV_TABLE_SIZE_MAX
-        ));
-    }
-    Ok(n)
+/// The datapath's settings, in the units an operator gives them (entries,
+/// seconds, an address); [`DatapathSettings::load_options`] turns them into
+/// what the loader needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathSettings {
+    /// Entries of the TCP conntrack map (LRU; two per connection).
+    pub conntrack_max: u32,
+    /// Entries of the conntrack map of every other protocol (LRU; two per flow).
+    pub conntrack_max_non_tcp: u32,
+    /// The source ports translated flows get.
+    pub nat_port_range: PortRange,
+    /// Slots of each service port's Maglev table (a prime).
+    pub maglev_table_size: u32,
+    /// Idle timeout of a TCP connection that has only sent its SYN, in seconds.
+    pub ct_timeout_tcp_syn: u64,
+    /// Idle timeout of an established TCP connection, in seconds.
+    pub ct_timeout_tcp_established: u64,
+    /// Idle timeout of a closing TCP connection, in seconds.
+    pub ct_timeout_tcp_closing: u64,
+    /// Idle timeout of a UDP flow, in seconds.
+    pub ct_timeout_udp: u64,
+    /// Entries of the session-affinity map (LRU).
+    pub affinity_max: u32,
+    /// Entries of the backends map.
+    pub backends_max: u32,
+    /// Entries of the services map.
+    pub services_max: u32,
+    /// Service ports with a Maglev table and counters.
+    pub service_ports_max: u32,
+    /// The source address of hairpin connections; `0.0.0.0`: not translated.
+    pub hairpin_ip: std::net::Ipv4Addr,
 }
 
 /// A range of ports, both ends included.
@@ -121,80 +145,10 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-fn parse_port_range(s: &str) -> Result<PortRange, String> {
-    let (first, last) =
-        s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST (for example 61000-65535)"))?;
-    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {s:?} is not a port: {e}"));
-    let (first, last) = (port(first)?, port(last)?);
-    if first == 0 || last < first {
-        return Err(format!("{s:?}: the range must start above 0 and end at or after its start"));
-    }
-    if u32::from(last - first) + 1 < limits::NAT_PORT_PROBES {
-        return Err(format!("{s:?}: at least {} ports are needed", limits::NAT_PORT_PROBES));
-    }
-    Ok(PortRange { first, last })
-}
+/// The name the packet tests know [`DatapathSettings`] by.
+pub type DatapathArgs = DatapathSettings;
 
-/// The datapath's settings on the command line (`mcs-agent run`), flattened
-/// into the `run` arguments.
-#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
-pub struct DatapathArgs {
-    /// Entries of the TCP conntrack map (LRU; two per connection).
-    #[arg(long, default_value_t = limits::CONNTRACK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
-    pub conntrack_max: u32,
-    /// Entries of the conntrack map of every other protocol (UDP; LRU; two
-    /// per flow). A map of its own, so UDP churn cannot evict TCP flows.
-    #[arg(long, default_value_t = limits::CONNTRACK_NON_TCP_MAX, value_parser = clap::value_parser!(u32).range(2..))]
-    pub conntrack_max_non_tcp: u32,
-    /// The source ports translated flows get, `FIRST-LAST`. It must lie
-    /// outside the pods' ephemeral port range (`net.ipv4.ip_local_port_range`,
-    /// 32768-60999 by default), so that a pod's direct connections and its
-    /// ClusterSetIP connections can never share a tuple (docs/datapath.md).
-    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
-    pub nat_port_range: PortRange,
-    /// Slots of each service port's Maglev table: a prime, at least 100 times
-    /// the most backends a port has for an even spread (docs/datapath.md).
-    #[arg(long, default_value_t = limits::MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
-    pub maglev_table_size: u32,
-    /// Idle timeout of a TCP connection that has only sent its SYN, in seconds.
-    #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_SYN_SECS)]
-    pub ct_timeout_tcp_syn: u64,
-    /// Idle timeout of an established TCP connection, in seconds.
-    #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_ESTABLISHED_SECS)]
-    pub ct_timeout_tcp_established: u64,
-    /// Idle timeout of a closing TCP connection (RST, or FIN both ways), in seconds.
-    #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_CLOSING_SECS)]
-    pub ct_timeout_tcp_closing: u64,
-    /// Idle timeout of a UDP flow, in seconds.
-    #[arg(long, default_value_t = limits::CT_TIMEOUT_UDP_SECS)]
-    pub ct_timeout_udp: u64,
-    /// Entries of the session-affinity map (LRU; one per client and service port).
-    #[arg(long, default_value_t = limits::AFFINITY_MAX)]
-    pub affinity_max: u32,
-    /// Entries of the backends map: one per backend of each service port
-    /// (draining ones included). A sync that needs more reports the service
-    /// ports it could not write. Applies when the maps are created, not to
-    /// maps adopted from the pin directory.
-    #[arg(long, default_value_t = limits::BACKENDS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-    pub backends_max: u32,
-    /// Entries of the services map: one per service port and one per
-    /// ClusterSetIP. Applies when the maps are created.
-    #[arg(long, default_value_t = limits::SERVICES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-    pub services_max: u32,
-    /// Service ports with a Maglev table and counters (the capacity of those
-    /// two maps). Applies when the maps are created.
-    #[arg(long, default_value_t = limits::SERVICE_PORTS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
-    pub service_ports_max: u32,
-    /// The address a pod that reaches itself through a ClusterSetIP is
-    /// source-NATed to, so its own stack takes the connection for a peer's.
-    /// The packets go straight back to the pod, so it needs no route; a
-    /// link-local address that no pod or node uses. `0.0.0.0` turns hairpin
-    /// translation off.
-    #[arg(long, default_value_t = DEFAULT_HAIRPIN_ADDR)]
-    pub hairpin_ip: std::net::Ipv4Addr,
-}
-
-impl Default for DatapathArgs {
+impl Default for DatapathSettings {
     fn default() -> Self {
         Self {
             conntrack_max: limits::CONNTRACK_MAX,
@@ -214,8 +168,8 @@ impl Default for DatapathArgs {
     }
 }
 
-impl DatapathArgs {
-    /// The load options these arguments ask for, pinning under `pin_path`.
+impl DatapathSettings {
+    /// The load options these settings ask for, pinning under `pin_path`.
     #[must_use]
     pub fn load_options(&self, pin_path: Option<PathBuf>) -> LoadOptions {
         LoadOptions {
@@ -262,7 +216,7 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
              rebuild it without that variable (`cargo xtask setup` installs bpf-linker)"
         );
     }
-    if !crate::maglev::is_prime(options.config.maglev_table_size) {
+    if !maglev::is_prime(options.config.maglev_table_size) {
         bail!("the Maglev table size {} is not a prime", options.config.maglev_table_size);
     }
     let config = options.config;
@@ -453,6 +407,9 @@ pub fn attach(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>, mode: A
     Ok(())
 }
 
+/// The directions of the links [`attach`] pins, as in their file names.
+pub const LINK_DIRECTIONS: [&str; 2] = ["ingress", "egress"];
+
 /// Where the link of `interface` in direction `suffix` is pinned.
 ///
 /// bpffs refuses names that contain a dot (it keeps them for its own files),
@@ -462,6 +419,29 @@ pub fn attach(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>, mode: A
 pub fn link_pin_path(dir: &Path, interface: &str, suffix: &str) -> PathBuf {
     let escaped = interface.replace('%', "%25").replace('.', "%2e");
     dir.join("links").join(format!("{escaped}_{suffix}"))
+}
+
+/// The interface a link pin file belongs to: the inverse of
+/// [`link_pin_path`]'s file name. `None` for a name it does not make.
+#[must_use]
+pub fn pinned_interface(file_name: &str) -> Option<String> {
+    let (escaped, suffix) = file_name.rsplit_once('_')?;
+    if !LINK_DIRECTIONS.contains(&suffix) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut rest = escaped;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        match rest.get(pos..pos + 3)? {
+            "%2e" => out.push('.'),
+            "%25" => out.push('%'),
+            _ => return None,
+        }
+        rest = &rest[pos + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 fn attach_tcx_pinned(
@@ -544,5 +524,19 @@ mod tests {
         let unique: std::collections::BTreeSet<_> = paths.iter().collect();
         assert_eq!(unique.len(), names.len(), "{paths:?}");
         assert_eq!(link_pin_path(dir, "eth0.100", "egress"), dir.join("links/eth0%2e100_egress"));
+    }
+
+    #[test]
+    fn pin_names_decode_to_their_interfaces() {
+        let dir = Path::new("/sys/fs/bpf/mcs");
+        for name in ["eth0", "eth0.100", "a%b", "x%2e", "lxc_a"] {
+            for suffix in LINK_DIRECTIONS {
+                let pin = link_pin_path(dir, name, suffix);
+                let file = pin.file_name().and_then(|f| f.to_str()).expect("utf-8");
+                assert_eq!(pinned_interface(file).as_deref(), Some(name), "{file}");
+            }
+        }
+        assert_eq!(pinned_interface("eth0_sideways"), None);
+        assert_eq!(pinned_interface("eth0%zz_ingress"), None);
     }
 }

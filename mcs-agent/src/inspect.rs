@@ -17,26 +17,23 @@ use mcs_common::{
     CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, ServiceKey, ServiceStats,
     ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::{
-    dataplane::{AyaDataplane, DatapathCounters, Dataplane as _, FakeDataplane, open_pinned},
-    ebpf,
-    plan::OutputFormat,
+    dataplane::{AyaDataplane, DatapathCounters, Dataplane as _, open_pinned},
+    output::OutputFormat,
     translate::Protocol,
 };
 
-/// Arguments of `mcs-agent inspect`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct InspectArgs {
+/// The configuration of `mcs-agent inspect`.
+#[derive(Clone, Debug)]
+pub struct InspectConfig {
     /// Directory on bpffs where the agent pinned its maps.
-    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    /// List the tracked connections too.
-    #[arg(long)]
+    /// Whether the tracked connections are listed too.
     pub conntrack: bool,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    /// How the result is printed.
     pub output: OutputFormat,
 }
 
@@ -115,23 +112,6 @@ impl Snapshot {
         }
         Ok(snapshot)
     }
-
-    /// What a fake dataplane holds (for tests of the rendering).
-    #[must_use]
-    pub fn from_fake(dp: &FakeDataplane) -> Self {
-        Self {
-            config: Some(DatapathConfig { maglev_table_size: dp.table_size, ..DatapathConfig::DEFAULT }),
-            services: dp.services.clone(),
-            backends: dp.backends.clone(),
-            clusters: dp.clusters.clone(),
-            tables: dp.tables.clone(),
-            service_stats: dp.service_stats.clone(),
-            drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
-            stats: Stat::ALL.iter().map(|s| (*s, 0)).collect(),
-            conntrack: None,
-            now_ns: 0,
-        }
-    }
 }
 
 fn protocol_name(number: u8) -> String {
@@ -157,179 +137,324 @@ fn seconds(ns: u64) -> f64 {
     (ns as f64 / NS_PER_SEC as f64 * 10.0).round() / 10.0
 }
 
-/// The JSON form (stable field names; documented in docs/datapath.md).
+/// What `inspect` shows: the form both the JSON (with these field names,
+/// documented in docs/datapath.md) and the table are made from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    /// The settings the programs were loaded with.
+    pub config: Option<ConfigView>,
+    /// Every service port (wildcards left out), in key order.
+    pub services: Vec<ServiceView>,
+    /// Drop counters by reason name.
+    pub drops: BTreeMap<String, u64>,
+    /// Event counters by name.
+    pub stats: BTreeMap<String, u64>,
+    /// The tracked flows (forward entries), when asked for.
+    pub conntrack: Option<Vec<FlowView>>,
+}
+
+/// The datapath's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigView {
+    /// Idle timeout of a TCP flow that has only sent its SYN.
+    pub tcp_syn_timeout_seconds: u64,
+    /// Idle timeout of an established TCP flow.
+    pub tcp_established_timeout_seconds: u64,
+    /// Idle timeout of a closing TCP flow.
+    pub tcp_closing_timeout_seconds: u64,
+    /// Idle timeout of a UDP flow.
+    pub udp_timeout_seconds: u64,
+    /// The hairpin source address; `None` when hairpin is off.
+    pub hairpin_ip: Option<String>,
+    /// Slots of each Maglev table.
+    pub maglev_table_size: u32,
+    /// Entries of the TCP conntrack map.
+    pub conntrack_max: u32,
+    /// Entries of the conntrack map of other protocols.
+    pub conntrack_max_non_tcp: u32,
+    /// The source ports translated flows get, `first-last`.
+    pub nat_port_range: String,
+    /// Entries of the session-affinity map.
+    pub affinity_max: u32,
+}
+
+/// One service port and its backends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    /// The `ClusterSetIP`.
+    pub ip: String,
+    /// The service port.
+    pub port: u16,
+    /// `TCP`, `UDP`, or the protocol number.
+    pub protocol: String,
+    /// The id of its table, backends and counters.
+    pub service_id: u32,
+    /// `terminating-fallback`, `no-backend`.
+    pub flags: Vec<&'static str>,
+    /// `ClientIP` affinity timeout; `None` when affinity is off.
+    pub session_affinity_timeout_seconds: Option<u32>,
+    /// Slots new flows choose among; 0 when the port has no backend.
+    pub table_size: u32,
+    /// Whether its Maglev table exists.
+    pub table_present: bool,
+    /// Its backends, by id.
+    pub backends: Vec<BackendView>,
+    /// Its counters, summed over CPUs, when it has any.
+    pub counters: Option<CountersView>,
+}
+
+/// One backend of a service port.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendView {
+    /// Its id.
+    pub id: u32,
+    /// The pod's address.
+    pub ip: String,
+    /// The pod's port.
+    pub port: u16,
+    /// The exporting cluster's name (`#id` when it has none).
+    pub cluster: String,
+    /// `ready` or `terminating`.
+    pub state: &'static str,
+    /// Slots of the Maglev table it holds.
+    pub slots: usize,
+    /// Its share of the table, rounded to 4 decimals.
+    pub table_share: f64,
+}
+
+/// A service port's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CountersView {
+    /// Packets translated.
+    pub packets: u64,
+    /// Bytes translated.
+    pub bytes: u64,
+    /// New flows.
+    pub new_flows: u64,
+    /// New flows refused (no backend).
+    pub rejected: u64,
+}
+
+/// One tracked flow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowView {
+    /// The client's `ip:port`.
+    pub client: String,
+    /// The `ClusterSetIP:port` it connected to.
+    pub service: String,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    /// The backend's `ip:port`.
+    pub backend: String,
+    /// The client's `ip:port` as the backend sees it (the translated source port).
+    pub translated_client: String,
+    /// The id of the service port.
+    pub service_id: u32,
+    /// `syn`, `established`, `closing`, `udp`.
+    pub state: &'static str,
+    /// Whether the client reached itself (source-NATed to the hairpin address).
+    pub hairpin: bool,
+    /// Whether the flow's reply entry is there (it is rebuilt when missing).
+    pub reply_entry: bool,
+    /// Seconds since the flow began, to a tenth.
+    pub age_seconds: f64,
+    /// Seconds since its last packet, to a tenth.
+    pub idle_seconds: f64,
+    /// Whether it is idle past its timeout (counts as absent).
+    pub expired: bool,
+}
+
+impl Inspection {
+    /// What `snapshot` shows.
+    #[must_use]
+    pub fn of(s: &Snapshot) -> Self {
+        let config = s.config.map(|c| ConfigView {
+            tcp_syn_timeout_seconds: c.tcp_syn_ns / NS_PER_SEC,
+            tcp_established_timeout_seconds: c.tcp_established_ns / NS_PER_SEC,
+            tcp_closing_timeout_seconds: c.tcp_closing_ns / NS_PER_SEC,
+            udp_timeout_seconds: c.udp_ns / NS_PER_SEC,
+            hairpin_ip: (c.hairpin_addr != 0).then(|| ipv4_from_nbo(c.hairpin_addr).to_string()),
+            maglev_table_size: c.maglev_table_size,
+            conntrack_max: c.conntrack_max,
+            conntrack_max_non_tcp: c.conntrack_max_non_tcp,
+            nat_port_range: format!("{}-{}", c.nat_port_min, c.nat_port_max),
+            affinity_max: c.affinity_max,
+        });
+        let services =
+            s.services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(k, v)| service_view(s, *k, v)).collect();
+        let drops = s.drops.iter().map(|(r, n)| (r.name().to_owned(), *n)).collect();
+        let stats = s.stats.iter().map(|(st, n)| (st.name().to_owned(), *n)).collect();
+        let conntrack = s.conntrack.as_ref().map(|entries| {
+            let config = s.config.unwrap_or_default();
+            let all: BTreeMap<CtKey, CtValue> = entries.iter().copied().collect();
+            all.iter()
+                .filter(|(k, _)| k.dir == CT_DIR_FORWARD)
+                .map(|(k, v)| {
+                    // The reply entry's flags and time complete the forward one's.
+                    let reply = all.get(&k.peer(v)).filter(|r| k.peer(v).peer(r) == *k);
+                    let flags = v.own_flags | reply.map_or(v.peer_flags, |r| r.own_flags);
+                    let last_seen = reply.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
+                    let flow_state = ct_state(k.proto, flags);
+                    let idle = s.now_ns.saturating_sub(last_seen);
+                    FlowView {
+                        client: endpoint(k.saddr, k.sport),
+                        service: endpoint(k.daddr, k.dport),
+                        protocol: protocol_name(k.proto),
+                        backend: endpoint(v.nat_daddr, v.nat_dport),
+                        translated_client: endpoint(v.nat_saddr, v.nat_sport),
+                        service_id: v.service_id,
+                        state: state_name(flow_state, k.proto),
+                        hairpin: v.nat_saddr != k.saddr,
+                        reply_entry: reply.is_some(),
+                        age_seconds: seconds(s.now_ns.saturating_sub(v.created_ns)),
+                        idle_seconds: seconds(idle),
+                        expired: idle > config.timeout_ns(flow_state),
+                    }
+                })
+                .collect()
+        });
+        Self { config, services, drops, stats, conntrack }
+    }
+}
+
+fn service_view(s: &Snapshot, key: ServiceKey, value: &ServiceValue) -> ServiceView {
+    let table = s.tables.get(&value.service_id);
+    let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
+    for id in table.map(Vec::as_slice).unwrap_or_default().iter().take(value.table_size as usize) {
+        *slots.entry(*id).or_default() += 1;
+    }
+    let backends = s
+        .backends
+        .iter()
+        .filter(|(_, b)| b.service_id == value.service_id)
+        .map(|(id, b)| {
+            let n = slots.get(id).copied().unwrap_or(0);
+            #[expect(clippy::cast_precision_loss, reason = "display only")]
+            let share = if value.table_size == 0 { 0.0 } else { n as f64 / f64::from(value.table_size) };
+            BackendView {
+                id: *id,
+                ip: ipv4_from_nbo(b.addr).to_string(),
+                port: u16::from_be(b.port),
+                cluster: s.clusters.get(&b.cluster_id).cloned().unwrap_or_else(|| format!("#{}", b.cluster_id)),
+                state: if b.flags & BACKEND_F_REMOVED != 0 {
+                    "removed"
+                } else if b.flags & BACKEND_F_TERMINATING != 0 {
+                    "terminating"
+                } else {
+                    "ready"
+                },
+                slots: n,
+                table_share: (share * 10_000.0).round() / 10_000.0,
+            }
+        })
+        .collect();
+    let counters = s.service_stats.get(&value.service_id).map(|c| CountersView {
+        packets: c.packets,
+        bytes: c.bytes,
+        new_flows: c.new_flows,
+        rejected: c.rejected,
+    });
+    let mut flags = Vec::new();
+    if value.flags & SERVICE_F_FALLBACK != 0 {
+        flags.push("terminating-fallback");
+    }
+    if value.table_size == 0 {
+        flags.push("no-backend");
+    }
+    ServiceView {
+        ip: key.ip().to_string(),
+        port: key.port_host(),
+        protocol: protocol_name(key.proto),
+        service_id: value.service_id,
+        flags,
+        session_affinity_timeout_seconds: (value.affinity_timeout != 0).then_some(value.affinity_timeout),
+        table_size: value.table_size,
+        table_present: table.is_some(),
+        backends,
+        counters,
+    }
+}
+
+/// The JSON form of [`Inspection::of`] `s`.
+///
+/// # Panics
+/// Never: the form holds only strings, numbers, booleans, lists and maps.
 #[must_use]
 pub fn to_json(s: &Snapshot) -> Value {
-    let config = s.config.map(|c| {
-        json!({
-            "tcpSynTimeoutSeconds": c.tcp_syn_ns / NS_PER_SEC,
-            "tcpEstablishedTimeoutSeconds": c.tcp_established_ns / NS_PER_SEC,
-            "tcpClosingTimeoutSeconds": c.tcp_closing_ns / NS_PER_SEC,
-            "udpTimeoutSeconds": c.udp_ns / NS_PER_SEC,
-            "hairpinIp": (c.hairpin_addr != 0).then(|| ipv4_from_nbo(c.hairpin_addr).to_string()),
-            "maglevTableSize": c.maglev_table_size,
-            "conntrackMax": c.conntrack_max,
-            "affinityMax": c.affinity_max,
-        })
-    });
-    let mut services = Vec::new();
-    for (key, value) in s.services.iter().filter(|(k, _)| !k.is_wildcard()) {
-        let table = s.tables.get(&value.service_id);
-        let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
-        for id in table.map(Vec::as_slice).unwrap_or_default().iter().take(value.table_size as usize) {
-            *slots.entry(*id).or_default() += 1;
-        }
-        let backends: Vec<Value> = s
-            .backends
-            .iter()
-            .filter(|(_, b)| b.service_id == value.service_id)
-            .map(|(id, b)| {
-                let n = slots.get(id).copied().unwrap_or(0);
-                #[expect(clippy::cast_precision_loss, reason = "display only")]
-                let share = if value.table_size == 0 { 0.0 } else { n as f64 / f64::from(value.table_size) };
-                json!({
-                    "id": id,
-                    "ip": ipv4_from_nbo(b.addr).to_string(),
-                    "port": u16::from_be(b.port),
-                    "cluster": s.clusters.get(&b.cluster_id).cloned().unwrap_or_else(|| format!("#{}", b.cluster_id)),
-                    "state": if b.flags & BACKEND_F_REMOVED != 0 {
-                        "removed"
-                    } else if b.flags & BACKEND_F_TERMINATING != 0 {
-                        "terminating"
-                    } else {
-                        "ready"
-                    },
-                    "slots": n,
-                    "tableShare": (share * 10_000.0).round() / 10_000.0,
-                })
-            })
-            .collect();
-        let counters = s
-            .service_stats
-            .get(&value.service_id)
-            .map(|c| json!({"packets": c.packets, "bytes": c.bytes, "newFlows": c.new_flows, "rejected": c.rejected}));
-        let mut flags = Vec::new();
-        if value.flags & SERVICE_F_FALLBACK != 0 {
-            flags.push("terminating-fallback");
-        }
-        if value.table_size == 0 {
-            flags.push("no-backend");
-        }
-        services.push(json!({
-            "ip": key.ip().to_string(),
-            "port": key.port_host(),
-            "protocol": protocol_name(key.proto),
-            "serviceId": value.service_id,
-            "flags": flags,
-            "sessionAffinityTimeoutSeconds": (value.affinity_timeout != 0).then_some(value.affinity_timeout),
-            "tableSize": value.table_size,
-            "tablePresent": table.is_some(),
-            "backends": backends,
-            "counters": counters,
-        }));
-    }
-    let drops: serde_json::Map<String, Value> = s.drops.iter().map(|(r, n)| (r.name().to_owned(), json!(n))).collect();
-    let stats: serde_json::Map<String, Value> =
-        s.stats.iter().map(|(st, n)| (st.name().to_owned(), json!(n))).collect();
-    let conntrack = s.conntrack.as_ref().map(|entries| {
-        let config = s.config.unwrap_or_default();
-        let all: BTreeMap<CtKey, CtValue> = entries.iter().copied().collect();
-        all.iter()
-            .filter(|(k, _)| k.dir == CT_DIR_FORWARD)
-            .map(|(k, v)| {
-                // The reply entry's flags and time complete the forward one's.
-                let reply = all.get(&k.peer(v)).filter(|r| k.peer(v).peer(r) == *k);
-                let flags = v.own_flags | reply.map_or(v.peer_flags, |r| r.own_flags);
-                let last_seen = reply.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
-                let flow_state = ct_state(k.proto, flags);
-                let idle = s.now_ns.saturating_sub(last_seen);
-                json!({
-                    "client": endpoint(k.saddr, k.sport),
-                    "service": endpoint(k.daddr, k.dport),
-                    "protocol": protocol_name(k.proto),
-                    "backend": endpoint(v.nat_daddr, v.nat_dport),
-                    "translatedClient": endpoint(v.nat_saddr, v.nat_sport),
-                    "serviceId": v.service_id,
-                    "state": state_name(flow_state, k.proto),
-                    "hairpin": v.nat_saddr != k.saddr,
-                    "replyEntry": reply.is_some(),
-                    "ageSeconds": seconds(s.now_ns.saturating_sub(v.created_ns)),
-                    "idleSeconds": seconds(idle),
-                    "expired": idle > config.timeout_ns(flow_state),
-                })
-            })
-            .collect::<Vec<_>>()
-    });
-    json!({"config": config, "services": services, "drops": drops, "stats": stats, "conntrack": conntrack})
+    serde_json::to_value(Inspection::of(s)).expect("an inspection always serializes")
+}
+
+/// A number as JSON writes it (`90.0`, not `90`), as the table always showed.
+fn json_number(v: f64) -> String {
+    serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())
 }
 
 /// The table form, for people.
 #[must_use]
 pub fn to_table(s: &Snapshot) -> String {
-    let v = to_json(s);
+    let v = Inspection::of(s);
     let mut out = String::new();
-    if let Some(c) = v["config"].as_object() {
+    if let Some(c) = &v.config {
         let _ = writeln!(
             out,
             "datapath: maglev table {} slots, conntrack max {}, timeouts syn {}s established {}s closing {}s udp {}s, hairpin {}",
-            c["maglevTableSize"],
-            c["conntrackMax"],
-            c["tcpSynTimeoutSeconds"],
-            c["tcpEstablishedTimeoutSeconds"],
-            c["tcpClosingTimeoutSeconds"],
-            c["udpTimeoutSeconds"],
-            c["hairpinIp"].as_str().unwrap_or("off"),
+            c.maglev_table_size,
+            c.conntrack_max,
+            c.tcp_syn_timeout_seconds,
+            c.tcp_established_timeout_seconds,
+            c.tcp_closing_timeout_seconds,
+            c.udp_timeout_seconds,
+            c.hairpin_ip.as_deref().unwrap_or("off"),
         );
     }
-    let services = v["services"].as_array().cloned().unwrap_or_default();
-    let _ = writeln!(out, "\n{} service port(s)", services.len());
-    for svc in &services {
-        let affinity = svc["sessionAffinityTimeoutSeconds"]
-            .as_u64()
-            .map_or_else(|| "none".to_owned(), |t| format!("ClientIP {t}s"));
-        let flags: Vec<&str> =
-            svc["flags"].as_array().map(|f| f.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let _ = writeln!(out, "\n{} service port(s)", v.services.len());
+    for svc in &v.services {
+        let affinity =
+            svc.session_affinity_timeout_seconds.map_or_else(|| "none".to_owned(), |t| format!("ClientIP {t}s"));
         let _ = writeln!(
             out,
             "\n{}:{}/{}  id {}  table {}  affinity {}{}",
-            svc["ip"].as_str().unwrap_or("?"),
-            svc["port"],
-            svc["protocol"].as_str().unwrap_or("?"),
-            svc["serviceId"],
-            svc["tableSize"],
+            svc.ip,
+            svc.port,
+            svc.protocol,
+            svc.service_id,
+            svc.table_size,
             affinity,
-            if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join(", ")) },
+            if svc.flags.is_empty() { String::new() } else { format!("  [{}]", svc.flags.join(", ")) },
         );
-        if let Some(c) = svc["counters"].as_object() {
+        if let Some(c) = &svc.counters {
             let _ = writeln!(
                 out,
                 "  counters: packets {} bytes {} new flows {} rejected {}",
-                c["packets"], c["bytes"], c["newFlows"], c["rejected"]
+                c.packets, c.bytes, c.new_flows, c.rejected
             );
         }
         let _ = writeln!(out, "  {:<22} {:<20} {:<12} {:>7} {:>8}", "BACKEND", "CLUSTER", "STATE", "SLOTS", "SHARE");
-        for b in svc["backends"].as_array().cloned().unwrap_or_default() {
+        for b in &svc.backends {
             let _ = writeln!(
                 out,
                 "  {:<22} {:<20} {:<12} {:>7} {:>7.2}%",
-                format!("{}:{}", b["ip"].as_str().unwrap_or("?"), b["port"]),
-                b["cluster"].as_str().unwrap_or("?"),
-                b["state"].as_str().unwrap_or("?"),
-                b["slots"],
-                b["tableShare"].as_f64().unwrap_or(0.0) * 100.0,
+                format!("{}:{}", b.ip, b.port),
+                b.cluster,
+                b.state,
+                b.slots,
+                b.table_share * 100.0,
             );
         }
     }
-    let nonzero = |m: &Value| -> String {
-        let parts: Vec<String> = m
-            .as_object()
-            .map(|o| o.iter().filter(|(_, n)| n.as_u64() != Some(0)).map(|(k, n)| format!("{k} {n}")).collect())
-            .unwrap_or_default();
+    let nonzero = |m: &BTreeMap<String, u64>| -> String {
+        let parts: Vec<String> = m.iter().filter(|(_, n)| **n != 0).map(|(k, n)| format!("{k} {n}")).collect();
         if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }
     };
-    let _ = writeln!(out, "\ndrops: {}", nonzero(&v["drops"]));
-    let _ = writeln!(out, "events: {}", nonzero(&v["stats"]));
-    if let Some(flows) = v["conntrack"].as_array() {
+    let _ = writeln!(out, "\ndrops: {}", nonzero(&v.drops));
+    let _ = writeln!(out, "events: {}", nonzero(&v.stats));
+    if let Some(flows) = &v.conntrack {
         let _ = writeln!(out, "\n{} tracked flow(s)", flows.len());
         let _ = writeln!(
             out,
@@ -340,15 +465,15 @@ pub fn to_table(s: &Snapshot) -> String {
             let _ = writeln!(
                 out,
                 "{:<22} {:<22} {:<5} {:<22} {:<12} {:>7}s {:>7}s {}{}",
-                f["client"].as_str().unwrap_or("?"),
-                f["service"].as_str().unwrap_or("?"),
-                f["protocol"].as_str().unwrap_or("?"),
-                f["backend"].as_str().unwrap_or("?"),
-                f["state"].as_str().unwrap_or("?"),
-                f["ageSeconds"],
-                f["idleSeconds"],
-                if f["expired"].as_bool() == Some(true) { "yes" } else { "no" },
-                if f["hairpin"].as_bool() == Some(true) { " (hairpin)" } else { "" },
+                f.client,
+                f.service,
+                f.protocol,
+                f.backend,
+                f.state,
+                json_number(f.age_seconds),
+                json_number(f.idle_seconds),
+                if f.expired { "yes" } else { "no" },
+                if f.hairpin { " (hairpin)" } else { "" },
             );
         }
     }
@@ -359,7 +484,7 @@ pub fn to_table(s: &Snapshot) -> String {
 ///
 /// # Errors
 /// When the pinned maps cannot be opened or read.
-pub fn execute(args: &InspectArgs) -> Result<()> {
+pub fn execute(args: &InspectConfig) -> Result<()> {
     let snapshot = Snapshot::from_pins(&args.pin_path, args.conntrack)
         .with_context(|| format!("inspecting the maps pinned under {}", args.pin_path.display()))?;
     match args.output {
@@ -375,6 +500,9 @@ mod tests {
 
     use mcs_common::{CT_DIR_REPLY, ipv4_to_nbo};
 
+    use mcs_core::fake::FakeDataplane;
+    use serde_json::json;
+
     use super::*;
     use crate::{
         sync::Syncer,
@@ -383,6 +511,22 @@ mod tests {
 
     const fn addr(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
         Ipv4Addr::new(a, b, c, d)
+    }
+
+    /// What a fake dataplane holds.
+    fn snapshot_of(dp: &FakeDataplane) -> Snapshot {
+        Snapshot {
+            config: Some(DatapathConfig { maglev_table_size: dp.table_size, ..DatapathConfig::DEFAULT }),
+            services: dp.services.clone(),
+            backends: dp.backends.clone(),
+            clusters: dp.clusters.clone(),
+            tables: dp.tables.clone(),
+            service_stats: dp.service_stats.clone(),
+            drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
+            stats: Stat::ALL.iter().map(|s| (*s, 0)).collect(),
+            conntrack: None,
+            now_ns: 0,
+        }
     }
 
     fn synced() -> FakeDataplane {
@@ -422,7 +566,7 @@ mod tests {
     #[test]
     fn json_names_every_backend_with_cluster_state_and_share() {
         let dp = synced();
-        let mut snapshot = Snapshot::from_fake(&dp);
+        let mut snapshot = snapshot_of(&dp);
         snapshot.service_stats.values_mut().for_each(|c| c.packets = 7);
         snapshot.drops.insert(DropReason::NoBackend, 3);
         let v = to_json(&snapshot);
@@ -457,7 +601,7 @@ mod tests {
     #[test]
     fn conntrack_lists_forward_entries_with_state_and_expiry() {
         let dp = synced();
-        let mut snapshot = Snapshot::from_fake(&dp);
+        let mut snapshot = snapshot_of(&dp);
         snapshot.now_ns = 100 * NS_PER_SEC;
         let key = |port: u16, dir| CtKey {
             saddr: ipv4_to_nbo(addr(198, 18, 0, 2)),
@@ -498,7 +642,7 @@ mod tests {
 
     #[test]
     fn the_table_names_ports_backends_clusters_and_drops() {
-        let mut snapshot = Snapshot::from_fake(&synced());
+        let mut snapshot = snapshot_of(&synced());
         snapshot.drops.insert(DropReason::UnknownPort, 2);
         let table = to_table(&snapshot);
         for needle in [

@@ -16,149 +16,60 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
+use globset::{Glob, GlobMatcher};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
 use crate::ebpf::{self, AttachMode};
 
-/// Link directions whose pins [`ebpf::attach`] writes (the same literals as
-/// in `ebpf.rs`, which this module does not own).
-const PIN_SUFFIXES: [&str; 2] = ["ingress", "egress"];
-
-/// One `--interfaces` entry: a name, or a glob with `*`, `?` and `[...]`
-/// (ranges `a-z`, negation with a leading `!` or `^`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One `--interfaces` entry: a name, or a glob with `*`, `?`, `[...]`
+/// (ranges `a-z`, negation with a leading `!` or `^`) and `{a,b}`, matched
+/// by `globset` against the whole name.
+#[derive(Clone, Debug)]
 pub struct Pattern {
-    text: String,
+    glob: GlobMatcher,
 }
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Pattern {}
 
 impl Pattern {
     /// Parses one pattern.
     ///
     /// # Errors
-    /// When it is empty or has an unclosed `[`.
+    /// When it is empty or not a valid glob (an unclosed `[`, say).
     pub fn new(text: &str) -> Result<Self> {
         if text.is_empty() {
             bail!("an empty interface name or pattern");
         }
-        let chars: Vec<char> = text.chars().collect();
-        let mut i = 0;
-        while i < chars.len() {
-            if chars[i] == '[' {
-                match class_end(&chars, i) {
-                    Some(end) => i = end,
-                    None => bail!("interface pattern {text:?}: unclosed '['"),
-                }
-            }
-            i += 1;
-        }
-        Ok(Self { text: text.to_owned() })
+        let glob = Glob::new(text).with_context(|| format!("interface pattern {text:?}"))?;
+        Ok(Self { glob: glob.compile_matcher() })
     }
 
     /// Whether this is a plain name (no glob characters).
     #[must_use]
     pub fn is_literal(&self) -> bool {
-        !self.text.contains(['*', '?', '['])
+        !self.as_str().contains(['*', '?', '[', '{'])
     }
 
     /// Whether `name` matches.
     #[must_use]
     pub fn matches(&self, name: &str) -> bool {
-        let pattern: Vec<char> = self.text.chars().collect();
-        let name: Vec<char> = name.chars().collect();
-        glob_match(&pattern, &name)
+        self.glob.is_match(name)
     }
 
     /// The pattern as written.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.text
+        self.glob.glob().glob()
     }
-}
-
-/// The index of the `]` closing the class that opens at `start`.
-fn class_end(p: &[char], start: usize) -> Option<usize> {
-    let mut i = start + 1;
-    if matches!(p.get(i), Some('!' | '^')) {
-        i += 1;
-    }
-    // A `]` right after the opening (or the negation) is a member.
-    if p.get(i) == Some(&']') {
-        i += 1;
-    }
-    while i < p.len() {
-        if p[i] == ']' {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
-}
-
-/// Whether `c` is in the class `p[start..=end]`.
-fn class_matches(p: &[char], start: usize, end: usize, c: char) -> bool {
-    let mut i = start + 1;
-    let negated = matches!(p[i], '!' | '^');
-    if negated {
-        i += 1;
-    }
-    let mut found = false;
-    while i < end {
-        if i + 2 < end && p[i + 1] == '-' {
-            if p[i] <= c && c <= p[i + 2] {
-                found = true;
-            }
-            i += 3;
-        } else {
-            if p[i] == c {
-                found = true;
-            }
-            i += 1;
-        }
-    }
-    found != negated
-}
-
-/// Shell-style glob match with backtracking over the last `*` (linear in
-/// practice, never exponential).
-fn glob_match(p: &[char], s: &[char]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        let step = match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, si));
-                pi += 1;
-                continue;
-            }
-            Some('?') => Some(pi + 1),
-            Some('[') => match class_end(p, pi) {
-                Some(end) if class_matches(p, pi, end, s[si]) => Some(end + 1),
-                Some(_) => None,
-                // Validated patterns always close; treat a stray '[' literally.
-                None => (s[si] == '[').then_some(pi + 1),
-            },
-            Some(c) => (*c == s[si]).then_some(pi + 1),
-            None => None,
-        };
-        match step {
-            Some(next) => {
-                pi = next;
-                si += 1;
-            }
-            None => match star {
-                Some((at_pattern, at_name)) => {
-                    pi = at_pattern + 1;
-                    si = at_name + 1;
-                    star = Some((at_pattern, at_name + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// Parses every `--interfaces` entry.
@@ -203,29 +114,6 @@ pub fn list_interfaces() -> io::Result<Vec<(u32, String)>> {
     // SAFETY: `head` came from if_nameindex and is freed once.
     unsafe { libc::if_freenameindex(head) };
     Ok(out)
-}
-
-/// The interface name a link pin file belongs to (the inverse of
-/// [`ebpf::link_pin_path`]'s escaping), with its direction.
-fn pin_interface(file_name: &str) -> Option<String> {
-    let (escaped, suffix) = file_name.rsplit_once('_')?;
-    if !PIN_SUFFIXES.contains(&suffix) {
-        return None;
-    }
-    let mut out = String::new();
-    let mut rest = escaped;
-    while let Some(pos) = rest.find('%') {
-        out.push_str(&rest[..pos]);
-        let code = rest.get(pos..pos + 3)?;
-        match code {
-            "%2e" => out.push('.'),
-            "%25" => out.push('%'),
-            _ => return None,
-        }
-        rest = &rest[pos + 3..];
-    }
-    out.push_str(rest);
-    Some(out)
 }
 
 /// A `NETLINK_ROUTE` socket subscribed to link events.
@@ -432,7 +320,7 @@ impl Interfaces {
 
     fn remove_pins(&self, name: &str) {
         let Some(dir) = &self.pin_path else { return };
-        for suffix in PIN_SUFFIXES {
+        for suffix in ebpf::LINK_DIRECTIONS {
             let pin = ebpf::link_pin_path(dir, name, suffix);
             match fs::remove_file(&pin) {
                 Ok(()) => debug!(pin = %pin.display(), "removed the link pin of a deleted interface"),
@@ -458,7 +346,7 @@ impl Interfaces {
 /// Interfaces that have link pins under `links`.
 fn pinned_interfaces(links: &Path) -> BTreeSet<String> {
     let Ok(entries) = fs::read_dir(links) else { return BTreeSet::new() };
-    entries.flatten().filter_map(|e| pin_interface(&e.file_name().to_string_lossy())).collect()
+    entries.flatten().filter_map(|e| ebpf::pinned_interface(&e.file_name().to_string_lossy())).collect()
 }
 
 #[cfg(test)]
@@ -517,20 +405,6 @@ mod tests {
         assert_eq!(parsed.iter().map(Pattern::as_str).collect::<Vec<_>>(), ["lxc*", "veth0"]);
         assert!(!parsed[0].is_literal());
         assert!(parsed[1].is_literal());
-    }
-
-    #[test]
-    fn pin_names_decode_to_their_interfaces() {
-        let dir = Path::new("/sys/fs/bpf/mcs");
-        for name in ["eth0", "eth0.100", "a%b", "x%2e", "lxc_a"] {
-            for suffix in PIN_SUFFIXES {
-                let pin = ebpf::link_pin_path(dir, name, suffix);
-                let file = pin.file_name().and_then(|f| f.to_str()).expect("utf-8");
-                assert_eq!(pin_interface(file).as_deref(), Some(name), "{file}");
-            }
-        }
-        assert_eq!(pin_interface("eth0_sideways"), None);
-        assert_eq!(pin_interface("eth0%zz_ingress"), None);
     }
 
     #[test]

@@ -1,23 +1,29 @@
 //! The MCS agent: reads ServiceImports and EndpointSlices, translates them into
-//! the eBPF maps, and keeps the maps in sync.
+//! the eBPF maps, and keeps the maps in sync. Its layers, each importing only
+//! the ones below it:
 //!
-//! - [`k8s`], [`manifests`]: the objects read, and reading them from files;
-//! - [`translate`]: the pure mapping from objects to the desired dataplane;
-//! - [`sync`]: one idempotent sync that writes the difference through
-//!   [`dataplane::Dataplane`];
-//! - [`ebpf`]: loading, pinning and attaching the embedded eBPF object;
-//! - [`run`]: the agent's main loop.
+//! 1. [`cli`]: the command line (clap), turned into plain configuration;
+//! 2. the commands: [`run`] (the agent's loop), [`plan`] (the dataplane the
+//!    agent would program), [`inspect`] (what the pinned maps hold), and
+//!    [`output`], the formats they print;
+//! 3. what the loop drives: [`source`] (the file source over [`manifests`],
+//!    and the Kubernetes source), [`metrics`], [`interfaces`], and the kernel
+//!    side: [`dataplane`] (the maps through aya) and [`ebpf`] (loading,
+//!    pinning and attaching the embedded object);
+//! 4. the pure core, `mcs-core`, re-exported here: [`k8s`], [`translate`],
+//!    [`maglev`] and [`sync`].
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod cli;
 pub mod dataplane;
 pub mod ebpf;
 pub mod inspect;
 pub mod interfaces;
-pub mod k8s;
-pub mod maglev;
 pub mod manifests;
 pub mod metrics;
+pub mod output;
 pub mod plan;
 pub mod run;
 pub mod source;
-pub mod sync;
-pub mod translate;
+
+pub use mcs_core::{k8s, maglev, sync, translate};

@@ -1,7 +1,5 @@
 //! `mcs-agent`: the per-node agent of the MCS eBPF dataplane.
 use anyhow::Result;
-use clap::Parser as _;
-use mcs_agent::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<()> {
@@ -9,5 +7,5 @@ fn main() -> Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    cli::execute(Cli::parse())
+    mcs_agent::cli::main()
 }

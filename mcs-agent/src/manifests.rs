@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 
 use crate::k8s::{self, GkeServiceImport, ServiceImport};
 
-pub use crate::translate::Inputs;
+use crate::translate::Inputs;
 
 /// A document, or a whole file, that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +147,7 @@ pub fn parse_str(source_name: &Path, text: &str) -> (Inputs, Vec<LoadError>) {
             // Pad with the lines before the chunk so that the parser's line
             // numbers are those of the file.
             let padded = format!("{}{chunk}", "\n".repeat(first_line));
-            match serde_yaml::from_str::<Value>(&padded) {
+            match serde_norway::from_str::<Value>(&padded) {
                 Ok(value) => reader.object(value, ""),
                 Err(err) => reader.error(None, err.to_string()),
             }
@@ -678,17 +678,10 @@ items:
         assert_eq!(errors[0].document, 1);
     }
 
-    /// A fresh, empty directory under the system's temporary directory.
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mcs-agent-manifests-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temporary directory");
-        dir
-    }
-
     #[test]
     fn load_dir_reads_manifest_files_in_name_order() {
-        let dir = temp_dir("load");
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let dir = temp.path().to_owned();
         let write = |name: &str, text: &str| fs::write(dir.join(name), text).expect("write manifest");
         write("b.yaml", &IMPORT_WEB.replace("web", "second"));
         write("a.yml", &format!("{}---\n{SLICE_EAST}", IMPORT_WEB.replace("web", "first")));
@@ -713,7 +706,7 @@ items:
             )]
         );
 
-        fs::remove_dir_all(&dir).expect("remove temporary directory");
+        temp.close().expect("remove temporary directory");
         let err = load_dir(&dir).expect_err("a missing directory is an error");
         assert!(err.to_string().contains(&dir.display().to_string()), "{err:#}");
     }

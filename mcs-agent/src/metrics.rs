@@ -1,13 +1,16 @@
-//! The agent's HTTP endpoint: `/metrics` (Prometheus text format 0.0.4),
-//! `/healthz` (the process is alive) and `/readyz` (the datapath is loaded,
-//! every source has synced and the first sync is done).
+//! The agent's HTTP endpoint (hyper): `/metrics` (`OpenMetrics` text, written
+//! by `prometheus-client`), `/healthz` (the process is alive) and `/readyz`
+//! (the datapath is loaded, every source has synced and the first sync is
+//! done).
 //!
-//! The run loop records what it did in [`Metrics`]; the datapath's counters
-//! are read from the per-CPU arrays `MCS_DROPS` and `MCS_STATS` at each
-//! scrape, summed over CPUs. Metric names are documented in `docs/metrics.md`.
+//! The run loop records what it did in [`Metrics`]; a collector reads that
+//! record, and the datapath's per-CPU counters `MCS_DROPS` and `MCS_STATS`
+//! (summed over CPUs), at each scrape. Metric names are documented in
+//! `docs/metrics.md`.
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
+    convert::Infallible,
+    fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -15,11 +18,18 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mcs_common::{DropReason, Stat};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
 };
+use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -66,16 +76,38 @@ struct State {
     excluded: Vec<[String; 4]>,
 }
 
-/// Shared between the run loop and the HTTP server.
+/// What the run loop recorded, and the datapath's counters.
 #[derive(Default)]
-pub struct Metrics {
+struct Recorded {
     state: Mutex<State>,
     counters: Mutex<Option<DatapathCounters>>,
 }
 
-impl Metrics {
+impl Recorded {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Shared between the run loop and the HTTP server: the record, and the
+/// registry whose collector reads it at each scrape.
+pub struct Metrics {
+    recorded: Arc<Recorded>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorded = Arc::new(Recorded::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(Arc::clone(&recorded))));
+        Self { recorded, registry }
+    }
+}
+
+impl Metrics {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.recorded.state()
     }
 
     /// Takes the counter maps out of the loaded object and marks the datapath
@@ -85,7 +117,7 @@ impl Metrics {
     /// When a map is missing or of another type.
     pub fn set_datapath(&self, bpf: &mut Ebpf) -> Result<()> {
         let counters = DatapathCounters::from_ebpf(bpf)?;
-        *self.counters.lock().unwrap_or_else(PoisonError::into_inner) = Some(counters);
+        *self.recorded.counters.lock().unwrap_or_else(PoisonError::into_inner) = Some(counters);
         self.state().datapath_loaded = true;
         Ok(())
     }
@@ -152,105 +184,98 @@ impl Metrics {
         (!missing.is_empty()).then(|| missing.join(", "))
     }
 
-    /// The Prometheus text exposition.
+    /// The `OpenMetrics` text exposition, read now.
+    ///
+    /// # Panics
+    /// Never: writing into a `String` does not fail.
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::new();
+        text::encode(&mut out, &self.registry).expect("encoding into a String does not fail");
+        out
+    }
+}
+
+/// The collector: reads the record and the counters at each scrape.
+struct Scrape(Arc<Recorded>);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help): (&str, &str),
+    value: N,
+) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         {
-            let s = self.state();
-            gauge(
-                &mut out,
-                "mcs_agent_ready",
-                "1 when the agent is ready (see /readyz).",
-                &[],
-                u8::from(s.datapath_loaded && s.sources_synced && s.first_sync_done),
-            );
-            gauge(
-                &mut out,
-                "mcs_sources_synced",
-                "1 when every source has completed its first list.",
-                &[],
-                u8::from(s.sources_synced),
-            );
-            gauge(
-                &mut out,
-                "mcs_source_problems",
-                "Objects the source could not read (malformed), skipped.",
-                &[],
-                s.source_problems,
-            );
-            header(&mut out, "mcs_syncs_total", "Syncs of the maps, by result.", "counter");
+            let s = self.0.state();
+            let ready = u32::from(s.datapath_loaded && s.sources_synced && s.first_sync_done);
+            gauge(&mut encoder, ("mcs_agent_ready", "1 when the agent is ready (see /readyz)."), ready)?;
+            let synced = ("mcs_sources_synced", "1 when every source has completed its first list.");
+            gauge(&mut encoder, synced, u32::from(s.sources_synced))?;
+            let problems = ("mcs_source_problems", "Objects the source could not read (malformed), skipped.");
+            gauge(&mut encoder, problems, s.source_problems)?;
+            let mut syncs =
+                encoder.encode_descriptor("mcs_syncs", "Syncs of the maps, by result.", None, MetricType::Counter)?;
             for result in [SyncResult::Success, SyncResult::Partial, SyncResult::Error] {
-                sample(&mut out, "mcs_syncs_total", &[("result", result.as_str())], s.syncs.get(&result).unwrap_or(&0));
+                let count = ConstCounter::new(s.syncs.get(&result).copied().unwrap_or(0));
+                count.encode(syncs.encode_family(&[("result", result.as_str())])?)?;
             }
-            gauge(
-                &mut out,
-                "mcs_sync_last_duration_seconds",
-                "Duration of the last sync (translation and map writes).",
-                &[],
-                s.last_sync_seconds,
-            );
-            gauge(
-                &mut out,
-                "mcs_sync_last_success_timestamp_seconds",
-                "Unix time of the last sync that was not an error.",
-                &[],
-                s.last_success_unix,
-            );
-            gauge(
-                &mut out,
-                "mcs_service_ports",
-                "Service ports (ClusterSetIP, port, protocol) desired.",
-                &[],
-                s.service_ports,
-            );
-            gauge(
-                &mut out,
-                "mcs_backends",
-                "Backends new connections may use, summed over service ports.",
-                &[],
-                s.backends,
-            );
-            gauge(
-                &mut out,
+            let duration =
+                ("mcs_sync_last_duration_seconds", "Duration of the last sync (translation and map writes).");
+            gauge(&mut encoder, duration, s.last_sync_seconds)?;
+            let success =
+                ("mcs_sync_last_success_timestamp_seconds", "Unix time of the last sync that was not an error.");
+            gauge(&mut encoder, success, s.last_success_unix)?;
+            let ports = ("mcs_service_ports", "Service ports (ClusterSetIP, port, protocol) desired.");
+            gauge(&mut encoder, ports, s.service_ports)?;
+            let backends = ("mcs_backends", "Backends new connections may use, summed over service ports.");
+            gauge(&mut encoder, backends, s.backends)?;
+            let draining = (
                 "mcs_backends_draining",
                 "Terminating backends kept for established connections, summed over service ports.",
-                &[],
-                s.draining,
             );
-            gauge(&mut out, "mcs_interfaces_attached", "Interfaces the datapath is attached to.", &[], s.interfaces);
-            header(&mut out, "mcs_skipped_imports", "ServiceImports skipped by the translation, by reason.", "gauge");
+            gauge(&mut encoder, draining, s.draining)?;
+            let interfaces = ("mcs_interfaces_attached", "Interfaces the datapath is attached to.");
+            gauge(&mut encoder, interfaces, s.interfaces)?;
+            let help = "ServiceImports skipped by the translation, by reason.";
+            let mut skipped = encoder.encode_descriptor("mcs_skipped_imports", help, None, MetricType::Gauge)?;
             for [namespace, name, reason] in &s.skipped {
-                sample(
-                    &mut out,
-                    "mcs_skipped_imports",
-                    &[("namespace", namespace), ("name", name), ("reason", reason)],
-                    1,
-                );
+                let labels = [("namespace", namespace.as_str()), ("name", name), ("reason", reason)];
+                ConstGauge::new(1_u32).encode(skipped.encode_family(&labels)?)?;
             }
-            header(&mut out, "mcs_excluded_clusters", "Exporting clusters left out of an import, by reason.", "gauge");
+            let help = "Exporting clusters left out of an import, by reason.";
+            let mut excluded = encoder.encode_descriptor("mcs_excluded_clusters", help, None, MetricType::Gauge)?;
             for [namespace, name, cluster, reason] in &s.excluded {
-                sample(
-                    &mut out,
-                    "mcs_excluded_clusters",
-                    &[("namespace", namespace), ("name", name), ("cluster", cluster), ("reason", reason)],
-                    1,
-                );
+                let labels =
+                    [("namespace", namespace.as_str()), ("name", name), ("cluster", cluster), ("reason", reason)];
+                ConstGauge::new(1_u32).encode(excluded.encode_family(&labels)?)?;
             }
         }
-        if let Some(counters) = self.counters.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
-            header(&mut out, "mcs_datapath_drops_total", "Packets the datapath dropped, by reason.", "counter");
+        if let Some(counters) = self.0.counters.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            let help = "Packets the datapath dropped, by reason.";
+            let mut drops = encoder.encode_descriptor("mcs_datapath_drops", help, None, MetricType::Counter)?;
             for reason in DropReason::ALL {
-                let value = or_zero(counters.drops(reason));
-                sample(&mut out, "mcs_datapath_drops_total", &[("reason", reason.name())], value);
+                let count = ConstCounter::new(or_zero(counters.drops(reason)));
+                count.encode(drops.encode_family(&[("reason", reason.name())])?)?;
             }
-            header(&mut out, "mcs_datapath_packets_total", "Packets the datapath translated, by kind.", "counter");
+            let help = "Packets the datapath translated, by kind.";
+            let mut packets = encoder.encode_descriptor("mcs_datapath_packets", help, None, MetricType::Counter)?;
             for stat in Stat::ALL {
-                let value = or_zero(counters.stat(stat));
-                sample(&mut out, "mcs_datapath_packets_total", &[("kind", stat.name())], value);
+                let count = ConstCounter::new(or_zero(counters.stat(stat)));
+                count.encode(packets.encode_family(&[("kind", stat.name())])?)?;
             }
         }
-        out
+        Ok(())
     }
 }
 
@@ -263,51 +288,11 @@ fn or_zero(value: Result<u64>) -> u64 {
     })
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    header(out, name, help, "gauge");
-    sample(out, name, labels, value);
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (key, val)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{key}=\"{}\"", escape_label(val));
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Binds `addr` and serves the endpoints in a background task.
 ///
 /// # Errors
-/// When the address does not parse or cannot be bound.
-pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    let addr: SocketAddr = addr.parse().with_context(|| format!("--metrics-addr {addr:?} is not an address:port"))?;
+/// When the address cannot be bound.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the metrics server to {addr}"))?;
     let local = listener.local_addr()?;
     info!(addr = %local, "serving /metrics, /healthz and /readyz");
@@ -317,7 +302,17 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr> {
                 Ok((stream, _)) => {
                     let metrics = Arc::clone(&metrics);
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, &metrics).await {
+                        let service = service_fn(|request| {
+                            let response = respond(&metrics, &request);
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        // One request per connection, as scrapers and probes make them.
+                        let connection = http1::Builder::new()
+                            .keep_alive(false)
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(Duration::from_secs(5))
+                            .serve_connection(TokioIo::new(stream), service);
+                        if let Err(e) = connection.await {
                             debug!(error = %e, "metrics connection failed");
                         }
                     });
@@ -332,55 +327,34 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr> {
     Ok(local)
 }
 
-/// Answers one request and closes the connection.
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0_u8; 1024];
-        // Bounded: at most 8 KiB of request head is read.
-        while buf.len() < 8192 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let path = target.split('?').next().unwrap_or_default();
-    let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") => match metrics.not_ready() {
-            None => ("200 OK", "text/plain; charset=utf-8", "ready\n".to_owned()),
-            Some(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("not ready: {why}\n")),
+const TEXT: &str = "text/plain; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The answer to one request (hyper leaves out the body of a HEAD answer).
+fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, OPENMETRICS, metrics.render()),
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+        (&Method::GET | &Method::HEAD, "/readyz") => match metrics.not_ready() {
+            None => (StatusCode::OK, TEXT, "ready\n".to_owned()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("not ready: {why}\n")),
         },
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_owned()),
+        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".to_owned()),
     };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        response.push_str(&body);
-    }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+
     use super::*;
     use crate::translate::{ExcludedCluster, ExclusionReason};
 
@@ -410,11 +384,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mcs_sync_last_duration_seconds 0.001\n"), "{text}");
-        // Every sample line belongs to a declared metric.
-        let declared: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        // Every sample line belongs to a declared metric (OpenMetrics names a
+        // counter's family without the `_total` of its samples).
+        let declared: Vec<(&str, &str)> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' ')).collect();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().expect("a name");
-            assert!(declared.contains(&name), "{line} has no TYPE line");
+            let family = declared.iter().find(|(family, kind)| {
+                *family == name || (*kind == "counter" && name.strip_suffix("_total") == Some(family))
+            });
+            assert!(family.is_some(), "{line} has no TYPE line");
         }
     }
 
@@ -425,7 +404,7 @@ mod tests {
             metrics.not_ready().as_deref(),
             Some("datapath not loaded, sources not synced, first sync not done")
         );
-        metrics.state().datapath_loaded = true;
+        metrics.recorded.state().datapath_loaded = true;
         metrics.set_sources_synced(true);
         metrics.record_sync(SyncResult::Error, Duration::ZERO);
         assert_eq!(metrics.not_ready().as_deref(), Some("first sync not done"));
@@ -436,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn serves_the_endpoints() {
         let metrics = Arc::new(Metrics::default());
-        let addr = serve("127.0.0.1:0", Arc::clone(&metrics)).await.expect("bind");
+        let addr = serve(([127, 0, 0, 1], 0).into(), Arc::clone(&metrics)).await.expect("bind");
         let get = |path: &'static str| async move {
             let mut stream = TcpStream::connect(addr).await.expect("connect");
             stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");

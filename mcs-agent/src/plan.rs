@@ -11,38 +11,30 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::TranslateArgs;
 use crate::manifests;
+use crate::output::OutputFormat;
 use crate::translate::{self, Config, DesiredBackend, DesiredState, EndpointState, Inputs, Report};
 
-/// Output formats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// The documented JSON contract.
-    #[default]
-    Json,
-    /// A table for people.
-    Table,
+/// Where `plan` reads the objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanSource {
+    /// A directory of manifests.
+    Manifests(PathBuf),
+    /// A list of the Kubernetes API: `kubeconfig`, or the usual inference.
+    Kubernetes {
+        /// The kubeconfig file.
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
-/// Arguments of `mcs-agent plan`. Unlike `run`, `--cluster-id` may be left
-/// out (no cluster is local then).
-#[derive(Clone, Debug, clap::Args)]
-#[command(mut_arg("cluster_id", |arg| arg.required(false).default_value("")))]
-pub struct PlanArgs {
-    /// Directory of ServiceImport, EndpointSlice (and GKE ServiceImport and
-    /// Endpoints) manifests. Without it the objects are listed from the
-    /// Kubernetes API (in-cluster config, or `--kubeconfig`).
-    #[arg(long)]
-    pub manifests: Option<PathBuf>,
-    /// Kubeconfig file, when reading from the Kubernetes API.
-    #[arg(long, conflicts_with = "manifests")]
-    pub kubeconfig: Option<PathBuf>,
+/// The configuration of `mcs-agent plan`.
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    /// Where the objects come from.
+    pub source: PlanSource,
     /// The translation's settings.
-    #[command(flatten)]
-    pub translate: TranslateArgs,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
+    pub translate: Config,
+    /// How the plan is printed.
     pub output: OutputFormat,
 }
 
@@ -325,19 +317,22 @@ pub fn render_table(plan: &Plan) -> String {
 /// Reads the inputs: the manifests in `--manifests`, or a snapshot of the
 /// Kubernetes API. Returns them with the load errors (manifests that do not
 /// parse, objects the API returned malformed), rendered.
-fn read_inputs(args: &PlanArgs) -> Result<(Inputs, Vec<String>)> {
-    if let Some(dir) = &args.manifests {
-        let (inputs, errors) = manifests::load_dir(dir)?;
-        return Ok((inputs, errors.iter().map(ToString::to_string).collect()));
-    }
+fn read_inputs(source: &PlanSource) -> Result<(Inputs, Vec<String>)> {
+    let kubeconfig = match source {
+        PlanSource::Manifests(dir) => {
+            let (inputs, errors) = manifests::load_dir(dir)?;
+            return Ok((inputs, errors.iter().map(ToString::to_string).collect()));
+        }
+        PlanSource::Kubernetes { kubeconfig } => kubeconfig.as_deref(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime for the Kubernetes client")?;
     let snapshot = runtime
-        .block_on(crate::source::kube::snapshot_with_problems(args.kubeconfig.as_deref()))
+        .block_on(crate::source::kube::snapshot_with_problems(kubeconfig))
         .context("listing ServiceImports, EndpointSlices and Endpoints from the Kubernetes API")?;
-    Ok((snapshot.inputs, snapshot.problems))
+    Ok((snapshot.inputs, snapshot.problems.iter().map(ToString::to_string).collect()))
 }
 
 /// Runs `mcs-agent plan`: prints the plan on stdout, and each load error
@@ -346,13 +341,13 @@ fn read_inputs(args: &PlanArgs) -> Result<(Inputs, Vec<String>)> {
 ///
 /// # Errors
 /// When the manifest directory cannot be listed, or the API cannot be read.
-pub fn execute(args: &PlanArgs) -> Result<()> {
-    let (inputs, load_errors) = read_inputs(args)?;
+pub fn execute(config: &PlanConfig) -> Result<()> {
+    let (inputs, load_errors) = read_inputs(&config.source)?;
     for error in &load_errors {
         eprintln!("mcs-agent plan: {error}");
     }
-    let plan = Plan::of_inputs(&inputs, &args.translate.config(), &load_errors);
-    let text = match args.output {
+    let plan = Plan::of_inputs(&inputs, &config.translate, &load_errors);
+    let text = match config.output {
         OutputFormat::Json => render_json(&plan),
         OutputFormat::Table => render_table(&plan),
     };

@@ -16,7 +16,7 @@
 //! links stay pinned, so traffic keeps flowing until a new agent takes over or
 //! `mcs-agent cleanup` removes them. After a SIGKILL the same holds; the next
 //! agent adopts the pinned maps.
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::{
@@ -26,12 +26,11 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    cli::TranslateArgs,
     dataplane::AyaDataplane,
-    ebpf::{self, AttachMode},
-    interfaces::{self, Interfaces},
+    ebpf::{self, AttachMode, DatapathSettings},
+    interfaces::{Interfaces, Pattern},
     metrics::{self, Metrics, SyncResult},
-    source::{Snapshot, Source},
+    source::{Snapshot, Source, SourceConfig},
     sync::Syncer,
     translate::{self, Config},
 };
@@ -39,61 +38,27 @@ use crate::{
 /// How often the interface list is rescanned without a link event.
 const INTERFACE_RESCAN: Duration = Duration::from_secs(5);
 
-/// Where the agent reads ServiceImports and EndpointSlices.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceKind {
-    /// The Kubernetes API: in-cluster config, or `--kubeconfig`.
-    #[default]
-    Kubernetes,
-    /// A directory of manifests (`--manifests`).
-    File,
-}
-
-/// Arguments of `mcs-agent run`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct RunArgs {
+/// The configuration of `mcs-agent run`: what its flags ask for, checked.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
     /// Where ServiceImports and EndpointSlices come from.
-    #[arg(long, value_enum, default_value_t = SourceKind::Kubernetes)]
-    pub source: SourceKind,
-    /// Directory of manifests (with `--source file`).
-    #[arg(long, required_if_eq("source", "file"))]
-    pub manifests: Option<PathBuf>,
-    /// Kubeconfig file (with `--source kubernetes`); in-cluster config when unset.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Pod-facing interfaces: names and glob patterns, comma separated
-    /// (for example `lxc*,veth*`).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub interfaces: Vec<String>,
-    /// The translation's settings (`--cluster-id` is required).
-    #[command(flatten)]
-    pub translate: TranslateArgs,
+    pub source: SourceConfig,
+    /// Pod-facing interfaces: names and glob patterns.
+    pub interfaces: Vec<Pattern>,
+    /// The translation's settings.
+    pub translate: translate::Config,
     /// Directory on bpffs where maps and links are pinned.
-    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    /// How often the file source checks the directory, in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    pub poll_interval_ms: u64,
-    /// Minimum time between two syncs, in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    pub min_sync_interval_ms: u64,
-    /// Maximum time between two syncs (a periodic full resync), in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    pub max_sync_interval_ms: u64,
-    /// How long a backend that left its slices keeps its established
-    /// connections (it takes no new ones) before they are reset (TCP) or
-    /// moved (UDP); one that comes back within it changes nothing. Long
-    /// enough to ride out a relist or a remote cluster's export missing for
-    /// a moment, short enough that clients of a pod that is really gone
-    /// learn it in seconds rather than at TCP's retransmission timeout.
-    #[arg(long, default_value_t = 30)]
-    pub backend_removal_grace_seconds: u64,
-    /// Address of the HTTP server for /metrics, /healthz and /readyz; empty disables it.
-    #[arg(long, default_value = "0.0.0.0:9464")]
-    pub metrics_addr: String,
+    /// Minimum time between two syncs.
+    pub min_sync_interval: Duration,
+    /// Maximum time between two syncs (a periodic full resync).
+    pub max_sync_interval: Duration,
+    /// How long a backend that left its slices keeps its established flows.
+    pub backend_removal_grace: Duration,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
     /// The datapath's settings.
-    #[command(flatten)]
-    pub datapath: ebpf::DatapathArgs,
+    pub datapath: DatapathSettings,
 }
 
 /// When the next sync is due, and whether it is a full one.
@@ -204,7 +169,7 @@ impl Logged {
             })
             .collect();
         log_changes(&mut self.excluded, excluded, "no longer excluded");
-        let problems = snapshot.problems.iter().map(|p| (p.clone(), p.clone())).collect();
+        let problems = snapshot.problems.iter().map(|p| (p.to_string(), p.to_string())).collect();
         log_changes(&mut self.problems, problems, "resolved");
         let warnings = report.warnings.iter().map(|w| (w.clone(), w.clone())).collect();
         log_changes(&mut self.warnings, warnings, "resolved");
@@ -303,20 +268,21 @@ impl Syncing {
 /// Runs the agent until SIGTERM or SIGINT.
 ///
 /// # Errors
-/// When the arguments are invalid, the metrics address cannot be bound, or
-/// the datapath cannot be loaded. Errors after that (a bad object, a failed
-/// write, a missing interface, an unreachable API server) are logged and
-/// retried, never fatal.
-pub async fn run(options: RunArgs) -> Result<()> {
-    let patterns = interfaces::parse_patterns(&options.interfaces)?;
+/// When the metrics address cannot be bound, the source cannot start (a
+/// kubeconfig that cannot be read, a manifest directory that cannot be
+/// listed), or the datapath cannot be loaded; in that order, so nothing
+/// touches the kernel before the configuration is known to work. Errors
+/// after that (a bad object, a failed write, a missing interface, an
+/// unreachable API server) are logged and retried, never fatal.
+pub async fn run(options: RunConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let metrics = Arc::new(Metrics::default());
-    let metrics_addr = options.metrics_addr.trim();
-    if !metrics_addr.is_empty() {
-        metrics::serve(metrics_addr, Arc::clone(&metrics)).await?;
+    if let Some(addr) = options.metrics_addr {
+        metrics::serve(addr, Arc::clone(&metrics)).await?;
     }
+    let mut source = Source::start(&options.source).await?;
 
     let mut bpf = ebpf::load(&options.datapath.load_options(Some(options.pin_path.clone())))?;
     let mut dataplane = AyaDataplane::from_ebpf(&mut bpf)?;
@@ -325,18 +291,14 @@ pub async fn run(options: RunArgs) -> Result<()> {
     info!(pin_path = %options.pin_path.display(), ?mode, "datapath loaded");
 
     // The first rescan also removes the pins of interfaces deleted while no agent ran.
-    let mut interfaces = Interfaces::new(patterns, Some(options.pin_path.clone()), mode);
+    let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), mode);
     interfaces.rescan(&mut bpf);
     metrics.set_interfaces(interfaces.attached().len());
 
-    let mut source = Source::start(&options).await?;
     let mut syncing = Syncing {
-        config: options.translate.config(),
-        syncer: Syncer::with_removal_grace(Duration::from_secs(options.backend_removal_grace_seconds)),
-        schedule: Schedule::new(
-            Duration::from_millis(options.min_sync_interval_ms),
-            Duration::from_millis(options.max_sync_interval_ms.max(1)),
-        ),
+        config: options.translate.clone(),
+        syncer: Syncer::with_removal_grace(options.backend_removal_grace),
+        schedule: Schedule::new(options.min_sync_interval, options.max_sync_interval),
         logged: Logged::default(),
         metrics: Arc::clone(&metrics),
     };

@@ -39,12 +39,6 @@ impl Diff {
         Self(fold32(self.0) + fold32(other.0))
     }
 
-    /// Whether the change is nothing at all (only unchanged words were added).
-    #[inline(always)]
-    pub const fn is_none(self) -> bool {
-        fold(self.0) == 0 || fold(self.0) == 0xffff
-    }
-
     /// The checksum field `check` after this change (RFC 1624, eqn. 3:
     /// `HC' = ~(~HC + ~m + m')`).
     #[inline(always)]

@@ -180,7 +180,7 @@ fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
 /// (hairpinned) packet goes straight back out to the pod it came from.
 #[inline(always)]
 fn translate(ctx: &TcContext, flow: &Flow, entry: &CtValue) -> i32 {
-    if nat::rewrite(ctx, (flow.l3_off, flow.l4_off, flow.proto), &flow.tuple(), &nat_tuple(entry)).is_err() {
+    if nat::rewrite(ctx, flow, &nat_tuple(entry)).is_err() {
         return drop_packet(DropReason::RewriteFailed);
     }
     if flow.first_fragment {
@@ -231,7 +231,7 @@ fn hairpin_reply(ctx: &TcContext, flow: &Flow) -> i32 {
     let Lookup::Hit(entry, _) = conntrack::lookup(flow, CT_DIR_REPLY) else {
         return VERDICT_NEXT;
     };
-    if nat::rewrite(ctx, (flow.l3_off, flow.l4_off, flow.proto), &flow.tuple(), &nat_tuple(&entry)).is_err() {
+    if nat::rewrite(ctx, flow, &nat_tuple(&entry)).is_err() {
         return drop_packet(DropReason::RewriteFailed);
     }
     if flow.first_fragment {
@@ -289,7 +289,7 @@ pub fn mcs_to_pod(ctx: TcContext) -> i32 {
             let Lookup::Hit(entry, _) = conntrack::lookup(&flow, CT_DIR_REPLY) else {
                 return VERDICT_NEXT;
             };
-            if nat::rewrite(&ctx, (flow.l3_off, flow.l4_off, flow.proto), &flow.tuple(), &nat_tuple(&entry)).is_err() {
+            if nat::rewrite(&ctx, &flow, &nat_tuple(&entry)).is_err() {
                 return drop_packet(DropReason::RewriteFailed);
             }
             if flow.first_fragment {

@@ -21,6 +21,8 @@ use network_types::{
 /// Length of the Ethernet header.
 pub const ETH_LEN: usize = EthHdr::LEN;
 
+/// Length of an IPv4 header without options.
+pub const IP_MIN_LEN: usize = 20;
 /// Offset of the header checksum within the IPv4 header.
 pub const IP_CSUM_OFF: usize = 10;
 /// Offset of the source address within the IPv4 header (the destination follows).
@@ -93,6 +95,8 @@ pub struct Flow {
     pub first_fragment: bool,
     /// The IPv4 identification, NBO.
     pub ip_id: u16,
+    /// The IPv4 header checksum, as in the packet.
+    pub ip_csum: u16,
 }
 
 impl Flow {
@@ -252,6 +256,8 @@ mod l3 {
         pub later_fragment: bool,
         /// The identification, NBO.
         pub id: u16,
+        /// The header checksum, as in the packet.
+        pub csum: u16,
     }
 
     /// What reading the header at `off` gave.
@@ -285,6 +291,7 @@ mod l3 {
             fragmented: frag & (IP_MF | IP_OFFSET) != 0,
             later_fragment: frag & IP_OFFSET != 0,
             id: u16::from_ne_bytes(ip.id),
+            csum: u16::from_ne_bytes(ip.check),
         })
     }
 
@@ -370,6 +377,7 @@ pub fn parse(ctx: &TcContext) -> Packet {
                 tcp_flags,
                 first_fragment: ip.fragmented,
                 ip_id: ip.id,
+                ip_csum: ip.csum,
             })
         }
         proto::ICMP if !ip.fragmented => {

@@ -6,6 +6,7 @@
 //!
 //! Everything needs root. All addresses are from 198.18.0.0/15 and live only inside namespaces
 //! created here; nothing is routed in the root namespace.
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod agent;
 pub mod apps;

@@ -32,7 +32,7 @@ use mcs_tests::{
     agent::AgentGuard,
     apps::{Ab, AbReport, Iperf3, Iperf3Report, Nginx, http_get_from, iperf3_server, iptables_dnat},
     client::{tcp_info, udp_info},
-    manifest::{self, EndpointSlice, ManifestDir, ServiceImport},
+    manifest::{self, ImportBuilder, ManifestDir, SliceBuilder},
     netns::{NetNs, unique_prefix},
     pair::{Pair, PodListener, exchange_all},
     probe::{Probe, Seen},
@@ -57,18 +57,17 @@ fn build(tag: &str, clusters: &[(&str, usize)]) -> (Topology, String) {
 }
 
 /// An import with `http` 80/TCP and `dns` 53/UDP.
-fn web_import(name: &str, ip: Ipv4Addr) -> ServiceImport {
-    ServiceImport::new(NS, name, ip).port("http", "TCP", 80).port("dns", "UDP", 53)
+fn web_import(name: &str, ip: Ipv4Addr) -> ImportBuilder {
+    manifest::import(NS, name).ip(ip).tcp("http", 80).udp("dns", 53)
 }
 
 /// The slice of `cluster` (topology index) for `service`: its pods ready on 8080/TCP and 5353/UDP.
-fn web_slice(topology: &Topology, service: &str, cluster: usize) -> serde_json::Value {
+fn web_slice(topology: &Topology, service: &str, cluster: usize) -> SliceBuilder {
     let ips: Vec<Ipv4Addr> = (0..topology.pods_in(cluster)).map(|j| topology.pod_ip(cluster, j)).collect();
-    EndpointSlice::new(NS, service, topology.cluster_name(cluster))
-        .port("http", "TCP", HTTP_TARGET)
-        .port("dns", "UDP", DNS_TARGET)
-        .ready(&ips)
-        .to_json()
+    manifest::slice(NS, service, topology.cluster_name(cluster))
+        .tcp("http", HTTP_TARGET)
+        .udp("dns", DNS_TARGET)
+        .ready_all(ips)
 }
 
 /// Collects failed checks, so a test can print every figure before it fails on the first
@@ -146,10 +145,9 @@ impl ClashSide {
     fn ours() -> ClashSide {
         let (topology, prefix, nginx) = Self::build("clash-ours");
         let dir = ManifestDir::new(&prefix);
-        dir.write("import.json", &ServiceImport::new(NS, "web", *CLASH_VIP.ip()).port("http", "TCP", 80).to_json());
-        let slice =
-            EndpointSlice::new(NS, "web", "east").port("http", "TCP", HTTP_TARGET).ready(&[topology.pod_ip(1, 0)]);
-        dir.write("slice-east.json", &slice.to_json());
+        dir.write("import.json", &manifest::import(NS, "web").ip(CLASH_VIP.ip()).tcp("http", 80));
+        let slice = manifest::slice(NS, "web", "east").tcp("http", HTTP_TARGET).ready(topology.pod_ip(1, 0));
+        dir.write("slice-east.json", &slice);
         let mut agent = AgentGuard::builder(topology.node(0), &prefix)
             .manifests(dir.path())
             .interface(topology.client_iface())
@@ -309,13 +307,10 @@ fn an_upload_across_a_1400_byte_hop_gets_half_the_direct_throughput() {
     assert!(eth0.contains("mtu 1500 "), "the client pod's MTU stays 1500: {eth0}");
 
     let dir = ManifestDir::new(&prefix);
-    dir.write(
-        "import.json",
-        &ServiceImport::new(NS, "upload", *PMTU_VIP.ip()).port("iperf", "TCP", IPERF_PORT).to_json(),
-    );
+    dir.write("import.json", &manifest::import(NS, "upload").ip(PMTU_VIP.ip()).tcp("iperf", IPERF_PORT));
     let pod = topology.pod_ip(1, 0);
-    let slice = EndpointSlice::new(NS, "upload", "east").port("iperf", "TCP", IPERF_PORT).ready(&[pod]);
-    dir.write("slice-east.json", &slice.to_json());
+    let slice = manifest::slice(NS, "upload", "east").tcp("iperf", IPERF_PORT).ready(pod);
+    dir.write("slice-east.json", &slice);
     let mut agent =
         AgentGuard::builder(topology.node(0), &prefix).manifests(dir.path()).interface(topology.client_iface()).start();
     agent.wait_table(PMTU_VIP, "TCP", &["east"]);
@@ -375,7 +370,7 @@ fn a_pod_whose_only_backend_is_itself_is_answered_with_default_flags() {
     topology.start_servers(HTTP_TARGET, DNS_TARGET);
     let ip = Ipv4Addr::new(198, 19, 9, 20);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("self", ip).to_json());
+    dir.write("import.json", &web_import("self", ip));
     dir.write("slice-local.json", &web_slice(&topology, "self", 0));
     let mut agent = AgentGuard::builder(topology.node(0), &prefix)
         .manifests(dir.path())
@@ -468,7 +463,7 @@ fn idle_tcp_streams_survive_udp_churn_of_three_times_the_conntrack_size() {
     let servers = listeners(&topology, &[1]);
     let ip = Ipv4Addr::new(198, 19, 9, 30);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("churn", ip).to_json());
+    dir.write("import.json", &web_import("churn", ip));
     dir.write("slice-east.json", &web_slice(&topology, "churn", 1));
     let sources: Vec<Ipv4Addr> = (3..=6).map(|o| topology.add_client_ip(o)).collect();
     let mut agent = AgentGuard::builder(topology.node(0), &prefix)
@@ -545,7 +540,7 @@ impl Grace {
         }
         let servers = listeners(&topology, &[1, 2]);
         let dir = ManifestDir::new(&prefix);
-        dir.write("import.json", &web_import("grace", GRACE_IP).to_json());
+        dir.write("import.json", &web_import("grace", GRACE_IP));
         for c in [1, 2] {
             dir.write(&format!("slice-{}.json", topology.cluster_name(c)), &web_slice(&topology, "grace", c));
         }
@@ -718,7 +713,7 @@ fn programs_chained_before_and_after_ours_see_translated_packets() {
     topology.start_servers(HTTP_TARGET, DNS_TARGET);
     let ip = Ipv4Addr::new(198, 19, 9, 50);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("chained", ip).to_json());
+    dir.write("import.json", &web_import("chained", ip));
     dir.write("slice-east.json", &web_slice(&topology, "chained", 1));
     let node = topology.node(0);
     let mut before = Probe::attach_ingress(node, topology.client_iface());

@@ -14,7 +14,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -28,61 +28,24 @@ use mcs_tests::{
     agent::AgentGuard,
     client::{HeldStream, tcp_ask},
     fakeapi::{FakeApi, FakeApiOptions, render_requests},
+    manifest::{import, slice},
     netns::{NetNs, unique_prefix},
     topology::Topology,
 };
+use serde::Serialize;
 use serde_json::{Value, json};
 
 const MCS_V1BETA1: &str = "multicluster.x-k8s.io/v1beta1";
 const SLICE_API: &str = "discovery.k8s.io/v1";
 
-fn import(namespace: &str, name: &str, ip: &str, ports: &[(&str, &str, u16)]) -> Value {
-    let ports: Vec<Value> =
-        ports.iter().map(|(name, protocol, port)| json!({"name": name, "protocol": protocol, "port": port})).collect();
-    json!({
-        "apiVersion": MCS_V1BETA1, "kind": "ServiceImport",
-        "metadata": {"namespace": namespace, "name": name},
-        "spec": {"type": "ClusterSetIP", "ips": [ip], "ipFamilies": ["IPv4"], "ports": ports},
-    })
+/// An object of the test kit as the JSON the fake API server serves.
+fn json(object: &impl Serialize) -> Value {
+    serde_json::to_value(object).expect("a built object serializes")
 }
 
-fn slice(
-    namespace: &str,
-    name: &str,
-    service: &str,
-    cluster: &str,
-    ips: &[&str],
-    ports: &[(&str, &str, u16)],
-) -> Value {
-    let endpoints: Vec<Value> =
-        ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
-    let ports: Vec<Value> =
-        ports.iter().map(|(name, protocol, port)| json!({"name": name, "protocol": protocol, "port": port})).collect();
-    json!({
-        "apiVersion": SLICE_API, "kind": "EndpointSlice",
-        "metadata": {"namespace": namespace, "name": name, "labels": {
-            "multicluster.kubernetes.io/service-name": service,
-            "multicluster.kubernetes.io/source-cluster": cluster,
-        }},
-        "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
-    })
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique_prefix(tag));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temporary directory (removed on drop, also when a test panics).
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("{tag}-")).tempdir().expect("create a temporary directory")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -148,14 +111,16 @@ fn kube_source_follows_the_api_through_watch_and_relist() {
 
 fn follows_the_api() {
     let api = FakeApi::start();
-    let dir = TempDir::new("kubecfg");
-    let kubeconfig = dir.0.join("kubeconfig");
+    let dir = temp_dir("mcs-kubecfg");
+    let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     let http = [("http", "TCP", 80)];
-    api.apply(import("demo", "web", "198.19.0.10", &http));
-    api.apply(slice("demo", "web-east", "web", "east", &["198.18.1.10"], &[("http", "TCP", 8080)]));
+    api.apply(json(&import("demo", "web").ip("198.19.0.10").family("IPv4").ports(&http)));
+    api.apply(json(&slice("demo", "web", "east").ports(&[("http", "TCP", 8080)]).ready_all(["198.18.1.10"])));
     // Without the MCS label: not selected by the watch at all.
-    let mut plain = slice("demo", "web-plain", "web", "east", &["198.18.1.99"], &[("http", "TCP", 8080)]);
+    let mut plain = json(
+        &slice("demo", "web", "east").named("web-plain").ports(&[("http", "TCP", 8080)]).ready_all(["198.18.1.99"]),
+    );
     plain["metadata"]["labels"] = json!({"kubernetes.io/service-name": "web"});
     api.apply(plain);
 
@@ -168,7 +133,7 @@ fn follows_the_api() {
         assert_eq!(backends(&snapshot), ["198.19.0.10:80 -> east/198.18.1.10:8080"]);
 
         // Created: a second cluster's slice.
-        api.apply(slice("demo", "web-west", "web", "west", &["198.18.2.10"], &[("http", "TCP", 9080)]));
+        api.apply(json(&slice("demo", "web", "west").ports(&[("http", "TCP", 9080)]).ready_all(["198.18.2.10"])));
         let snapshot = wait_for(&mut source, &api, limit, "west slice added", |s| s.inputs.slices.len() == 2).await;
         assert_eq!(
             backends(&snapshot),
@@ -176,7 +141,7 @@ fn follows_the_api() {
         );
 
         // Changed: the import's ClusterSetIP.
-        api.apply(import("demo", "web", "198.19.0.20", &http));
+        api.apply(json(&import("demo", "web").ip("198.19.0.20").family("IPv4").ports(&http)));
         let snapshot = wait_for(&mut source, &api, limit, "ip changed", |s| {
             s.inputs.imports.first().is_some_and(|i| i.spec.ips == ["198.19.0.20"])
         })
@@ -185,16 +150,21 @@ fn follows_the_api() {
 
         // A malformed import is reported with its field and skipped; the
         // stream keeps going.
-        let mut broken = import("demo", "broken", "198.19.0.30", &http);
+        let mut broken = json(&import("demo", "broken").ip("198.19.0.30").family("IPv4").ports(&http));
         broken["spec"]["ports"][0]["port"] = json!("eighty");
         api.apply(broken);
         let snapshot =
             wait_for(&mut source, &api, limit, "malformed import reported", |s| !s.problems.is_empty()).await;
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
-        let problem = &snapshot.problems[0];
+        let problem = snapshot.problems[0].to_string();
         assert!(problem.contains("demo/broken") && problem.contains("spec.ports[0].port"), "{problem}");
         assert_eq!(snapshot.inputs.imports.len(), 1, "the good import stays");
-        api.apply(slice("demo", "web-west-2", "web", "west", &["198.18.2.11"], &[("http", "TCP", 9080)]));
+        api.apply(json(
+            &slice("demo", "web", "west")
+                .named("web-west-2")
+                .ports(&[("http", "TCP", 9080)])
+                .ready_all(["198.18.2.11"]),
+        ));
         wait_for(&mut source, &api, limit, "changes after the malformed import", |s| s.inputs.slices.len() == 3).await;
 
         // Deleted, seen by the watch.
@@ -221,7 +191,7 @@ fn follows_the_api() {
         assert!(backends(&snapshot).is_empty());
 
         // The one-shot snapshot (`mcs-agent plan` without --manifests) sees the same.
-        api.apply(import("demo", "web", "198.19.0.10", &http));
+        api.apply(json(&import("demo", "web").ip("198.19.0.10").family("IPv4").ports(&http)));
         let once =
             mcs_agent::source::kube::snapshot_with_problems(Some(&kubeconfig)).await.expect("one-shot snapshot").inputs;
         assert_eq!(once.imports.len(), 1, "the malformed import is skipped");
@@ -269,10 +239,10 @@ fn discovers_versions_and_gke_imports() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let options = FakeApiOptions { mcs_versions: vec!["v1alpha1".into()], gke: true, ..FakeApiOptions::default() };
     let api = FakeApi::start_with(listener, options);
-    let dir = TempDir::new("kubecfg");
-    let kubeconfig = dir.0.join("kubeconfig");
+    let dir = temp_dir("mcs-kubecfg");
+    let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
-    let mut old = import("demo", "web", "198.19.0.10", &[("http", "TCP", 80)]);
+    let mut old = json(&import("demo", "web").ip("198.19.0.10").family("IPv4").ports(&[("http", "TCP", 80)]));
     old["apiVersion"] = json!("multicluster.x-k8s.io/v1alpha1");
     api.apply(old);
     api.apply(json!({
@@ -427,16 +397,16 @@ fn agent_follows_the_kubernetes_api() {
     // The fake API server listens on the node namespace's own loopback.
     let listener = topology.node(0).enter(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in node"));
     let api = FakeApi::start_with(listener, FakeApiOptions::default());
-    let dir = TempDir::new("kubecfg");
-    let kubeconfig = dir.0.join("kubeconfig");
+    let dir = temp_dir("mcs-kubecfg");
+    let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
 
     let ports = [("http", "TCP", HTTP), ("dns", "UDP", 53)];
-    api.apply(import("demo", "whoami", &VIP.to_string(), &ports));
+    api.apply(json(&import("demo", "whoami").ip(VIP).family("IPv4").ports(&ports)));
     let east_ports = [("http", "TCP", 8080), ("dns", "UDP", 5353)];
     let west_ports = [("http", "TCP", 9080), ("dns", "UDP", 5354)];
-    api.apply(slice("demo", "whoami-east", "whoami", "east", &["198.18.1.10", "198.18.1.11"], &east_ports));
-    api.apply(slice("demo", "whoami-west", "whoami", "west", &["198.18.2.10", "198.18.2.11"], &west_ports));
+    api.apply(json(&slice("demo", "whoami", "east").ports(&east_ports).ready_all(["198.18.1.10", "198.18.1.11"])));
+    api.apply(json(&slice("demo", "whoami", "west").ports(&west_ports).ready_all(["198.18.2.10", "198.18.2.11"])));
 
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
     // A short removal grace: the deleted import's backends must be gone within the test's wait.
@@ -469,7 +439,7 @@ fn agent_follows_the_kubernetes_api() {
     });
 
     // A malformed import changes nothing else, and is counted.
-    let mut broken = import("demo", "broken", "198.19.0.30", &ports);
+    let mut broken = json(&import("demo", "broken").ip("198.19.0.30").family("IPv4").ports(&ports));
     broken["spec"]["ips"] = json!("not a list");
     api.apply(broken);
     let deadline = Instant::now() + limit;
@@ -487,7 +457,7 @@ fn agent_follows_the_kubernetes_api() {
     });
 
     // The ClusterSetIP changes: the old VIP goes, the new one answers.
-    api.apply(import("demo", "whoami", &VIP2.to_string(), &ports));
+    api.apply(json(&import("demo", "whoami").ip(VIP2).family("IPv4").ports(&ports)));
     wait_answers(&topology, &mut agent, VIP2, limit, "new ClusterSetIP", |answers| {
         answers.iter().all(|a| a.starts_with("east/"))
     });
@@ -503,7 +473,7 @@ fn agent_follows_the_kubernetes_api() {
     assert!(!agent.stop(libc::SIGKILL), "SIGKILL is not a clean exit");
     let who = stream.ping().expect("the connection works while no agent runs");
     assert_eq!(who, stream.identity());
-    api.apply(slice("demo", "whoami-west", "whoami", "west", &["198.18.2.10", "198.18.2.11"], &west_ports));
+    api.apply(json(&slice("demo", "whoami", "west").ports(&west_ports).ready_all(["198.18.2.10", "198.18.2.11"])));
     agent.restart();
     wait_answers(&topology, &mut agent, VIP2, limit, "west back after the restart", |answers| {
         answers.iter().any(|a| a.starts_with("west/")) && answers.iter().all(|a| !a.starts_with("error"))
@@ -551,8 +521,8 @@ fn agent_attaches_interfaces_as_they_come_and_go() {
     let node = NetNs::new(&format!("{prefix}-node"));
     let listener = node.enter(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind in node"));
     let api = FakeApi::start_with(listener, FakeApiOptions::default());
-    let dir = TempDir::new("kubecfg");
-    let kubeconfig = dir.0.join("kubeconfig");
+    let dir = temp_dir("mcs-kubecfg");
+    let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
     node.ip(&["link", "add", "lxc0", "type", "veth", "peer", "name", "other0"]);
 

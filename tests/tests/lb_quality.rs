@@ -18,7 +18,7 @@ use mcs_tests::{
     agent::AgentGuard,
     client::{HeldStream, ServerInfo, cluster_of, ping_all, tcp_info, tcp_info_from, udp_ask_connected, udp_info},
     inspect_json, inspected_backends,
-    manifest::{self, Endpoint, EndpointSlice, ManifestDir, ServiceImport},
+    manifest::{self, EndpointConditions, ImportBuilder, ManifestDir, NOT_READY, READY, SliceBuilder, TERMINATING},
     netns::unique_prefix,
     topology::{ClusterSpec, Topology, TopologySpec},
     wait_inspect, wait_table_clusters, wait_until,
@@ -50,22 +50,18 @@ fn pod_ips(topology: &Topology, cluster: usize) -> Vec<Ipv4Addr> {
 }
 
 /// An import with one port `http` 80/TCP (and `dns` 53/UDP).
-fn import(name: &str, ip: Ipv4Addr) -> ServiceImport {
-    ServiceImport::new(NS, name, ip).port("http", "TCP", 80).port("dns", "UDP", 53)
+fn import(name: &str, ip: Ipv4Addr) -> ImportBuilder {
+    manifest::import(NS, name).ip(ip).tcp("http", 80).udp("dns", 53)
 }
 
 /// A slice of `cluster` for `service` with the given endpoints, on the servers' ports.
-fn slice(service: &str, cluster: &str, endpoints: &[Endpoint]) -> serde_json::Value {
-    let mut s = EndpointSlice::new(NS, service, cluster).port("http", "TCP", TCP_PORT).port("dns", "UDP", UDP_PORT);
-    for e in endpoints {
-        s = s.endpoint(*e);
-    }
-    s.to_json()
+fn slice(service: &str, cluster: &str, endpoints: &[(Ipv4Addr, EndpointConditions)]) -> SliceBuilder {
+    manifest::slice(NS, service, cluster).tcp("http", TCP_PORT).udp("dns", UDP_PORT).endpoints(endpoints)
 }
 
 /// A slice of `cluster` (topology index `c`) for `service` with all its pods ready.
-fn ready_slice(topology: &Topology, service: &str, c: usize) -> serde_json::Value {
-    let eps: Vec<Endpoint> = pod_ips(topology, c).into_iter().map(Endpoint::ready).collect();
+fn ready_slice(topology: &Topology, service: &str, c: usize) -> SliceBuilder {
+    let eps: Vec<(Ipv4Addr, EndpointConditions)> = pod_ips(topology, c).into_iter().map(|ip| (ip, READY)).collect();
     slice(service, topology.cluster_name(c), &eps)
 }
 
@@ -166,7 +162,7 @@ fn client_ip_affinity_holds_for_the_timeout_and_is_released_after_it() {
     let ip = Ipv4Addr::new(198, 19, 4, 1);
     let vip = SocketAddrV4::new(ip, 80);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &import("sticky", ip).client_ip_affinity(AFFINITY_SECS).to_json());
+    dir.write("import.json", &import("sticky", ip).client_ip_affinity(AFFINITY_SECS));
     dir.write("slice-east.json", &ready_slice(&topology, "sticky", 1));
     dir.write("slice-west.json", &ready_slice(&topology, "sticky", 2));
     let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &[]);
@@ -282,10 +278,10 @@ fn connections_to_a_service_without_backends_are_refused_at_once() {
     let control = Ipv4Addr::new(198, 19, 4, 4);
     let east = topology.pod_ip(1, 0);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import-empty.json", &import("empty", empty).to_json());
-    dir.write("import-unready.json", &import("unready", unready).to_json());
-    dir.write("import-control.json", &import("control", control).to_json());
-    dir.write("slice-unready.json", &slice("unready", "east", &[Endpoint::unready(east)]));
+    dir.write("import-empty.json", &import("empty", empty));
+    dir.write("import-unready.json", &import("unready", unready));
+    dir.write("import-control.json", &import("control", control));
+    dir.write("slice-unready.json", &slice("unready", "east", &[(east, NOT_READY)]));
     dir.write("slice-control.json", &ready_slice(&topology, "control", 1));
     let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &[]);
     converge(&topology, &mut agent, SocketAddrV4::new(control, 80), "agent programs lbq/control", |_| true);
@@ -306,7 +302,7 @@ fn connections_to_a_service_without_backends_are_refused_at_once() {
 
     manifest::write(&agent.manifests, "slice-unready.json", &ready_slice(&topology, "unready", 1));
     converge(&topology, &mut agent, SocketAddrV4::new(unready, 80), "lbq/unready gets its backend", |_| true);
-    manifest::write(&agent.manifests, "slice-unready.json", &slice("unready", "east", &[Endpoint::unready(east)]));
+    manifest::write(&agent.manifests, "slice-unready.json", &slice("unready", "east", &[(east, NOT_READY)]));
     wait_until(CONVERGE, PAUSE, "lbq/unready refused again", || {
         match topology.client().enter(|| timed_connect(SocketAddrV4::new(unready, 80), Duration::from_millis(500))) {
             (Err(e), _) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
@@ -325,7 +321,7 @@ fn established_streams_survive_a_backend_set_change_that_keeps_their_backend() {
     let ip = Ipv4Addr::new(198, 19, 4, 5);
     let vip = SocketAddrV4::new(ip, 80);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &import("moving", ip).to_json());
+    dir.write("import.json", &import("moving", ip));
     dir.write("slice-east.json", &ready_slice(&topology, "moving", 1));
     dir.write("slice-west.json", &ready_slice(&topology, "moving", 2));
     let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &[]);
@@ -374,7 +370,7 @@ fn a_tcp_stream_whose_backend_was_removed_is_reset() {
     let ip = Ipv4Addr::new(198, 19, 4, 6);
     let vip = SocketAddrV4::new(ip, 80);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &import("gone", ip).to_json());
+    dir.write("import.json", &import("gone", ip));
     dir.write("slice-east.json", &ready_slice(&topology, "gone", 1));
     dir.write("slice-west.json", &ready_slice(&topology, "gone", 2));
     let grace = ["--backend-removal-grace-seconds", "1"];
@@ -462,7 +458,7 @@ fn a_terminating_backend_finishes_its_streams_and_gets_no_new_ones() {
     let (e0, e1) = (topology.pod_ip(1, 0), topology.pod_ip(1, 1));
     let dying = topology.identity(1, 0);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &import("drain", ip).to_json());
+    dir.write("import.json", &import("drain", ip));
     dir.write("slice-east.json", &ready_slice(&topology, "drain", 1));
     dir.write("slice-west.json", &ready_slice(&topology, "drain", 2));
     let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &[]);
@@ -470,11 +466,7 @@ fn a_terminating_backend_finishes_its_streams_and_gets_no_new_ones() {
     let mut streams = streams_until_on(&topology, vip, &dying, 2);
     ping_all(&mut streams, "before terminating");
 
-    manifest::write(
-        &agent.manifests,
-        "slice-east.json",
-        &slice("drain", "east", &[Endpoint::terminating(e0), Endpoint::ready(e1)]),
-    );
+    manifest::write(&agent.manifests, "slice-east.json", &slice("drain", "east", &[(e0, TERMINATING), (e1, READY)]));
     wait_inspect(&agent.pin_path, "east/pod0 terminating in the maps", |state| {
         let backends = inspected_backends(state, ip, 80, "TCP").ok_or("lbq/drain not in the maps")?;
         let e0 = e0.to_string();
@@ -508,9 +500,10 @@ fn a_terminating_backend_finishes_its_streams_and_gets_no_new_ones() {
     manifest::write(
         &agent.manifests,
         "slice-east.json",
-        &slice("drain", "east", &[Endpoint::terminating(e0), Endpoint::unready(e1)]),
+        &slice("drain", "east", &[(e0, TERMINATING), (e1, NOT_READY)]),
     );
-    let west_unready: Vec<Endpoint> = pod_ips(&topology, 2).into_iter().map(Endpoint::unready).collect();
+    let west_unready: Vec<(Ipv4Addr, EndpointConditions)> =
+        pod_ips(&topology, 2).into_iter().map(|ip| (ip, NOT_READY)).collect();
     manifest::write(&agent.manifests, "slice-west.json", &slice("drain", "west", &west_unready));
     converge(&topology, &mut agent, vip, "fallback to the terminating pod", |a| a.identity == dying);
     let state = inspect_json(&agent.pin_path, &[]);
@@ -536,7 +529,7 @@ fn local_locality_prefers_local_endpoints_and_fails_over_when_they_go_unready() 
         if let Some(l) = locality {
             imp = imp.annotation("mcs-ebpf.dev/locality", l);
         }
-        dir.write(&format!("import-{name}.json"), &imp.to_json());
+        dir.write(&format!("import-{name}.json"), &imp);
         dir.write(&format!("slice-{name}-local.json"), &ready_slice(&topology, name, 0));
         dir.write(&format!("slice-{name}-east.json"), &ready_slice(&topology, name, 1));
     }
@@ -554,7 +547,8 @@ fn local_locality_prefers_local_endpoints_and_fails_over_when_they_go_unready() 
     assert_eq!(identities(&tcp_many_ok(&topology, any_vip, 60, "any")), both, "lbq/any (none)");
 
     // Local's pods go unready: near fails over to east.
-    let unready: Vec<Endpoint> = pod_ips(&topology, 0).into_iter().map(Endpoint::unready).collect();
+    let unready: Vec<(Ipv4Addr, EndpointConditions)> =
+        pod_ips(&topology, 0).into_iter().map(|ip| (ip, NOT_READY)).collect();
     manifest::write(&agent.manifests, "slice-near-local.json", &slice("near", "local", &unready));
     converge(&topology, &mut agent, near_vip, "lbq/near fails over to east", |a| cluster_of(&a.identity) == "east");
     assert_eq!(identities(&tcp_many_ok(&topology, near_vip, 40, "near, failed over")), east_pods);
@@ -584,9 +578,9 @@ fn a_pod_reaching_itself_through_the_cluster_set_ip_works() {
     let pair = Ipv4Addr::new(198, 19, 4, 12);
     let me = topology.identity(0, 0);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import-self.json", &import("self", own).to_json());
+    dir.write("import-self.json", &import("self", own));
     dir.write("slice-self.json", &ready_slice(&topology, "self", 0));
-    dir.write("import-pair.json", &import("pair", pair).to_json());
+    dir.write("import-pair.json", &import("pair", pair));
     dir.write("slice-pair-local.json", &ready_slice(&topology, "pair", 0));
     dir.write("slice-pair-east.json", &ready_slice(&topology, "pair", 1));
     let interfaces = format!("{},{}", topology.client_iface(), topology.pod_iface(0, 0));
@@ -647,14 +641,10 @@ fn inspect_shows_services_backends_clusters_and_flows() {
     let ip = Ipv4Addr::new(198, 19, 4, 13);
     let vip = SocketAddrV4::new(ip, 80);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &import("shown", ip).to_json());
+    dir.write("import.json", &import("shown", ip));
     dir.write(
         "slice-east.json",
-        &slice(
-            "shown",
-            "east",
-            &[Endpoint::ready(topology.pod_ip(1, 0)), Endpoint::terminating(topology.pod_ip(1, 1))],
-        ),
+        &slice("shown", "east", &[(topology.pod_ip(1, 0), READY), (topology.pod_ip(1, 1), TERMINATING)]),
     );
     dir.write("slice-west.json", &ready_slice(&topology, "shown", 2));
     let mut agent = start_agent(&topology, &prefix, &dir, topology.client_iface(), &[]);

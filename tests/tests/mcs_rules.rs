@@ -1,4 +1,4 @@
-//! The MCS rules of `shared/mcs-semantics.md`, end to end through the agent and the datapath
+//! The MCS rules of `docs/mcs-semantics.md`, end to end through the agent and the datapath
 //! (ISSUE-3's integration tests): real sockets between network namespaces, the agent running
 //! on the client's node, fed with manifests written by the test.
 //!
@@ -21,7 +21,7 @@ use std::{
 use mcs_tests::{
     agent::AgentGuard,
     client::{HeldStream, ServerInfo, cluster_of, ping_all, tcp_info, udp_info},
-    manifest::{self, Endpoint, EndpointSlice, ManifestDir, ServiceImport},
+    manifest::{self, ManifestDir, NOT_READY, import, slice},
     netns::unique_prefix,
     topology::{ClusterSpec, Topology, TopologySpec},
     wait_table_clusters, wait_until,
@@ -107,15 +107,11 @@ fn six_exporting_clusters_are_answered_by_the_five_the_ranking_names() {
     let dir = ManifestDir::new(&prefix);
     dir.write(
         "import.json",
-        &ServiceImport::new(NS, "capped", *vip.ip())
-            .port("http", "TCP", 80)
-            .status_clusters(&["c9", "c404", "c3"])
-            .to_json(),
+        &import(NS, "capped").ip(*vip.ip()).tcp("http", 80).status_clusters(&["c9", "c404", "c3"]),
     );
     for (i, name) in names.iter().enumerate() {
-        let slice =
-            EndpointSlice::new(NS, "capped", name).port("http", "TCP", 8080).ready(&[topology.pod_ip(i + 1, 0)]);
-        dir.write(&format!("slice-{name}.json"), &slice.to_json());
+        let slice = slice(NS, "capped", name).tcp("http", 8080).ready_all([topology.pod_ip(i + 1, 0)]);
+        dir.write(&format!("slice-{name}.json"), &slice);
     }
     let mut agent = AgentGuard::start(topology.node(0), &prefix, dir.path(), topology.client_iface(), "local");
 
@@ -131,10 +127,8 @@ fn six_exporting_clusters_are_answered_by_the_five_the_ranking_names() {
 
     // Readiness does not change membership: c3's endpoint goes unready, c3 stays selected and
     // c7 is not promoted.
-    let unready = EndpointSlice::new(NS, "capped", "c3")
-        .port("http", "TCP", 8080)
-        .endpoint(Endpoint::unready(topology.pod_ip(2, 0)));
-    manifest::write(&agent.manifests, "slice-c3.json", &unready.to_json());
+    let unready = slice(NS, "capped", "c3").tcp("http", 8080).with_conditions(topology.pod_ip(2, 0), NOT_READY);
+    manifest::write(&agent.manifests, "slice-c3.json", &unready);
     wait_table_clusters(&agent.pin_path, *vip.ip(), 80, "TCP", &["c9", "c10", "c11", "c2"]);
     let answers = tcp_many_ok(&topology, vip, 100, "c3 unready");
     let expected: BTreeSet<String> = ["c9", "c10", "c11", "c2"].iter().map(|s| (*s).to_owned()).collect();
@@ -172,30 +166,19 @@ fn http_and_https_reach_each_clusters_own_target_ports() {
     let dir = ManifestDir::new(&prefix);
     dir.write(
         "import.json",
-        &ServiceImport::new(NS, "web", ip)
-            .port("http", "TCP", 80)
-            .port("https", "TCP", 443)
-            .status_clusters(&["east", "west", "north"])
-            .to_json(),
+        &import(NS, "web").ip(ip).tcp("http", 80).tcp("https", 443).status_clusters(&["east", "west", "north"]),
     );
-    let east = EndpointSlice::new(NS, "web", "east")
-        .port("http", "TCP", 8080)
-        .port("https", "TCP", 8443)
-        .ready(&[topology.pod_ip(1, 0), topology.pod_ip(1, 1)]);
-    let west = EndpointSlice::new(NS, "web", "west")
-        .port("https", "TCP", 9443)
-        .port("http", "TCP", 9080)
-        .ready(&[topology.pod_ip(2, 0)]);
-    let north_http = EndpointSlice::new(NS, "web", "north")
-        .named("web-north-http")
-        .port("http", "TCP", 7080)
-        .ready(&[topology.pod_ip(3, 0)]);
-    let north_https = EndpointSlice::new(NS, "web", "north")
-        .named("web-north-https")
-        .port("https", "TCP", 7443)
-        .ready(&[topology.pod_ip(3, 0)]);
+    let east = slice(NS, "web", "east")
+        .tcp("http", 8080)
+        .tcp("https", 8443)
+        .ready_all([topology.pod_ip(1, 0), topology.pod_ip(1, 1)]);
+    let west = slice(NS, "web", "west").tcp("https", 9443).tcp("http", 9080).ready_all([topology.pod_ip(2, 0)]);
+    let north_http =
+        slice(NS, "web", "north").named("web-north-http").tcp("http", 7080).ready_all([topology.pod_ip(3, 0)]);
+    let north_https =
+        slice(NS, "web", "north").named("web-north-https").tcp("https", 7443).ready_all([topology.pod_ip(3, 0)]);
     for (name, slice) in [("east", east), ("west", west), ("north-http", north_http), ("north-https", north_https)] {
-        dir.write(&format!("slice-{name}.json"), &slice.to_json());
+        dir.write(&format!("slice-{name}.json"), &slice);
     }
     let mut agent = AgentGuard::start(topology.node(0), &prefix, dir.path(), topology.client_iface(), "local");
 
@@ -224,25 +207,14 @@ fn tcp_and_udp_on_the_same_port_number_both_work() {
     let ip = Ipv4Addr::new(198, 19, 3, 3);
     let vip = SocketAddrV4::new(ip, 42);
     let dir = ManifestDir::new(&prefix);
-    dir.write(
-        "import.json",
-        &ServiceImport::new(NS, "dual", ip).port("tcp", "TCP", 42).port("udp", "UDP", 42).to_json(),
-    );
+    dir.write("import.json", &import(NS, "dual").ip(ip).tcp("tcp", 42).udp("udp", 42));
     dir.write(
         "slice-east.json",
-        &EndpointSlice::new(NS, "dual", "east")
-            .port("tcp", "TCP", 42)
-            .port("udp", "UDP", 42)
-            .ready(&[topology.pod_ip(1, 0)])
-            .to_json(),
+        &slice(NS, "dual", "east").tcp("tcp", 42).udp("udp", 42).ready_all([topology.pod_ip(1, 0)]),
     );
     dir.write(
         "slice-west.json",
-        &EndpointSlice::new(NS, "dual", "west")
-            .port("udp", "UDP", 5242)
-            .port("tcp", "TCP", 4242)
-            .ready(&[topology.pod_ip(2, 0)])
-            .to_json(),
+        &slice(NS, "dual", "west").udp("udp", 5242).tcp("tcp", 4242).ready_all([topology.pod_ip(2, 0)]),
     );
     let mut agent = AgentGuard::start(topology.node(0), &prefix, dir.path(), topology.client_iface(), "local");
     converge(&topology, &mut agent, vip, "agent programs rules/dual", |_| true);
@@ -289,10 +261,10 @@ fn sigkill_and_restart_break_no_established_connection() {
     let vip = SocketAddrV4::new(ip, 80);
     let slice = |c: usize, name: &str, port: u16| {
         let ips: Vec<Ipv4Addr> = (0..topology.pods_in(c)).map(|j| topology.pod_ip(c, j)).collect();
-        EndpointSlice::new(NS, "kept", name).port("http", "TCP", port).ready(&ips).to_json()
+        slice(NS, "kept", name).tcp("http", port).ready_all(&ips)
     };
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &ServiceImport::new(NS, "kept", ip).port("http", "TCP", 80).to_json());
+    dir.write("import.json", &import(NS, "kept").ip(ip).tcp("http", 80));
     dir.write("slice-east.json", &slice(1, "east", 8080));
     dir.write("slice-west.json", &slice(2, "west", 9080));
     let mut agent = AgentGuard::start(topology.node(0), &prefix, dir.path(), topology.client_iface(), "local");

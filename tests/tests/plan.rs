@@ -1,48 +1,42 @@
 //! `mcs-agent plan` end to end: the built binary on directories of manifests,
-//! one test per rule of `mcs-semantics.md`, asserting on the parsed JSON (the
+//! one test per rule of `docs/mcs-semantics.md`, asserting on the parsed JSON (the
 //! contract in `docs/plan.md`). No root, no kernel: `plan` only translates.
 //!
 //! The binary must be built first (`cargo build --bins`; `cargo xtask test`
 //! does it).
-use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use mcs_core::testkit::{self, gke_import, service_slice};
+use mcs_tests::manifest::{ImportBuilder, NOT_READY, READY, TERMINATING, import, slice};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 // ---- harness ----------------------------------------------------------------
 
 /// A temporary manifest directory, removed on drop (also when a test panics).
-struct ManifestDir(PathBuf);
+struct ManifestDir(tempfile::TempDir);
 
 impl ManifestDir {
     fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mcs-plan-test-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Self(dir)
+        let dir = tempfile::Builder::new().prefix(&format!("mcs-plan-test-{test}-")).tempdir();
+        Self(dir.unwrap_or_else(|e| panic!("creating a temporary directory for {test}: {e}")))
     }
 
     fn write(&self, file: &str, documents: &[String]) -> &Self {
-        let path = self.0.join(file);
+        let path = self.0.path().join(file);
         fs::write(&path, documents.join("---\n")).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         self
     }
 
     fn remove(&self, file: &str) {
-        let path = self.0.join(file);
+        let path = self.0.path().join(file);
         fs::remove_file(&path).unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
     }
 
     fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ManifestDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
@@ -128,7 +122,7 @@ fn ip_of(value: &Value) -> std::net::Ipv4Addr {
 }
 
 /// The service entry (namespace, name, port, protocol).
-fn service<'a>(plan: &'a Value, namespace: &str, name: &str, port: u16, protocol: &str) -> &'a Value {
+fn service<'a>(plan: &'a Value, (namespace, name): (&str, &str), (port, protocol): (u16, &str)) -> &'a Value {
     plan["services"]
         .as_array()
         .expect("services")
@@ -192,67 +186,21 @@ fn warnings(plan: &Value) -> Vec<String> {
     plan["warnings"].as_array().expect("warnings").iter().map(|w| w.as_str().expect("a string").to_owned()).collect()
 }
 
-// ---- manifests --------------------------------------------------------------
+// ---- manifests: the shared test kit's objects, written as YAML ----------------
 
-/// A `ServiceImport` (v1beta1) with `ips`, `ports` (name, protocol, port) and
-/// extra `spec` lines.
-fn import(ns: &str, name: &str, ips: &[&str], ports: &[(&str, &str, i64)], spec_extra: &str) -> String {
-    let mut text = format!(
-        "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\nmetadata:\n  namespace: {ns}\n  name: {name}\n\
-         spec:\n  type: ClusterSetIP\n  ips: [{}]\n  ports:\n",
-        ips.join(", ")
-    );
-    for (port_name, protocol, port) in ports {
-        let _ = writeln!(text, "  - {{name: {port_name}, protocol: {protocol}, port: {port}}}");
-    }
-    text.push_str(spec_extra);
-    text
-}
-
-/// An MCS `EndpointSlice` of `service` from `cluster`, with `ports` (name,
-/// protocol, port) and `endpoints` (address, ready, serving, terminating).
-fn slice(
-    ns: &str,
-    name: &str,
-    service: &str,
-    cluster: &str,
-    ports: &[(&str, &str, i64)],
-    endpoints: &[(&str, bool, bool, bool)],
-) -> String {
-    let mut text = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  namespace: {ns}\n  name: {name}\n  labels:\n\
-         \x20   multicluster.kubernetes.io/service-name: {service}\n\
-         \x20   multicluster.kubernetes.io/source-cluster: {cluster}\naddressType: IPv4\nports:\n"
-    );
-    for (port_name, protocol, port) in ports {
-        let _ = writeln!(text, "- {{name: {port_name}, protocol: {protocol}, port: {port}}}");
-    }
-    text.push_str(if endpoints.is_empty() { "endpoints: []\n" } else { "endpoints:\n" });
-    for (address, ready, serving, terminating) in endpoints {
-        let _ = writeln!(
-            text,
-            "- {{addresses: [{address}], conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}}}"
-        );
-    }
-    text
-}
-
-const READY: (bool, bool, bool) = (true, true, false);
-const TERMINATING: (bool, bool, bool) = (false, true, true);
-const NOT_READY: (bool, bool, bool) = (false, false, false);
-
-fn ep(address: &str, (ready, serving, terminating): (bool, bool, bool)) -> (&str, bool, bool, bool) {
-    (address, ready, serving, terminating)
+/// `object` as one YAML document.
+fn yaml(object: &impl Serialize) -> String {
+    serde_norway::to_string(object).expect("a built object serializes")
 }
 
 /// demo/web: ClusterSetIP 198.19.0.1, http 80/TCP.
-fn web(spec_extra: &str) -> String {
-    import("demo", "web", &["198.19.0.1"], &[("http", "TCP", 80)], spec_extra)
+fn web() -> ImportBuilder {
+    import("demo", "web").ip("198.19.0.1").tcp("http", 80)
 }
 
 /// A slice of demo/web from `cluster` with one ready endpoint on http/8080.
 fn web_slice(cluster: &str, address: &str) -> String {
-    slice("demo", &format!("web-{cluster}"), "web", cluster, &[("http", "TCP", 8080)], &[ep(address, READY)])
+    yaml(&slice("demo", "web", cluster).tcp("http", 8080).with_conditions(address, READY))
 }
 
 // ---- one test per rule -------------------------------------------------------
@@ -263,26 +211,24 @@ fn keying_tcp_and_udp_on_one_port_are_two_entries() {
     dir.write(
         "all.yaml",
         &[
-            import("demo", "dns", &["198.19.0.2"], &[("dns-tcp", "TCP", 42), ("dns-udp", "UDP", 42)], "")
-                // appProtocol has no dataplane effect (L4 only).
-                .replace(
-                    "{name: dns-tcp, protocol: TCP, port: 42}",
-                    "{name: dns-tcp, protocol: TCP, port: 42, appProtocol: dns}",
-                ),
-            slice(
-                "demo",
-                "dns-east",
-                "dns",
-                "east",
-                &[("dns-tcp", "TCP", 4200), ("dns-udp", "UDP", 4201)],
-                &[ep("198.18.1.1", READY)],
+            // appProtocol has no dataplane effect (L4 only).
+            yaml(
+                &import("demo", "dns")
+                    .ips(&["198.19.0.2"])
+                    .ports(&[("dns-tcp", "TCP", 42), ("dns-udp", "UDP", 42)])
+                    .app_protocol("dns-tcp", "dns"),
+            ),
+            yaml(
+                &slice("demo", "dns", "east")
+                    .ports(&[("dns-tcp", "TCP", 4200), ("dns-udp", "UDP", 4201)])
+                    .with_conditions("198.18.1.1", READY),
             ),
         ],
     );
     let plan = plan(&dir, &[]);
     assert_eq!(plan["services"].as_array().map(Vec::len), Some(2), "{plan:#}");
-    let tcp = service(&plan, "demo", "dns", 42, "TCP");
-    let udp = service(&plan, "demo", "dns", 42, "UDP");
+    let tcp = service(&plan, ("demo", "dns"), (42, "TCP"));
+    let udp = service(&plan, ("demo", "dns"), (42, "UDP"));
     assert_eq!(tcp["ip"], "198.19.0.2");
     assert_eq!(tcp["portName"], "dns-tcp");
     assert_eq!(backends(tcp), ["east 198.18.1.1:4200 ready"]);
@@ -297,25 +243,25 @@ fn ports_are_matched_by_name_then_protocol_in_every_cluster() {
     let ports = |http, https| [("https", "TCP", https), ("http", "TCP", http)];
     dir.write(
         "import.yaml",
-        &[import("demo", "web", &["198.19.0.1"], &[("http", "TCP", 80), ("https", "TCP", 443)], "")],
+        &[yaml(&import("demo", "web").ips(&["198.19.0.1"]).ports(&[("http", "TCP", 80), ("https", "TCP", 443)]))],
     )
     .write(
         "slices.yaml",
         &[
-            slice("demo", "web-east", "web", "east", &ports(8080, 8443), &[ep("198.18.1.1", READY)]),
-            slice("demo", "web-west", "web", "west", &ports(9080, 9443), &[ep("198.18.2.1", READY)]),
-            slice("demo", "web-north", "web", "north", &ports(80, 443), &[ep("198.18.3.1", READY)]),
+            yaml(&slice("demo", "web", "east").ports(&ports(8080, 8443)).with_conditions("198.18.1.1", READY)),
+            yaml(&slice("demo", "web", "west").ports(&ports(9080, 9443)).with_conditions("198.18.2.1", READY)),
+            yaml(&slice("demo", "web", "north").ports(&ports(80, 443)).with_conditions("198.18.3.1", READY)),
             // Same name, other protocol: no match.
-            slice("demo", "web-south", "web", "south", &[("http", "UDP", 7080)], &[ep("198.18.4.1", READY)]),
+            yaml(&slice("demo", "web", "south").ports(&[("http", "UDP", 7080)]).with_conditions("198.18.4.1", READY)),
         ],
     );
     let plan = plan(&dir, &[]);
     assert_eq!(
-        backends(service(&plan, "demo", "web", 80, "TCP")),
+        backends(service(&plan, ("demo", "web"), (80, "TCP"))),
         ["east 198.18.1.1:8080 ready", "north 198.18.3.1:80 ready", "west 198.18.2.1:9080 ready"]
     );
     assert_eq!(
-        backends(service(&plan, "demo", "web", 443, "TCP")),
+        backends(service(&plan, ("demo", "web"), (443, "TCP"))),
         ["east 198.18.1.1:8443 ready", "north 198.18.3.1:443 ready", "west 198.18.2.1:9443 ready"]
     );
 }
@@ -323,13 +269,12 @@ fn ports_are_matched_by_name_then_protocol_in_every_cluster() {
 #[test]
 fn exporting_cluster_cap_ranks_excludes_and_promotes() {
     let dir = ManifestDir::new("cap");
-    let status = "status:\n  clusters:\n  - cluster: c6\n  - cluster: c2\n";
-    dir.write("import.yaml", &[format!("{}{status}", web(""))]);
+    dir.write("import.yaml", &[yaml(&web().status_clusters(&["c6", "c2"]))]);
     for i in 1..=6 {
         dir.write(&format!("slice-c{i}.yaml"), &[web_slice(&format!("c{i}"), &format!("198.18.{i}.1"))]);
     }
     let clusters = |plan: &Value| -> Vec<String> {
-        backends(service(plan, "demo", "web", 80, "TCP"))
+        backends(service(plan, ("demo", "web"), (80, "TCP")))
             .iter()
             .map(|b| b.split(' ').next().expect("cluster").to_owned())
             .collect()
@@ -343,7 +288,7 @@ fn exporting_cluster_cap_ranks_excludes_and_promotes() {
     // Readiness does not change membership: c1 going unready keeps c5 out.
     dir.write(
         "slice-c1.yaml",
-        &[slice("demo", "web-c1", "web", "c1", &[("http", "TCP", 8080)], &[ep("198.18.1.1", NOT_READY)])],
+        &[yaml(&slice("demo", "web", "c1").ports(&[("http", "TCP", 8080)]).with_conditions("198.18.1.1", NOT_READY))],
     );
     let unready = plan(&dir, &[]);
     assert_eq!(clusters(&unready), ["c2", "c3", "c4", "c6"]);
@@ -352,7 +297,7 @@ fn exporting_cluster_cap_ranks_excludes_and_promotes() {
     // A change in the unselected cluster changes nothing.
     dir.write(
         "slice-c5.yaml",
-        &[slice("demo", "web-c5", "web", "c5", &[("http", "TCP", 9999)], &[ep("198.18.5.9", READY)])],
+        &[yaml(&slice("demo", "web", "c5").ports(&[("http", "TCP", 9999)]).with_conditions("198.18.5.9", READY))],
     );
     assert_eq!(plan(&dir, &[]), unready);
 
@@ -373,22 +318,25 @@ fn exporting_cluster_cap_ranks_excludes_and_promotes() {
 #[test]
 fn readiness_terminating_fallback_and_draining() {
     let dir = ManifestDir::new("readiness");
-    dir.write("web.yaml", &[web("")]).write(
+    dir.write("web.yaml", &[yaml(&web())]).write(
         "slices.yaml",
         &[
-            slice(
-                "demo",
-                "web-east",
-                "web",
-                "east",
-                &[("http", "TCP", 8080)],
-                &[ep("198.18.1.1", READY), ep("198.18.1.2", TERMINATING), ep("198.18.1.3", NOT_READY)],
+            yaml(
+                &slice("demo", "web", "east")
+                    .ports(&[("http", "TCP", 8080)])
+                    .with_conditions("198.18.1.1", READY)
+                    .with_conditions("198.18.1.2", TERMINATING)
+                    .with_conditions("198.18.1.3", NOT_READY),
             ),
-            slice("demo", "web-west", "web", "west", &[("http", "TCP", 9080)], &[ep("198.18.2.1", TERMINATING)]),
+            yaml(
+                &slice("demo", "web", "west")
+                    .ports(&[("http", "TCP", 9080)])
+                    .with_conditions("198.18.2.1", TERMINATING),
+            ),
         ],
     );
     let plan1 = plan(&dir, &[]);
-    let web = service(&plan1, "demo", "web", 80, "TCP");
+    let web = service(&plan1, ("demo", "web"), (80, "TCP"));
     assert_eq!(backends(web), ["east 198.18.1.1:8080 ready"]);
     assert_eq!(endpoints(web, "draining"), ["east 198.18.1.2:8080 terminating", "west 198.18.2.1:9080 terminating"]);
 
@@ -397,45 +345,46 @@ fn readiness_terminating_fallback_and_draining() {
     dir.write(
         "slices.yaml",
         &[
-            slice(
-                "demo",
-                "web-east",
-                "web",
-                "east",
-                &[("http", "TCP", 8080)],
-                &[ep("198.18.1.2", TERMINATING), ep("198.18.1.3", NOT_READY)],
+            yaml(
+                &slice("demo", "web", "east")
+                    .ports(&[("http", "TCP", 8080)])
+                    .with_conditions("198.18.1.2", TERMINATING)
+                    .with_conditions("198.18.1.3", NOT_READY),
             ),
-            slice("demo", "web-west", "web", "west", &[("http", "TCP", 9080)], &[ep("198.18.2.1", TERMINATING)]),
+            yaml(
+                &slice("demo", "web", "west")
+                    .ports(&[("http", "TCP", 9080)])
+                    .with_conditions("198.18.2.1", TERMINATING),
+            ),
         ],
     );
     let plan2 = plan(&dir, &[]);
-    let web = service(&plan2, "demo", "web", 80, "TCP");
+    let web = service(&plan2, ("demo", "web"), (80, "TCP"));
     assert_eq!(backends(web), ["east 198.18.1.2:8080 terminating", "west 198.18.2.1:9080 terminating"]);
     assert_eq!(endpoints(web, "draining"), Vec::<String>::new());
 
     // Nothing usable: the entry stays, with no backends (fail fast).
     dir.write(
         "slices.yaml",
-        &[slice("demo", "web-east", "web", "east", &[("http", "TCP", 8080)], &[ep("198.18.1.3", NOT_READY)])],
+        &[yaml(&slice("demo", "web", "east").ports(&[("http", "TCP", 8080)]).with_conditions("198.18.1.3", NOT_READY))],
     );
     let plan3 = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan3, "demo", "web", 80, "TCP")), Vec::<String>::new());
+    assert_eq!(backends(service(&plan3, ("demo", "web"), (80, "TCP"))), Vec::<String>::new());
 }
 
 #[test]
 fn locality_flag_and_annotation() {
     let dir = ManifestDir::new("locality");
-    dir.write("web.yaml", &[web("")])
+    dir.write("web.yaml", &[yaml(&web())])
         .write("slices.yaml", &[web_slice("east", "198.18.1.1"), web_slice("west", "198.18.2.1")]);
-    let get = |extra: &[&str]| backends(service(&plan(&dir, extra), "demo", "web", 80, "TCP"));
+    let get = |extra: &[&str]| backends(service(&plan(&dir, extra), ("demo", "web"), (80, "TCP")));
     let all = ["east 198.18.1.1:8080 ready", "west 198.18.2.1:8080 ready"];
     // The local cluster's endpoints are backends like any other's.
     assert_eq!(get(&["--cluster-id", "east"]), all);
     assert_eq!(get(&["--cluster-id", "east", "--locality", "local"]), ["east 198.18.1.1:8080 ready"]);
     assert_eq!(get(&["--cluster-id", "east", "--locality", "remote"]), ["west 198.18.2.1:8080 ready"]);
 
-    let annotated = web("").replace("  name: web\n", "  name: web\n  annotations:\n    mcs-ebpf.dev/locality: local\n");
-    dir.write("web.yaml", &[annotated]);
+    dir.write("web.yaml", &[yaml(&web().annotation("mcs-ebpf.dev/locality", "local"))]);
     assert_eq!(get(&["--cluster-id", "west"]), ["west 198.18.2.1:8080 ready"]);
     assert_eq!(get(&["--cluster-id", "west", "--locality", "remote"]), ["west 198.18.2.1:8080 ready"]);
 }
@@ -446,10 +395,10 @@ fn types_headless_no_ips_and_ip_changes() {
     dir.write(
         "imports.yaml",
         &[
-            web(""),
-            import("demo", "headless", &[], &[("http", "TCP", 80)], "").replace("type: ClusterSetIP", "type: Headless"),
-            import("demo", "pending", &[], &[("http", "TCP", 80)], ""),
-            import("demo", "v6", &["fd00::10"], &[("http", "TCP", 80)], "  ipFamilies: [IPv6]\n"),
+            yaml(&web()),
+            yaml(&import("demo", "headless").ports(&[("http", "TCP", 80)]).type_("Headless")),
+            yaml(&import("demo", "pending").ports(&[("http", "TCP", 80)])),
+            yaml(&import("demo", "v6").ips(&["fd00::10"]).ports(&[("http", "TCP", 80)]).family("IPv6")),
         ],
     )
     .write(
@@ -457,8 +406,13 @@ fn types_headless_no_ips_and_ip_changes() {
         &[
             web_slice("east", "198.18.1.1"),
             // An IPv6 slice is not used for the IPv4 ClusterSetIP.
-            slice("demo", "web-v6", "web", "east", &[("http", "TCP", 8080)], &[ep("fd00::1", READY)])
-                .replace("addressType: IPv4", "addressType: IPv6"),
+            yaml(
+                &slice("demo", "web", "east")
+                    .named("web-v6")
+                    .ports(&[("http", "TCP", 8080)])
+                    .with_conditions("fd00::1", READY)
+                    .address_type("IPv6"),
+            ),
         ],
     );
     let before = plan(&dir, &[]);
@@ -467,11 +421,11 @@ fn types_headless_no_ips_and_ip_changes() {
     assert_eq!(reasons, ["demo/headless headless", "demo/pending no-ips", "demo/v6 invalid"]);
     assert!(skips[1].3.contains("spec.ips"), "{skips:?}");
     assert!(skips[2].3.contains("IPv6 is not translated"), "{skips:?}");
-    assert_eq!(service(&before, "demo", "web", 80, "TCP")["ip"], "198.19.0.1");
-    assert_eq!(backends(service(&before, "demo", "web", 80, "TCP")), ["east 198.18.1.1:8080 ready"]);
+    assert_eq!(service(&before, ("demo", "web"), (80, "TCP"))["ip"], "198.19.0.1");
+    assert_eq!(backends(service(&before, ("demo", "web"), (80, "TCP"))), ["east 198.18.1.1:8080 ready"]);
 
     // A new ClusterSetIP: the old one is gone, the new one has the backends.
-    dir.write("imports.yaml", &[web("").replace("198.19.0.1", "198.19.0.9")]);
+    dir.write("imports.yaml", &[yaml(&import("demo", "web").ip("198.19.0.9").tcp("http", 80))]);
     let after = plan(&dir, &[]);
     let services = after["services"].as_array().expect("services");
     assert_eq!(services.len(), 1, "{after:#}");
@@ -482,21 +436,18 @@ fn types_headless_no_ips_and_ip_changes() {
 #[test]
 fn session_affinity() {
     let dir = ManifestDir::new("affinity");
-    let affinity = |t: i64| {
-        format!("  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n")
-    };
     dir.write(
         "imports.yaml",
         &[
-            import("demo", "a", &["198.19.0.1"], &[("http", "TCP", 80)], &affinity(60)),
-            import("demo", "b", &["198.19.0.2"], &[("http", "TCP", 80)], &affinity(0)),
-            import("demo", "c", &["198.19.0.3"], &[("http", "TCP", 80)], &affinity(86_401)),
-            import("demo", "d", &["198.19.0.4"], &[("http", "TCP", 80)], "  sessionAffinity: ClientIP\n"),
-            import("demo", "e", &["198.19.0.5"], &[("http", "TCP", 80)], "  sessionAffinity: None\n"),
+            yaml(&import("demo", "a").ips(&["198.19.0.1"]).ports(&[("http", "TCP", 80)]).client_ip_affinity(60)),
+            yaml(&import("demo", "b").ips(&["198.19.0.2"]).ports(&[("http", "TCP", 80)]).client_ip_affinity(0)),
+            yaml(&import("demo", "c").ips(&["198.19.0.3"]).ports(&[("http", "TCP", 80)]).client_ip_affinity(86_401)),
+            yaml(&import("demo", "d").ips(&["198.19.0.4"]).ports(&[("http", "TCP", 80)]).affinity("ClientIP", None)),
+            yaml(&import("demo", "e").ips(&["198.19.0.5"]).ports(&[("http", "TCP", 80)]).affinity("None", None)),
         ],
     );
     let plan = plan(&dir, &[]);
-    let get = |name: &str| service(&plan, "demo", name, 80, "TCP")["sessionAffinity"].clone();
+    let get = |name: &str| service(&plan, ("demo", name), (80, "TCP"))["sessionAffinity"].clone();
     assert_eq!(get("a"), json!({"clientIP": true, "timeoutSeconds": 60}));
     assert_eq!(get("b"), json!({"clientIP": true, "timeoutSeconds": 10800}));
     assert_eq!(get("c"), json!({"clientIP": true, "timeoutSeconds": 10800}));
@@ -520,17 +471,17 @@ fn namespace_sameness() {
     dir.write(
         "all.yaml",
         &[
-            web(""),
-            import("prod", "web", &["198.19.0.2"], &[("http", "TCP", 80)], ""),
+            yaml(&web()),
+            yaml(&import("prod", "web").ips(&["198.19.0.2"]).ports(&[("http", "TCP", 80)])),
             web_slice("east", "198.18.1.1"),
-            slice("prod", "web-east", "web", "east", &[("http", "TCP", 8080)], &[ep("198.18.9.1", READY)]),
-            slice("prod", "web-west", "web", "west", &[("http", "TCP", 8080)], &[ep("198.18.9.2", READY)]),
+            yaml(&slice("prod", "web", "east").ports(&[("http", "TCP", 8080)]).with_conditions("198.18.9.1", READY)),
+            yaml(&slice("prod", "web", "west").ports(&[("http", "TCP", 8080)]).with_conditions("198.18.9.2", READY)),
         ],
     );
     let plan = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan, "demo", "web", 80, "TCP")), ["east 198.18.1.1:8080 ready"]);
+    assert_eq!(backends(service(&plan, ("demo", "web"), (80, "TCP"))), ["east 198.18.1.1:8080 ready"]);
     assert_eq!(
-        backends(service(&plan, "prod", "web", 80, "TCP")),
+        backends(service(&plan, ("prod", "web"), (80, "TCP"))),
         ["east 198.18.9.1:8080 ready", "west 198.18.9.2:8080 ready"]
     );
 }
@@ -538,37 +489,34 @@ fn namespace_sameness() {
 #[test]
 fn deletion_of_an_import_and_of_a_clusters_slices() {
     let dir = ManifestDir::new("deletion");
-    dir.write("web.yaml", &[import("demo", "web", &["198.19.0.1"], &[("http", "TCP", 80), ("alt", "UDP", 81)], "")])
-        .write("api.yaml", &[import("demo", "api", &["198.19.0.2"], &[("http", "TCP", 80)], "")])
-        .write(
-            "east.yaml",
-            &[slice(
-                "demo",
-                "web-east",
-                "web",
-                "east",
-                &[("http", "TCP", 8080), ("alt", "UDP", 8081)],
-                &[ep("198.18.1.1", READY)],
-            )],
-        )
-        .write(
-            "west.yaml",
-            &[slice(
-                "demo",
-                "web-west",
-                "web",
-                "west",
-                &[("http", "TCP", 8080), ("alt", "UDP", 8081)],
-                &[ep("198.18.2.1", READY)],
-            )],
-        );
+    dir.write(
+        "web.yaml",
+        &[yaml(&import("demo", "web").ips(&["198.19.0.1"]).ports(&[("http", "TCP", 80), ("alt", "UDP", 81)]))],
+    )
+    .write("api.yaml", &[yaml(&import("demo", "api").ips(&["198.19.0.2"]).ports(&[("http", "TCP", 80)]))])
+    .write(
+        "east.yaml",
+        &[yaml(
+            &slice("demo", "web", "east")
+                .ports(&[("http", "TCP", 8080), ("alt", "UDP", 8081)])
+                .with_conditions("198.18.1.1", READY),
+        )],
+    )
+    .write(
+        "west.yaml",
+        &[yaml(
+            &slice("demo", "web", "west")
+                .ports(&[("http", "TCP", 8080), ("alt", "UDP", 8081)])
+                .with_conditions("198.18.2.1", READY),
+        )],
+    );
     assert_eq!(plan(&dir, &[])["services"].as_array().map(Vec::len), Some(3));
 
     // Every slice of east deleted: its backends vanish from every port.
     dir.remove("east.yaml");
     let plan1 = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan1, "demo", "web", 80, "TCP")), ["west 198.18.2.1:8080 ready"]);
-    assert_eq!(backends(service(&plan1, "demo", "web", 81, "UDP")), ["west 198.18.2.1:8081 ready"]);
+    assert_eq!(backends(service(&plan1, ("demo", "web"), (80, "TCP"))), ["west 198.18.2.1:8080 ready"]);
+    assert_eq!(backends(service(&plan1, ("demo", "web"), (81, "UDP"))), ["west 198.18.2.1:8081 ready"]);
 
     // The import deleted: all its entries go, the other import stays.
     dir.remove("web.yaml");
@@ -580,73 +528,40 @@ fn deletion_of_an_import_and_of_a_clusters_slices() {
 #[test]
 fn gke_imports_with_their_derived_endpoints() {
     let dir = ManifestDir::new("gke");
-    let gke_import = "\
-apiVersion: net.gke.io/v1
-kind: ServiceImport
-metadata:
-  namespace: demo
-  name: shop
-  annotations:
-    net.gke.io/derived-service: gke-mcs-shop
-status:
-  type: ClusterSetIP
-  ips: [198.19.0.30]
-  ports:
-  - {name: http, protocol: TCP, port: 80}
-  - {name: grpc, protocol: TCP, port: 9090}
-";
-    let endpoints = "\
-apiVersion: v1
-kind: Endpoints
-metadata: {namespace: demo, name: gke-mcs-shop}
-subsets:
-- addresses: [{ip: 198.18.5.1}, {ip: 198.18.5.2}]
-  notReadyAddresses: [{ip: 198.18.5.3}]
-  ports: [{name: http, port: 8080, protocol: TCP}, {name: grpc, port: 50051, protocol: TCP}]
-";
-    dir.write("gke.yaml", &[gke_import.to_owned(), endpoints.to_owned()]);
+    let gke_import =
+        gke_import("demo", "shop", "gke-mcs-shop").ip("198.19.0.30").port("http", "TCP", 80).port("grpc", "TCP", 9090);
+    let ports = [("http", Some("TCP"), 8080), ("grpc", Some("TCP"), 50051)];
+    let endpoints = yaml(&testkit::endpoints("demo", "gke-mcs-shop").subset(
+        &ports,
+        &["198.18.5.1", "198.18.5.2"],
+        &["198.18.5.3"],
+    ));
+    dir.write("gke.yaml", &[yaml(&gke_import), endpoints.clone()]);
     let plan1 = plan(&dir, &["--max-exporting-clusters", "1"]);
     assert_eq!(
-        backends(service(&plan1, "demo", "shop", 80, "TCP")),
+        backends(service(&plan1, ("demo", "shop"), (80, "TCP"))),
         [" 198.18.5.1:8080 ready", " 198.18.5.2:8080 ready"],
         "cluster is empty for GKE imports"
     );
     assert_eq!(
-        backends(service(&plan1, "demo", "shop", 9090, "TCP")),
+        backends(service(&plan1, ("demo", "shop"), (9090, "TCP"))),
         [" 198.18.5.1:50051 ready", " 198.18.5.2:50051 ready"]
     );
     assert_eq!(excluded(&plan1), Vec::<String>::new());
 
     // The derived service's EndpointSlices are used where they exist.
-    let derived_slice = "\
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  namespace: demo
-  name: gke-mcs-shop-abcde
-  labels:
-    kubernetes.io/service-name: gke-mcs-shop
-    endpointslice.kubernetes.io/managed-by: endpointslicemirroring-controller.k8s.io
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints:
-- addresses: [198.18.6.1]
-  conditions: {ready: true}
-";
-    dir.write("derived-slice.yaml", &[derived_slice.to_owned()]);
+    let derived_slice = service_slice("demo", "gke-mcs-shop-abcde", "gke-mcs-shop")
+        .label("endpointslice.kubernetes.io/managed-by", "endpointslicemirroring-controller.k8s.io")
+        .tcp("http", 8080)
+        .ready("198.18.6.1");
+    dir.write("derived-slice.yaml", &[yaml(&derived_slice)]);
     let plan2 = plan(&dir, &[]);
-    assert_eq!(backends(service(&plan2, "demo", "shop", 80, "TCP")), [" 198.18.6.1:8080 ready"]);
-    assert_eq!(backends(service(&plan2, "demo", "shop", 9090, "TCP")), Vec::<String>::new());
+    assert_eq!(backends(service(&plan2, ("demo", "shop"), (80, "TCP"))), [" 198.18.6.1:8080 ready"]);
+    assert_eq!(backends(service(&plan2, ("demo", "shop"), (9090, "TCP"))), Vec::<String>::new());
 
     // Without the annotation the import is skipped, naming it.
     dir.remove("derived-slice.yaml");
-    dir.write(
-        "gke.yaml",
-        &[
-            gke_import.replace("  annotations:\n    net.gke.io/derived-service: gke-mcs-shop\n", ""),
-            endpoints.to_owned(),
-        ],
-    );
+    dir.write("gke.yaml", &[yaml(&gke_import.annotation("net.gke.io/derived-service", None)), endpoints]);
     let plan3 = plan(&dir, &[]);
     let skips = skipped(&plan3);
     assert_eq!(skips.len(), 1, "{skips:?}");
@@ -657,37 +572,36 @@ endpoints:
 #[test]
 fn invalid_input_is_skipped_naming_the_field_and_disturbs_nothing_else() {
     let dir = ManifestDir::new("invalid");
-    let one_port = |name: &str, ips: &[&str], port: (&str, &str, i64)| import("demo", name, ips, &[port], "");
+    let one_port = |name: &str, ips: &[&str], (port_name, protocol, port): (&str, &str, i64)| {
+        import("demo", name).ips(ips).port(port_name, protocol, port)
+    };
     dir.write(
         "imports.yaml",
         &[
-            web(""),
-            one_port("bad-ip", &["198.19.0.300"], ("http", "TCP", 80)),
-            one_port("port-zero", &["198.19.0.3"], ("http", "TCP", 0)),
-            one_port("port-big", &["198.19.0.4"], ("http", "TCP", 65_536)),
-            one_port("sctp", &["198.19.0.5"], ("http", "SCTP", 80)),
-            import("demo", "dup-name", &["198.19.0.6"], &[("http", "TCP", 80), ("http", "UDP", 81)], ""),
-            one_port("three-ips", &["198.19.0.7", "fd00::7", "198.19.0.8"], ("http", "TCP", 80)),
-            one_port("family", &["198.19.0.9"], ("http", "TCP", 80))
-                .replace("  ports:\n", "  ipFamilies: [IPv6]\n  ports:\n"),
+            yaml(&web()),
+            yaml(&one_port("bad-ip", &["198.19.0.300"], ("http", "TCP", 80))),
+            yaml(&one_port("port-zero", &["198.19.0.3"], ("http", "TCP", 0))),
+            yaml(&one_port("port-big", &["198.19.0.4"], ("http", "TCP", 65_536))),
+            yaml(&one_port("sctp", &["198.19.0.5"], ("http", "SCTP", 80))),
+            yaml(&import("demo", "dup-name").ips(&["198.19.0.6"]).ports(&[("http", "TCP", 80), ("http", "UDP", 81)])),
+            yaml(&one_port("three-ips", &["198.19.0.7", "fd00::7", "198.19.0.8"], ("http", "TCP", 80))),
+            yaml(&one_port("family", &["198.19.0.9"], ("http", "TCP", 80)).family("IPv6")),
         ],
     )
     .write(
         "slices.yaml",
         &[
             web_slice("east", "198.18.1.1"),
-            slice(
-                "demo",
-                "web-west",
-                "web",
-                "west",
-                &[("http", "TCP", 8080)],
-                &[ep("198.18.2.300", READY), ep("198.18.2.1", READY)],
+            yaml(
+                &slice("demo", "web", "west")
+                    .ports(&[("http", "TCP", 8080)])
+                    .with_conditions("198.18.2.300", READY)
+                    .with_conditions("198.18.2.1", READY),
             ),
         ],
     )
     // A manifest that cannot be read: reported, the rest is planned.
-    .write("broken.yaml", &[web("").replace("port: 80", "port: eighty").replace("name: web", "name: broken")]);
+    .write("broken.yaml", &[yaml(&web()).replace("port: 80", "port: eighty").replace("name: web", "name: broken")]);
     let (plan, stderr) = plan_with_stderr(&dir, &[]);
     let skips = skipped(&plan);
     let got: Vec<(&str, &str)> = skips.iter().map(|(_, n, r, _)| (n.as_str(), r.as_str())).collect();
@@ -717,7 +631,7 @@ fn invalid_input_is_skipped_naming_the_field_and_disturbs_nothing_else() {
     }
     // The valid import is untouched, minus the one bad endpoint address.
     assert_eq!(
-        backends(service(&plan, "demo", "web", 80, "TCP")),
+        backends(service(&plan, ("demo", "web"), (80, "TCP"))),
         ["east 198.18.1.1:8080 ready", "west 198.18.2.1:8080 ready"]
     );
     let warnings = warnings(&plan);
@@ -749,11 +663,15 @@ fn table_output_shape() {
     dir.write(
         "all.yaml",
         &[
-            web("  sessionAffinity: ClientIP\n"),
-            import("demo", "empty", &["198.19.0.2"], &[("dns", "UDP", 53)], ""),
-            import("demo", "headless", &[], &[], "").replace("type: ClusterSetIP", "type: Headless"),
+            yaml(&web().affinity("ClientIP", None)),
+            yaml(&import("demo", "empty").ips(&["198.19.0.2"]).ports(&[("dns", "UDP", 53)])),
+            yaml(&import("demo", "headless").type_("Headless")),
             web_slice("east", "198.18.1.1"),
-            slice("demo", "web-west", "web", "west", &[("http", "TCP", 9080)], &[ep("198.18.2.1", TERMINATING)]),
+            yaml(
+                &slice("demo", "web", "west")
+                    .ports(&[("http", "TCP", 9080)])
+                    .with_conditions("198.18.2.1", TERMINATING),
+            ),
         ],
     );
     let output = run_agent(&["plan", "--manifests", dir.path().to_str().expect("UTF-8 path"), "-o", "table"]);

@@ -25,8 +25,11 @@ use anyhow::Result;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::error;
 
-use super::Snapshot;
-use crate::manifests::{self, Inputs, LoadError};
+use super::{Problem, Snapshot};
+use crate::{
+    manifests::{self, LoadError},
+    translate::Inputs,
+};
 
 /// What identifies one version of a file: it is read again when any of it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,8 +169,13 @@ impl DirCache {
     }
 
     /// Every problem, in file order: the listing's, then each file's.
-    fn problems(&self) -> Vec<String> {
-        self.listing_errors.iter().chain(self.files.values().flat_map(|c| &c.errors)).map(ToString::to_string).collect()
+    fn problems(&self) -> Vec<Problem> {
+        self.listing_errors
+            .iter()
+            .chain(self.files.values().flat_map(|c| &c.errors))
+            .cloned()
+            .map(Problem::from)
+            .collect()
     }
 
     /// Reads what changed in `dir` into `snapshot` (as the polling task does,
@@ -193,12 +201,16 @@ pub struct FileSource {
 
 impl FileSource {
     /// Starts polling `dir` every `interval`.
-    #[must_use]
-    pub fn start(dir: PathBuf, interval: Duration) -> Self {
+    ///
+    /// # Errors
+    /// When `dir` cannot be listed now (a directory that goes away later
+    /// is reported and waited for).
+    pub fn start(dir: PathBuf, interval: Duration) -> Result<Self> {
+        manifests::manifest_files(&dir)?;
         let latest = Arc::new(Mutex::new(None));
         let (tx, changes) = watch::channel(0_u64);
         let task = tokio::spawn(poll(dir, interval, Arc::clone(&latest), tx));
-        Self { latest, changes, task }
+        Ok(Self { latest, changes, task })
     }
 
     /// Waits until the directory's content changed.
@@ -271,10 +283,9 @@ mod tests {
 
     #[tokio::test]
     async fn reports_a_change_only_when_the_directory_changes() {
-        let dir = std::env::temp_dir().join(format!("mcs-file-source-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create dir");
-        let mut source = FileSource::start(dir.clone(), Duration::from_millis(10));
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let dir = temp.path().to_owned();
+        let mut source = FileSource::start(dir.clone(), Duration::from_millis(10)).expect("the directory exists");
         tokio::time::timeout(Duration::from_secs(5), source.changed()).await.expect("first read").expect("running");
         assert!(source.synced());
         assert!(source.snapshot().inputs.imports.is_empty());
@@ -295,8 +306,7 @@ mod tests {
         let snapshot = source.snapshot();
         assert_eq!(snapshot.inputs.imports.len(), 1, "{snapshot:?}");
         assert_eq!(snapshot.problems.len(), 1, "{snapshot:?}");
-        assert!(snapshot.problems[0].contains("broken.yaml"), "{:?}", snapshot.problems);
-        fs::remove_dir_all(&dir).expect("remove dir");
+        assert!(snapshot.problems[0].to_string().contains("broken.yaml"), "{:?}", snapshot.problems);
     }
 
     const IMPORT: &str = "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\n\
@@ -313,9 +323,8 @@ mod tests {
 
     #[test]
     fn only_changed_files_are_parsed_again_and_the_union_matches_load_dir() {
-        let dir = std::env::temp_dir().join(format!("mcs-file-cache-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create dir");
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let dir = temp.path().to_owned();
         fs::write(dir.join("a.yaml"), import("a")).expect("write a");
         fs::write(dir.join("b.yaml"), format!("{}---\n{}", import("b1"), import("b2"))).expect("write b");
         fs::write(dir.join("c.yaml"), import("c")).expect("write c");
@@ -326,7 +335,7 @@ mod tests {
             let expected: Vec<String> =
                 inputs.imports.iter().map(|i| i.metadata.name.clone().unwrap_or_default()).collect();
             assert_eq!(names(snapshot), expected);
-            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let problems: Vec<Problem> = errors.into_iter().map(Problem::from).collect();
             assert_eq!(snapshot.problems, problems);
         };
 
@@ -336,7 +345,7 @@ mod tests {
         assert_eq!(cache.parses, 4);
         assert_eq!(names(&snapshot), ["a", "b1", "b2", "c"]);
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
-        assert!(snapshot.problems[0].contains("d.yaml document 1"), "{:?}", snapshot.problems);
+        assert!(snapshot.problems[0].to_string().contains("d.yaml document 1"), "{:?}", snapshot.problems);
         same_as_load_dir(&snapshot);
 
         assert!(!cache.refresh(&dir, &mut snapshot).expect("second read"), "nothing changed");
@@ -360,7 +369,5 @@ mod tests {
         assert_eq!(names(&snapshot), ["b3", "bb", "c2", "d"]);
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
         same_as_load_dir(&snapshot);
-
-        fs::remove_dir_all(&dir).expect("remove dir");
     }
 }

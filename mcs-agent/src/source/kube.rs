@@ -59,7 +59,7 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::Snapshot;
+use super::{Problem, Snapshot};
 use crate::k8s::Object as _;
 use crate::{
     k8s::{self, GkeServiceImport, ServiceImport},
@@ -226,9 +226,9 @@ fn convert<T: DeserializeOwned>(obj: &DynamicObject, api_version: &str, kind: &s
 fn convert_cached<T: DeserializeOwned + Clone>(
     cache: &mut Cache<T>,
     objects: &[&DynamicObject],
-    what: &str,
+    what: &'static str,
     default_api_version: &str,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Vec<T> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(objects.len());
@@ -243,7 +243,13 @@ fn convert_cached<T: DeserializeOwned + Clone>(
         match &entry.1 {
             Ok(typed) => out.push(typed.clone()),
             Err(message) => {
-                problems.push(format!("{what} {}/{} ({api_version}) skipped: {message}", key.0, key.1));
+                problems.push(Problem::Object {
+                    kind: what,
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    api_version: api_version.to_owned(),
+                    message: message.clone(),
+                });
             }
         }
         seen.insert(key);
@@ -300,7 +306,7 @@ impl Converter {
             })
             .map(|e| (*e).clone())
             .collect();
-        problems.sort();
+        problems.sort_by_cached_key(ToString::to_string);
         Snapshot {
             inputs: Inputs { imports, slices: slices.into_values().collect(), gke_imports, endpoints },
             problems,
@@ -572,7 +578,7 @@ mod tests {
         assert_eq!(snapshot.inputs.imports.len(), 1);
         assert_eq!(snapshot.inputs.imports[0].name(), "good");
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
-        let problem = &snapshot.problems[0];
+        let problem = snapshot.problems[0].to_string();
         assert!(problem.contains("demo/bad") && problem.contains("spec.ports[0].port"), "{problem}");
 
         // A fixed object (new resourceVersion) is converted again; a deleted

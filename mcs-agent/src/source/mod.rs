@@ -8,10 +8,52 @@
 pub mod file;
 pub mod kube;
 
+use std::{path::PathBuf, time::Duration};
+
 use anyhow::{Result, bail};
 use tokio::sync::watch;
 
-use crate::{run::RunArgs, run::SourceKind, translate::Inputs};
+use crate::{manifests::LoadError, translate::Inputs};
+
+/// Which source to start, and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// A directory of manifests, checked every `poll_interval`.
+    File {
+        /// The directory.
+        dir: PathBuf,
+        /// How often it is checked.
+        poll_interval: Duration,
+    },
+    /// The Kubernetes API: `kubeconfig`, or the usual inference when `None`.
+    Kubernetes {
+        /// The kubeconfig file.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// An object that could not be read. It is skipped; everything else is used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// A manifest (or a whole file) of the file source.
+    #[error(transparent)]
+    Manifest(#[from] LoadError),
+    /// An object the Kubernetes API returned that does not have the
+    /// expected shape.
+    #[error("{kind} {namespace}/{name} ({api_version}) skipped: {message}")]
+    Object {
+        /// `ServiceImport` or `GKE ServiceImport`.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Its `apiVersion`.
+        api_version: String,
+        /// What is wrong, starting with the field's path.
+        message: String,
+    },
+}
 
 /// What a source holds at one moment.
 #[derive(Clone, Debug, Default)]
@@ -19,9 +61,8 @@ pub struct Snapshot {
     /// The objects the translation reads.
     pub inputs: Inputs,
     /// Objects that could not be read (a malformed manifest or API object),
-    /// each naming the object and the field. They are skipped; everything
-    /// else is used.
-    pub problems: Vec<String>,
+    /// each naming the object and the field.
+    pub problems: Vec<Problem>,
 }
 
 /// One of the sources.
@@ -33,20 +74,19 @@ pub enum Source {
 }
 
 impl Source {
-    /// Starts the source `args` name.
+    /// Starts the source `config` names.
     ///
     /// # Errors
-    /// When the arguments are incomplete or the kubeconfig cannot be read.
-    pub async fn start(args: &RunArgs) -> Result<Self> {
-        match args.source {
-            SourceKind::File => {
-                let Some(dir) = args.manifests.clone() else {
-                    bail!("--source file needs --manifests DIR");
-                };
-                let interval = std::time::Duration::from_millis(args.poll_interval_ms.max(10));
-                Ok(Self::File(file::FileSource::start(dir, interval)))
+    /// When the manifest directory cannot be listed or the kubeconfig cannot
+    /// be read.
+    pub async fn start(config: &SourceConfig) -> Result<Self> {
+        match config {
+            SourceConfig::File { dir, poll_interval } => {
+                Ok(Self::File(file::FileSource::start(dir.clone(), *poll_interval)?))
             }
-            SourceKind::Kubernetes => Ok(Self::Kube(kube::KubeSource::start(args.kubeconfig.as_deref()).await?)),
+            SourceConfig::Kubernetes { kubeconfig } => {
+                Ok(Self::Kube(kube::KubeSource::start(kubeconfig.as_deref()).await?))
+            }
         }
     }
 

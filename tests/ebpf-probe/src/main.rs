@@ -45,9 +45,9 @@ static PROBE_SEEN: HashMap<SeenKey, u64, 4096, 0> = HashMap::new();
 #[expect(clippy::needless_pass_by_value, reason = "the classifier macro fixes the signature")]
 pub fn mcs_probe(ctx: TcContext) -> i32 {
     if let Some(key) = destination(&ctx) {
-        // SAFETY: the pointer is to a live map value; a lost increment under a
-        // race between CPUs only makes a count smaller, never wrong in kind.
         match PROBE_SEEN.get_ptr_mut(key) {
+            // SAFETY: the pointer is to a live map value; a lost increment under a
+            // race between CPUs only makes a count smaller, never wrong in kind.
             Some(count) => unsafe { *count += 1 },
             None => {
                 let _ = PROBE_SEEN.insert(key, 1, 0);

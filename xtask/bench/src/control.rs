@@ -143,12 +143,11 @@ fn count_keys<K: aya::Pod, V: aya::Pod>(pin_path: &Path, name: &str) -> Result<u
     Ok(map.keys().flatten().count() as u64)
 }
 
-/// The backends present in the pinned `MCS_BACKENDS`, an array indexed by backend id whose
-/// free slots are empty: counted by the agent's own reader, as `inspect` does.
+/// Backends in the pinned `MCS_BACKENDS` array (elements that hold one).
 fn present_backends(pin_path: &Path) -> Result<u64> {
     use mcs_agent::dataplane::Dataplane as _;
-    let dataplane = mcs_agent::dataplane::AyaDataplane::from_pins(pin_path).context("the agent's pinned maps")?;
-    Ok(dataplane.backends().context("reading MCS_BACKENDS")?.len() as u64)
+    let dp = mcs_agent::dataplane::AyaDataplane::from_pins(pin_path)?;
+    Ok(dp.backends().context("reading MCS_BACKENDS")?.len() as u64)
 }
 
 /// The memlock of the Maglev tables: they are inner maps of `MCS_MAGLEV`,
@@ -220,9 +219,10 @@ fn probe(prog: &SchedClassifier, port: u16) -> Option<Ipv4Addr> {
     let mut out = vec![0u8; frame.len() + 64];
     let r =
         prog.test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() }).ok()?;
-    // Translated: `TCX_NEXT` (-1, the datapath lets the chain go on) or `TC_ACT_OK` (0).
-    let passed = r.return_value == u32::MAX || r.return_value == 0;
-    (passed && r.data_size_out as usize >= 34).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+    // Translated packets go on with TCX_NEXT (`TC_ACT_UNSPEC`, -1), as untouched ones do.
+    (r.return_value == u32::MAX && r.data_size_out as usize >= 34)
+        .then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+        .filter(|dst| *dst != PROBE_VIP)
 }
 
 /// Runs the control-plane benchmarks.
@@ -238,7 +238,12 @@ pub fn run(s: Settings) -> Result<Report> {
     let dir = TempDir::new(&format!("{prefix}-manifests"))?;
     let t = Instant::now();
     let fillers = s.imports.saturating_sub(1);
-    mgen::write_services(&dir.0, (0..fillers).map(|i| mgen::filler(i, s.ports, s.clusters, s.per_cluster)), 500)?;
+    mgen::write_services(
+        &dir.0,
+        (0..fillers)
+            .map(|i| mgen::filler(i, mgen::Shape { ports: s.ports, clusters: s.clusters, per_cluster: s.per_cluster })),
+        500,
+    )?;
     let probe_file = dir.0.join("zz-probe.json");
     mgen::write_list(&probe_file, &probe_service(probe_address(0)).objects())?;
     let mut report = Report {

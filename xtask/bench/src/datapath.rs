@@ -180,7 +180,7 @@ fn single_shots(ebpf: &Ebpf, program_name: &str, n: u32, frame: impl Fn(u32) -> 
 fn program_services(ebpf: &mut Ebpf, fillers: u32) -> Result<String> {
     let mut objects = Vec::new();
     for i in 0..fillers {
-        objects.extend(mgen::filler(i, 1, 1, 2).objects());
+        objects.extend(mgen::filler(i, mgen::Shape { ports: 1, clusters: 1, per_cluster: 2 }).objects());
     }
     let pair = |name: &str, vip, backend| Service {
         name: name.into(),
@@ -188,7 +188,7 @@ fn program_services(ebpf: &mut Ebpf, fillers: u32) -> Result<String> {
         ports: vec![Port::new("http", 80, 80)],
         exports: vec![Export { cluster: "c0".into(), addresses: vec![backend] }],
     };
-    let wide = mgen::filler(fillers, 1, 5, 20);
+    let wide = mgen::filler(fillers, mgen::Shape { ports: 1, clusters: 5, per_cluster: 20 });
     let wide = Service { name: "wide".into(), vip: NEW_VIP, ports: vec![Port::new("p0", 80, 8080)], ..wide };
     objects.extend(pair("ping", PING, PONG).objects());
     objects.extend(pair("pong", PONG, PING).objects());

@@ -141,7 +141,9 @@ impl Sample {
 
 /// The measured service, last of `n`.
 fn services(n: u32) -> Vec<Service> {
-    let mut v: Vec<Service> = (0..n.saturating_sub(1)).map(|i| mgen::filler(i, 1, 1, 2)).collect();
+    let mut v: Vec<Service> = (0..n.saturating_sub(1))
+        .map(|i| mgen::filler(i, mgen::Shape { ports: 1, clusters: 1, per_cluster: 2 }))
+        .collect();
     v.push(Service {
         name: "measured".into(),
         vip: VIP,

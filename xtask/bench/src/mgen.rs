@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use mcs_core::testkit::{self, ImportBuilder, SliceBuilder};
 use serde_json::{Value, json};
 
 /// Namespace of every generated object.
@@ -76,59 +77,51 @@ pub struct Service {
 }
 
 impl Service {
-    /// The ServiceImport object.
+    /// The `ServiceImport`.
     #[must_use]
-    pub fn import(&self) -> Value {
-        let ports: Vec<Value> =
-            self.ports.iter().map(|p| json!({"name": p.name, "protocol": "TCP", "port": p.port})).collect();
-        let clusters: Vec<Value> = self.exports.iter().map(|e| json!({"cluster": e.cluster})).collect();
-        json!({
-            "apiVersion": "multicluster.x-k8s.io/v1beta1",
-            "kind": "ServiceImport",
-            "metadata": {"name": self.name, "namespace": NAMESPACE},
-            "spec": {"type": "ClusterSetIP", "ips": [self.vip.to_string()], "ipFamilies": ["IPv4"], "ports": ports},
-            "status": {"clusters": clusters},
-        })
+    pub fn import(&self) -> ImportBuilder {
+        let clusters: Vec<&str> = self.exports.iter().map(|e| e.cluster.as_str()).collect();
+        let import = testkit::import(NAMESPACE, &self.name).ip(self.vip).family("IPv4");
+        self.ports.iter().fold(import, |i, p| i.tcp(&p.name, p.port)).status_clusters(&clusters)
     }
 
-    /// The EndpointSlice of exporting cluster `e`.
+    /// The `EndpointSlice` of exporting cluster `e`.
     #[must_use]
-    pub fn slice(&self, e: &Export) -> Value {
-        let ports: Vec<Value> =
-            self.ports.iter().map(|p| json!({"name": p.name, "protocol": "TCP", "port": p.target})).collect();
-        let endpoints: Vec<Value> =
-            e.addresses.iter().map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}})).collect();
-        json!({
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": format!("{}-{}", self.name, e.cluster),
-                "namespace": NAMESPACE,
-                "labels": {
-                    "multicluster.kubernetes.io/service-name": self.name,
-                    "multicluster.kubernetes.io/source-cluster": e.cluster,
-                },
-            },
-            "addressType": "IPv4",
-            "ports": ports,
-            "endpoints": endpoints,
-        })
+    pub fn slice(&self, e: &Export) -> SliceBuilder {
+        let slice = testkit::slice(NAMESPACE, &self.name, &e.cluster);
+        let slice = self.ports.iter().fold(slice, |s, p| s.tcp(&p.name, p.target));
+        e.addresses.iter().fold(slice, SliceBuilder::ready)
     }
 
-    /// The import followed by its slices.
+    /// The import followed by its slices, as JSON.
+    ///
+    /// # Panics
+    /// Never: the objects always serialize.
     #[must_use]
     pub fn objects(&self) -> Vec<Value> {
-        let mut v = vec![self.import()];
-        v.extend(self.exports.iter().map(|e| self.slice(e)));
+        let json = |object: Result<Value, _>| object.expect("a built object serializes");
+        let mut v = vec![json(serde_json::to_value(self.import()))];
+        v.extend(self.exports.iter().map(|e| json(serde_json::to_value(self.slice(e)))));
         v
     }
 }
 
-/// Filler service `i` for the control-plane scale set: `ports` ports, `clusters`
-/// exporting clusters with `per_cluster` endpoints each, every (address, port)
-/// distinct from every other service's.
+/// The shape of a filler service: how many ports, exporting clusters, and
+/// endpoints in each cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Service ports.
+    pub ports: u16,
+    /// Exporting clusters.
+    pub clusters: u32,
+    /// Endpoints per cluster.
+    pub per_cluster: u32,
+}
+
+/// Filler service `i` of `shape`, every (address, port) distinct from every
+/// other service's.
 #[must_use]
-pub fn filler(i: u32, ports: u16, clusters: u32, per_cluster: u32) -> Service {
+pub fn filler(i: u32, Shape { ports, clusters, per_cluster }: Shape) -> Service {
     let per_service = clusters * per_cluster;
     let first_port = 10_000 + u16::try_from(i % 20_000).unwrap_or(0);
     Service {
@@ -202,7 +195,7 @@ mod tests {
 
     #[test]
     fn filler_endpoints_are_distinct_within_a_service() {
-        let s = filler(7, 2, 5, 20);
+        let s = filler(7, Shape { ports: 2, clusters: 5, per_cluster: 20 });
         let mut all: Vec<_> = s.exports.iter().flat_map(|e| e.addresses.clone()).collect();
         all.sort_unstable();
         all.dedup();

@@ -383,8 +383,8 @@ fn charts(r: &Results, out: &Path) -> Result<Vec<(String, String)>> {
                 .collect(),
             series: vec![Series { name: "ns/packet".into(), values: d.cases.iter().map(|c| Some(c.ns)).collect() }],
         };
-        plot::bars(&chart).save(&out.join("datapath.png"))?;
-        files.push(("datapath.png".into(), "Datapath cost per packet".into()));
+        plot::save(&plot::bars(&chart)?, &out.join("datapath.svg"))?;
+        files.push(("datapath.svg".into(), "Datapath cost per packet".into()));
     }
     if let Some((s, samples)) = &r.e2e {
         let categories: Vec<String> = s.counts.iter().map(|n| format!("{n}")).collect();
@@ -400,20 +400,20 @@ fn charts(r: &Results, out: &Path) -> Result<Vec<(String, String)>> {
         let x = "services loaded (the measured one added last)";
         for (file, title, y, f) in [
             (
-                "latency_p50.png",
+                "latency_p50.svg",
                 "TCP request/response latency, p50",
                 "microseconds",
                 (|s: &Sample| s.lat_p50) as fn(&Sample) -> f64,
             ),
-            ("latency_p99.png", "TCP request/response latency, p99", "microseconds", |s: &Sample| s.lat_p99),
-            ("conn_rate.png", "New connections per second (FIN close, median)", "connections/s", |s: &Sample| {
+            ("latency_p99.svg", "TCP request/response latency, p99", "microseconds", |s: &Sample| s.lat_p99),
+            ("conn_rate.svg", "New connections per second (FIN close, median)", "connections/s", |s: &Sample| {
                 s.conn_rate()
             }),
-            ("conn_latency.png", "New connection: connect + first byte, p50", "microseconds", |s: &Sample| s.conn_p50),
-            ("throughput.png", "TCP throughput (iperf3, one stream)", "Gbit/s", |s: &Sample| s.gbps),
+            ("conn_latency.svg", "New connection: connect + first byte, p50", "microseconds", |s: &Sample| s.conn_p50),
+            ("throughput.svg", "TCP throughput (iperf3, one stream)", "Gbit/s", |s: &Sample| s.gbps),
         ] {
             let chart = Chart { title, x_label: x, y_label: y, categories: categories.clone(), series: series(f) };
-            plot::lines(&chart).save(&out.join(file))?;
+            plot::save(&plot::lines(&chart)?, &out.join(file))?;
             files.push((file.into(), title.into()));
         }
     }

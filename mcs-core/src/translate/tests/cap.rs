@@ -5,7 +5,7 @@ use super::*;
 
 /// A slice of demo/web from `cluster` with one ready endpoint 198.18.`n`.1:8080.
 fn from(cluster: &str, n: u8) -> EndpointSlice {
-    slice("demo", &format!("web-{cluster}"), "web", cluster).port("http", 8080).ready(&format!("198.18.{n}.1")).build()
+    slice("demo", "web", cluster).port("http", None, 8080).ready(format!("198.18.{n}.1")).build()
 }
 
 /// Slices from c1..=c`count`, cluster `ci` with endpoint 198.18.i.1.
@@ -18,7 +18,7 @@ fn clusters(count: u8) -> Vec<EndpointSlice> {
 fn http_from(clusters: &[(&str, u8)]) -> Vec<(ServicePortKey, DesiredServicePort)> {
     let ips: Vec<(String, String)> = clusters.iter().map(|(c, n)| ((*c).to_owned(), format!("198.18.{n}.1"))).collect();
     let backends: Vec<(&str, &str, u16)> = ips.iter().map(|(c, ip)| (c.as_str(), ip.as_str(), 8080)).collect();
-    vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "web", "http", &backends))]
+    vec![(port_key(VIP, 80, Protocol::Tcp), desired_port("demo", "web").port_name("http").ready(&backends).build())]
 }
 
 fn capped(cap: usize) -> Config {
@@ -28,7 +28,7 @@ fn capped(cap: usize) -> Config {
 #[test]
 #[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn exporting_cluster_cap() {
-    let web80 = || web().port("http", 80);
+    let web80 = || web().port("http", None, 80);
     run(vec![
         Case {
             name: "six clusters, default cap 5: the sixth by id is excluded",
@@ -84,7 +84,7 @@ fn exporting_cluster_cap() {
             name: "readiness does not change membership: a selected cluster without ready endpoints keeps its place",
             imports: vec![web80().build()],
             slices: vec![
-                slice("demo", "web-c1", "web", "c1").port("http", 8080).not_ready("198.18.1.1").build(),
+                slice("demo", "web", "c1").port("http", None, 8080).not_ready("198.18.1.1").build(),
                 from("c2", 2),
                 from("c3", 3),
             ],
@@ -96,7 +96,7 @@ fn exporting_cluster_cap() {
         Case {
             name: "an empty slice makes its cluster present",
             imports: vec![web80().build()],
-            slices: vec![slice("demo", "web-c1", "web", "c1").port("http", 8080).build(), from("c2", 2)],
+            slices: vec![slice("demo", "web", "c1").port("http", None, 8080).build(), from("c2", 2)],
             config: Some(capped(1)),
             want: http_from(&[]),
             excluded: vec![("demo", "web", "c2")],
@@ -106,13 +106,16 @@ fn exporting_cluster_cap() {
             name: "the terminating fallback looks only at the selected clusters",
             imports: vec![web80().build()],
             slices: vec![
-                slice("demo", "web-c1", "web", "c1").port("http", 8080).terminating("198.18.1.1").build(),
+                slice("demo", "web", "c1").port("http", None, 8080).terminating("198.18.1.1").build(),
                 from("c2", 2),
             ],
             config: Some(capped(1)),
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry_with("demo", "web", "http", &[("c1", "198.18.1.1", 8080, EndpointState::Terminating)], &[]),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .backends_in(&[("c1", "198.18.1.1", 8080, EndpointState::Terminating)])
+                    .build(),
             )],
             excluded: vec![("demo", "web", "c2")],
             ..Case::default()
@@ -122,19 +125,17 @@ fn exporting_cluster_cap() {
             imports: vec![web80().build()],
             slices: vec![
                 from("c1", 1),
-                slice("demo", "web-c1-b", "web", "c1").port("http", 8080).ready("198.18.1.2").build(),
+                slice("demo", "web", "c1").named("web-c1-b").port("http", None, 8080).ready("198.18.1.2").build(),
                 from("c2", 2),
                 from("c3", 3),
             ],
             config: Some(capped(2)),
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry(
-                    "demo",
-                    "web",
-                    "http",
-                    &[("c1", "198.18.1.1", 8080), ("c1", "198.18.1.2", 8080), ("c2", "198.18.2.1", 8080)],
-                ),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .ready(&[("c1", "198.18.1.1", 8080), ("c1", "198.18.1.2", 8080), ("c2", "198.18.2.1", 8080)])
+                    .build(),
             )],
             excluded: vec![("demo", "web", "c3")],
             ..Case::default()
@@ -143,7 +144,7 @@ fn exporting_cluster_cap() {
             name: "a cluster with only IPv6 slices is not present for the IPv4 ClusterSetIP",
             imports: vec![web80().build()],
             slices: vec![
-                slice("demo", "web-a", "web", "a").address_type("IPv6").port("http", 8080).ready("fd00::1").build(),
+                slice("demo", "web", "a").address_type("IPv6").port("http", None, 8080).ready("fd00::1").build(),
                 from("c1", 1),
                 from("c2", 2),
             ],
@@ -153,17 +154,23 @@ fn exporting_cluster_cap() {
         },
         Case {
             name: "the cap applies per import, and reports each import's exclusions",
-            imports: vec![web80().build(), import("demo", "api").ip(VIP2).port("http", 80).build()],
+            imports: vec![web80().build(), import("demo", "api").ip(VIP2).port("http", None, 80).build()],
             slices: vec![
                 from("c1", 1),
                 from("c2", 2),
-                slice("demo", "api-c3", "api", "c3").port("http", 8080).ready("198.18.3.1").build(),
-                slice("demo", "api-c4", "api", "c4").port("http", 8080).ready("198.18.4.1").build(),
+                slice("demo", "api", "c3").port("http", None, 8080).ready("198.18.3.1").build(),
+                slice("demo", "api", "c4").port("http", None, 8080).ready("198.18.4.1").build(),
             ],
             config: Some(capped(1)),
             want: vec![
-                (key(VIP, 80, Protocol::Tcp), entry("demo", "web", "http", &[("c1", "198.18.1.1", 8080)])),
-                (key(VIP2, 80, Protocol::Tcp), entry("demo", "api", "http", &[("c3", "198.18.3.1", 8080)])),
+                (
+                    port_key(VIP, 80, Protocol::Tcp),
+                    desired_port("demo", "web").port_name("http").ready(&[("c1", "198.18.1.1", 8080)]).build(),
+                ),
+                (
+                    port_key(VIP2, 80, Protocol::Tcp),
+                    desired_port("demo", "api").port_name("http").ready(&[("c3", "198.18.3.1", 8080)]).build(),
+                ),
             ],
             excluded: vec![("demo", "api", "c4"), ("demo", "web", "c2")],
             ..Case::default()
@@ -190,7 +197,7 @@ fn cluster_names(report: &Report) -> Vec<&str> {
 
 #[test]
 fn a_selected_cluster_that_disappears_is_replaced_by_the_next() {
-    let imports = vec![web().port("http", 80).status_clusters(&["c4", "c2"]).build()];
+    let imports = vec![web().port("http", None, 80).status_clusters(&["c4", "c2"]).build()];
     let only_entry = |state: DesiredState| state.services.into_iter().collect::<Vec<_>>();
     // Ranking: c4, c2 (listed), then c1, c3, c5, c6 by id.
     let (state, report) = translate_capped(&imports, &clusters(6), 3);
@@ -214,7 +221,7 @@ fn a_selected_cluster_that_disappears_is_replaced_by_the_next() {
 
 #[test]
 fn changes_in_an_unselected_cluster_change_nothing() {
-    let imports = vec![web().port("http", 80).build()];
+    let imports = vec![web().port("http", None, 80).build()];
     let base = clusters(6);
     let (state, report) = translate_capped(&imports, &base, 5);
     assert_eq!(cluster_names(&report), ["c6"]);
@@ -222,27 +229,27 @@ fn changes_in_an_unselected_cluster_change_nothing() {
     let changes: Vec<(&str, Vec<EndpointSlice>)> = vec![
         ("c6 gets more ready endpoints", {
             let mut s = base.clone();
-            s.push(slice("demo", "web-c6-b", "web", "c6").port("http", 8080).ready("198.18.6.2").build());
+            s.push(slice("demo", "web", "c6").named("web-c6-b").port("http", None, 8080).ready("198.18.6.2").build());
             s
         }),
         ("c6's endpoint turns not ready", {
             let mut s = base.clone();
-            s[5] = slice("demo", "web-c6", "web", "c6").port("http", 8080).not_ready("198.18.6.1").build();
+            s[5] = slice("demo", "web", "c6").port("http", None, 8080).not_ready("198.18.6.1").build();
             s
         }),
         ("c6's slice loses its endpoints", {
             let mut s = base.clone();
-            s[5] = slice("demo", "web-c6", "web", "c6").port("http", 8080).build();
+            s[5] = slice("demo", "web", "c6").port("http", None, 8080).build();
             s
         }),
         ("c6 changes its target port", {
             let mut s = base.clone();
-            s[5] = slice("demo", "web-c6", "web", "c6").port("http", 9999).ready("198.18.6.1").build();
+            s[5] = slice("demo", "web", "c6").port("http", None, 9999).ready("198.18.6.1").build();
             s
         }),
         ("a selected cluster's endpoints all turn not ready", {
             let mut s = base.clone();
-            s[0] = slice("demo", "web-c1", "web", "c1").port("http", 8080).not_ready("198.18.1.1").build();
+            s[0] = slice("demo", "web", "c1").port("http", None, 8080).not_ready("198.18.1.1").build();
             s
         }),
     ];
@@ -263,17 +270,17 @@ fn changes_in_an_unselected_cluster_change_nothing() {
 fn ip_changes_and_deletions_across_two_translations() {
     let slices: Vec<_> = (1..=2)
         .map(|i| {
-            slice("demo", &format!("web-c{i}"), "web", &format!("c{i}"))
-                .port("http", 8080)
-                .port("https", 8443)
-                .ready(&format!("198.18.{i}.1"))
+            slice("demo", "web", &format!("c{i}"))
+                .port("http", None, 8080)
+                .port("https", None, 8443)
+                .ready(format!("198.18.{i}.1"))
                 .build()
         })
         .collect();
-    let old = web().port("http", 80).port("https", 443).build();
+    let old = web().port("http", None, 80).port("https", None, 443).build();
     let (before, _) = translate_lists(std::slice::from_ref(&old), &slices, &config());
     let old_keys: Vec<_> = before.services.keys().copied().collect();
-    assert_eq!(old_keys, [key(VIP, 80, Protocol::Tcp), key(VIP, 443, Protocol::Tcp)]);
+    assert_eq!(old_keys, [port_key(VIP, 80, Protocol::Tcp), port_key(VIP, 443, Protocol::Tcp)]);
 
     // A new ClusterSetIP: the old keys are gone, the new ones are there, with
     // the same backends.
@@ -281,7 +288,7 @@ fn ip_changes_and_deletions_across_two_translations() {
     let (after, report) = translate_lists(&[moved], &slices, &config());
     assert_eq!(report, Report::default());
     let new_keys: Vec<_> = after.services.keys().copied().collect();
-    assert_eq!(new_keys, [key(VIP2, 80, Protocol::Tcp), key(VIP2, 443, Protocol::Tcp)]);
+    assert_eq!(new_keys, [port_key(VIP2, 80, Protocol::Tcp), port_key(VIP2, 443, Protocol::Tcp)]);
     for (old_entry, new_entry) in before.services.values().zip(after.services.values()) {
         assert_eq!(old_entry, new_entry);
     }

@@ -4,18 +4,21 @@ use super::*;
 use EndpointState::{Ready, Terminating};
 
 fn east() -> SliceBuilder {
-    slice("demo", "web-east", "web", "east").port("http", 8080)
+    slice("demo", "web", "east").port("http", None, 8080)
 }
 
 fn west() -> SliceBuilder {
-    slice("demo", "web-west", "web", "west").port("http", 9080)
+    slice("demo", "web", "west").port("http", None, 9080)
 }
 
 fn http(
     backends: &[(&str, &str, u16, EndpointState)],
     draining: &[(&str, &str, u16)],
 ) -> Vec<(ServicePortKey, DesiredServicePort)> {
-    vec![(key(VIP, 80, Protocol::Tcp), entry_with("demo", "web", "http", backends, draining))]
+    vec![(
+        port_key(VIP, 80, Protocol::Tcp),
+        desired_port("demo", "web").port_name("http").backends_in(backends).draining(draining).build(),
+    )]
 }
 
 #[test]
@@ -24,7 +27,7 @@ fn readiness_and_terminating_fallback() {
     run(vec![
         Case {
             name: "ready true or unset are backends; terminating ones drain; not ready ones are neither",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
                 east()
                     .ready("198.18.0.1")
@@ -33,7 +36,7 @@ fn readiness_and_terminating_fallback() {
                     .not_ready("198.18.0.4")
                     .terminating("198.18.0.5")
                     // Terminating and no longer serving: still drains.
-                    .conditions("198.18.0.6", Some(false), Some(false), Some(true))
+                    .with_conditions("198.18.0.6", conditions(Some(false), Some(false), Some(true)))
                     .build(),
             ],
             want: http(
@@ -48,12 +51,12 @@ fn readiness_and_terminating_fallback() {
         },
         Case {
             name: "no ready endpoint: serving and terminating ones take new connections",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
                 east()
                     .not_ready("198.18.0.1")
                     .terminating("198.18.0.2")
-                    .conditions("198.18.0.3", Some(false), Some(false), Some(true))
+                    .with_conditions("198.18.0.3", conditions(Some(false), Some(false), Some(true)))
                     .build(),
                 west().terminating("198.18.0.4").build(),
             ],
@@ -65,54 +68,61 @@ fn readiness_and_terminating_fallback() {
         },
         Case {
             name: "one ready endpoint in any selected cluster stops the fallback everywhere",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![east().terminating("198.18.0.1").build(), west().ready("198.18.0.2").build()],
             want: http(&[("west", "198.18.0.2", 9080, Ready)], &[("east", "198.18.0.1", 8080)]),
             ..Case::default()
         },
         Case {
             name: "nothing ready or serving: no backends (new connections fail fast), terminating ones still drain",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
-                east().not_ready("198.18.0.1").conditions("198.18.0.2", Some(false), Some(false), Some(true)).build(),
+                east()
+                    .not_ready("198.18.0.1")
+                    .with_conditions("198.18.0.2", conditions(Some(false), Some(false), Some(true)))
+                    .build(),
             ],
             want: http(&[], &[("east", "198.18.0.2", 8080)]),
             ..Case::default()
         },
         Case {
             name: "no endpoints at all",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![east().build()],
             want: http(&[], &[]),
             ..Case::default()
         },
         Case {
             name: "serving unset on a terminating endpoint follows ready (false): it drains but is no fallback",
-            imports: vec![web().port("http", 80).build()],
-            slices: vec![east().conditions("198.18.0.1", Some(false), None, Some(true)).build()],
+            imports: vec![web().port("http", None, 80).build()],
+            slices: vec![east().with_conditions("198.18.0.1", conditions(Some(false), None, Some(true))).build()],
             want: http(&[], &[("east", "198.18.0.1", 8080)]),
             ..Case::default()
         },
         Case {
             name: "ready and terminating at once counts as ready",
-            imports: vec![web().port("http", 80).build()],
-            slices: vec![east().conditions("198.18.0.1", Some(true), Some(true), Some(true)).build()],
+            imports: vec![web().port("http", None, 80).build()],
+            slices: vec![east().with_conditions("198.18.0.1", conditions(Some(true), Some(true), Some(true))).build()],
             want: http(&[("east", "198.18.0.1", 8080, Ready)], &[]),
             ..Case::default()
         },
         Case {
             name: "an endpoint ready in one slice and terminating in another is a ready backend, not draining",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![
                 east().ready("198.18.0.1").build(),
-                slice("demo", "web-east-2", "web", "east").port("http", 8080).terminating("198.18.0.1").build(),
+                slice("demo", "web", "east")
+                    .named("web-east-2")
+                    .port("http", None, 8080)
+                    .terminating("198.18.0.1")
+                    .build(),
             ],
             want: http(&[("east", "198.18.0.1", 8080, Ready)], &[]),
             ..Case::default()
         },
         Case {
             name: "unusable endpoint addresses are left out with a warning, the import stays",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![{
                 let mut s = east().ready("198.18.0.300").ready("fd00::1").ready("198.18.0.1").build();
                 s.endpoints.get_or_insert_default().push(Endpoint::default());
@@ -134,7 +144,7 @@ fn local_config(locality: Locality) -> Config {
 }
 
 fn annotated(value: &str) -> ServiceImport {
-    web().port("http", 80).annotation(k8s::LOCALITY_ANNOTATION, value).build()
+    web().port("http", None, 80).annotation(k8s::LOCALITY_ANNOTATION, value).build()
 }
 
 #[test]
@@ -209,7 +219,7 @@ fn locality() {
         },
         Case {
             name: "the agent default applies without the annotation",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: both_ready(),
             config: Some(local_config(Locality::Local)),
             want: east_over_west(),

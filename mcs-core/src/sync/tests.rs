@@ -8,7 +8,8 @@ use mcs_common::{BACKEND_F_REMOVED, BACKEND_F_TERMINATING, SERVICE_F_FALLBACK, p
 
 use super::*;
 use crate::{
-    dataplane::{FakeDataplane, Op},
+    fake::{FakeDataplane, Op},
+    testkit::{PortBuilder, desired_port},
     translate::{DesiredBackend, Protocol},
 };
 
@@ -23,35 +24,26 @@ fn terminating(cluster: &str, ip: [u8; 4], port: u16) -> DesiredBackend {
     DesiredBackend { state: EndpointState::Terminating, ..backend(cluster, ip, port) }
 }
 
-/// A desired state built port by port.
+/// A desired state built port by port; every port belongs to `demo/svc-<vip>`.
 #[derive(Default)]
 struct Desired(DesiredState);
 
+/// A port's key: (`ClusterSetIP`, port, protocol).
+type Key = (Ipv4Addr, u16, Protocol);
+
+/// A port of `demo/svc-<vip>` with no backends yet.
+fn svc(vip: Ipv4Addr) -> PortBuilder {
+    desired_port("demo", &format!("svc-{vip}"))
+}
+
 impl Desired {
-    fn port(self, vip: Ipv4Addr, port: u16, protocol: Protocol, backends: Vec<DesiredBackend>) -> Self {
-        self.port_with(vip, port, protocol, backends, Vec::new(), None)
+    /// The port `key` with these backends, no draining ones, no affinity.
+    fn port(self, key: Key, backends: Vec<DesiredBackend>) -> Self {
+        self.put(key, svc(key.0).backends(backends))
     }
 
-    fn port_with(
-        mut self,
-        vip: Ipv4Addr,
-        port: u16,
-        protocol: Protocol,
-        backends: Vec<DesiredBackend>,
-        draining: Vec<DesiredBackend>,
-        affinity: Option<u32>,
-    ) -> Self {
-        self.0.services.insert(
-            ServicePortKey { ip: vip, port, protocol },
-            DesiredServicePort {
-                namespace: "demo".into(),
-                name: format!("svc-{vip}"),
-                port_name: String::new(),
-                session_affinity_timeout: affinity,
-                backends,
-                draining,
-            },
-        );
+    fn put(mut self, (ip, port, protocol): Key, entry: PortBuilder) -> Self {
+        self.0.services.insert(ServicePortKey { ip, port, protocol }, entry.build());
         self
     }
 }
@@ -82,13 +74,13 @@ fn sync_checked(syncer: &mut Syncer, dp: &mut FakeDataplane, desired: &DesiredSt
     outcome
 }
 
-fn entry(dp: &FakeDataplane, vip: Ipv4Addr, port: u16, proto: u8) -> ServiceValue {
+fn entry(dp: &FakeDataplane, (vip, port, proto): (Ipv4Addr, u16, u8)) -> ServiceValue {
     *dp.services.get(&ServiceKey::new(vip, port, proto)).unwrap_or_else(|| panic!("entry {vip}:{port}/{proto}"))
 }
 
 /// (ip, port) → slots of the port's table.
-fn table_share(dp: &FakeDataplane, vip: Ipv4Addr, port: u16, proto: u8) -> BTreeMap<(Ipv4Addr, u16), usize> {
-    let value = entry(dp, vip, port, proto);
+fn table_share(dp: &FakeDataplane, (vip, port, proto): (Ipv4Addr, u16, u8)) -> BTreeMap<(Ipv4Addr, u16), usize> {
+    let value = entry(dp, (vip, port, proto));
     let mut share = BTreeMap::new();
     for id in dp.tables.get(&value.service_id).map(Vec::as_slice).unwrap_or_default() {
         let b = dp.backends[id];
@@ -113,12 +105,12 @@ fn position(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
 fn first_sync_writes_clusters_backends_table_then_entry() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    let desired = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     assert!(outcome.full, "the first sync reads the maps");
     assert_eq!(outcome.tables_written, 1);
-    let share = table_share(&dp, VIP_A, 80, proto::TCP);
+    let share = table_share(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(
         share.keys().copied().collect::<Vec<_>>(),
         vec![
@@ -129,7 +121,7 @@ fn first_sync_writes_clusters_backends_table_then_entry() {
     );
     // 251 slots over 3 backends: 83 or 84 each.
     assert!(share.values().all(|n| (83..=84).contains(n)), "{share:?}");
-    assert_eq!(entry(&dp, VIP_A, 80, proto::TCP).table_size, dp.table_size);
+    assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, dp.table_size);
     assert!(dp.services.contains_key(&ServiceKey::wildcard(VIP_A)));
     assert_eq!(dp.clusters.values().cloned().collect::<Vec<_>>(), vec!["c1".to_owned(), "c2".to_owned()]);
     let cluster = position(&dp.ops, |op| matches!(op, Op::PutCluster(..)));
@@ -143,7 +135,7 @@ fn first_sync_writes_clusters_backends_table_then_entry() {
 fn second_sync_of_the_same_state_writes_nothing() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    let desired = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked(&mut syncer, &mut dp, &desired);
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.writes, 0);
@@ -155,12 +147,12 @@ fn second_sync_of_the_same_state_writes_nothing() {
 fn removing_a_cluster_swaps_in_a_new_table_before_deleting_its_backend() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     let before = dp.tables.values().next().expect("table").clone();
     let only_c1: Vec<_> = two_clusters().into_iter().filter(|b| b.cluster == "c1").collect();
-    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, only_c1).0);
+    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), only_c1).0);
     assert_eq!(outcome.tables_written, 1);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 2);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 2);
     assert_eq!(dp.backends.len(), 2, "c2's backend is deleted");
     assert_eq!(dp.clusters.values().collect::<Vec<_>>(), vec!["c1"], "c2's name is deleted with its last backend");
     let table = position(&dp.ops, |op| matches!(op, Op::PutTable(..)));
@@ -178,12 +170,12 @@ fn deleting_a_service_removes_every_entry_in_one_sync() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let both = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 53, Protocol::Udp, vec![backend("c1", [198, 18, 1, 20], 5353)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 53, Protocol::Udp), vec![backend("c1", [198, 18, 1, 20], 5353)])
         .0;
     sync_checked(&mut syncer, &mut dp, &both);
-    let a_id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
-    let only_b = Desired::default().port(VIP_B, 53, Protocol::Udp, vec![backend("c1", [198, 18, 1, 20], 5353)]).0;
+    let a_id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
+    let only_b = Desired::default().port((VIP_B, 53, Protocol::Udp), vec![backend("c1", [198, 18, 1, 20], 5353)]).0;
     sync_checked(&mut syncer, &mut dp, &only_b);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B), "{:?}", dp.services.keys());
     assert_eq!(dp.backends.len(), 1);
@@ -202,27 +194,27 @@ fn tcp_and_udp_on_one_port_are_independent_entries() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port(VIP_A, 42, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 10], 4242)])
-        .port(VIP_A, 42, Protocol::Udp, vec![backend("c1", [198, 18, 1, 10], 4343)])
+        .port((VIP_A, 42, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 4242)])
+        .port((VIP_A, 42, Protocol::Udp), vec![backend("c1", [198, 18, 1, 10], 4343)])
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(
-        table_share(&dp, VIP_A, 42, proto::TCP).keys().collect::<Vec<_>>(),
+        table_share(&dp, (VIP_A, 42, proto::TCP)).keys().collect::<Vec<_>>(),
         [&(Ipv4Addr::new(198, 18, 1, 10), 4242)]
     );
     assert_eq!(
-        table_share(&dp, VIP_A, 42, proto::UDP).keys().collect::<Vec<_>>(),
+        table_share(&dp, (VIP_A, 42, proto::UDP)).keys().collect::<Vec<_>>(),
         [&(Ipv4Addr::new(198, 18, 1, 10), 4343)]
     );
-    assert_ne!(entry(&dp, VIP_A, 42, proto::TCP).service_id, entry(&dp, VIP_A, 42, proto::UDP).service_id);
+    assert_ne!(entry(&dp, (VIP_A, 42, proto::TCP)).service_id, entry(&dp, (VIP_A, 42, proto::UDP)).service_id);
 }
 
 #[test]
 fn a_restarted_syncer_adopts_the_maps_and_rewrites_no_table() {
     let mut dp = FakeDataplane::default();
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 443, Protocol::Tcp, vec![backend("c3", [198, 18, 3, 10], 8443)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 443, Protocol::Tcp), vec![backend("c3", [198, 18, 3, 10], 8443)])
         .0;
     sync_checked(&mut Syncer::new(), &mut dp, &desired);
     let before = dp.clone();
@@ -244,14 +236,14 @@ fn a_restarted_syncer_adopts_the_maps_and_rewrites_no_table() {
 #[test]
 fn a_restart_with_another_table_size_rebuilds_every_table_safely() {
     let mut dp = FakeDataplane::default();
-    let desired = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked(&mut Syncer::new(), &mut dp, &desired);
     for size in [101, 509] {
         // Smaller, then larger: the entry and the table change places.
         dp.table_size = size;
         let outcome = sync_checked(&mut Syncer::new(), &mut dp, &desired);
         assert_eq!(outcome.tables_written, 1);
-        assert_eq!(entry(&dp, VIP_A, 80, proto::TCP).table_size, size);
+        assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, size);
         assert_eq!(dp.tables.values().next().expect("table").len(), size as usize);
     }
 }
@@ -262,19 +254,19 @@ fn a_full_map_fails_one_service_cleanly_and_writes_the_others() {
     let mut dp = FakeDataplane { tables_capacity: Some(1), ..FakeDataplane::default() };
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 80, Protocol::Tcp, two_clusters())
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 80, Protocol::Tcp), two_clusters())
         .0;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
     assert!(outcome.errors[0].contains("ServiceImport demo/svc-198.19.0.11 port 80/TCP"), "{}", outcome.errors[0]);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 3);
     assert!(!dp.services.contains_key(&ServiceKey::new(VIP_B, 80, proto::TCP)), "no half-written service");
     // The next sync is a full one; with room it completes.
     dp.tables_capacity = None;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
-    assert_eq!(table_share(&dp, VIP_B, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_B, 80, proto::TCP)).len(), 3);
 }
 
 #[test]
@@ -283,23 +275,23 @@ fn a_cluster_name_that_does_not_fit_fails_its_service_only() {
     let mut syncer = Syncer::new();
     let long = "c".repeat(200);
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 80, Protocol::Tcp, vec![backend(&long, [198, 18, 9, 9], 80)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 80, Protocol::Tcp), vec![backend(&long, [198, 18, 9, 9], 80)])
         .0;
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
     assert!(outcome.errors[0].contains("svc-198.19.0.11") && outcome.errors[0].contains("cluster name"), "{outcome:?}");
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 3);
 }
 
 #[test]
 fn a_changed_cluster_set_ip_moves_in_one_sync() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_B, 80, Protocol::Tcp, two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_B, 80, Protocol::Tcp), two_clusters()).0);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B));
-    assert_eq!(table_share(&dp, VIP_B, 80, proto::TCP).len(), 3);
+    assert_eq!(table_share(&dp, (VIP_B, 80, proto::TCP)).len(), 3);
     assert_eq!(dp.tables.len(), 1);
 }
 
@@ -307,9 +299,9 @@ fn a_changed_cluster_set_ip_moves_in_one_sync() {
 fn a_service_without_backends_has_no_table_and_fails_fast() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, Vec::new()).0);
-    let value = entry(&dp, VIP_A, 80, proto::TCP);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), Vec::new()).0);
+    let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.table_size, 0);
     assert!(dp.tables.is_empty() && dp.backends.is_empty());
     let entry_at = position(&dp.ops, |op| matches!(op, Op::PutService(k, _) if !k.is_wildcard()));
@@ -321,23 +313,23 @@ fn a_service_without_backends_has_no_table_and_fails_fast() {
 fn draining_backends_stay_flagged_but_leave_the_table() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    sync_checked(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     let mut ready = two_clusters();
     let leaving = ready.pop().expect("three");
     let desired = Desired::default()
-        .port_with(
-            VIP_A,
-            80,
-            Protocol::Tcp,
-            ready,
-            vec![terminating(&leaving.cluster, leaving.ip.octets(), leaving.port)],
-            None,
+        .put(
+            (VIP_A, 80, Protocol::Tcp),
+            svc(VIP_A).backends(ready).draining_backends(vec![terminating(
+                &leaving.cluster,
+                leaving.ip.octets(),
+                leaving.port,
+            )]),
         )
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
-    let value = entry(&dp, VIP_A, 80, proto::TCP);
+    let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.flags & SERVICE_F_FALLBACK, 0);
-    let share = table_share(&dp, VIP_A, 80, proto::TCP);
+    let share = table_share(&dp, (VIP_A, 80, proto::TCP));
     assert!(!share.contains_key(&(leaving.ip, leaving.port)), "{share:?}");
     let backends = backends_of(&dp, value.service_id);
     assert!(backends.contains(&(leaving.ip, leaving.port, BACKEND_F_TERMINATING)), "{backends:?}");
@@ -349,13 +341,16 @@ fn a_fallback_to_terminating_backends_is_flagged() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port_with(VIP_A, 80, Protocol::Tcp, vec![terminating("c1", [198, 18, 1, 10], 8080)], Vec::new(), Some(30))
+        .put(
+            (VIP_A, 80, Protocol::Tcp),
+            svc(VIP_A).backends(vec![terminating("c1", [198, 18, 1, 10], 8080)]).affinity(Some(30)),
+        )
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
-    let value = entry(&dp, VIP_A, 80, proto::TCP);
+    let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.flags & SERVICE_F_FALLBACK, SERVICE_F_FALLBACK);
     assert_eq!(value.affinity_timeout, 30);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 1);
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 1);
     assert_eq!(backends_of(&dp, value.service_id)[0].2, BACKEND_F_TERMINATING);
 }
 
@@ -365,11 +360,11 @@ fn a_backend_in_two_service_ports_gets_an_entry_in_each() {
     let mut syncer = Syncer::new();
     let shared = vec![backend("c1", [198, 18, 1, 10], 8080)];
     let desired =
-        Desired::default().port(VIP_A, 80, Protocol::Tcp, shared.clone()).port(VIP_B, 80, Protocol::Tcp, shared).0;
+        Desired::default().port((VIP_A, 80, Protocol::Tcp), shared.clone()).port((VIP_B, 80, Protocol::Tcp), shared).0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(dp.backends.len(), 2, "one entry per service port, so a port's flows check their own backends");
     // Removing one port leaves the other's backend alone.
-    let only_b = Desired::default().port(VIP_B, 80, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 10], 8080)]).0;
+    let only_b = Desired::default().port((VIP_B, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 8080)]).0;
     sync_checked(&mut syncer, &mut dp, &only_b);
     assert_eq!(dp.backends.len(), 1);
 }
@@ -378,14 +373,14 @@ fn a_backend_in_two_service_ports_gets_an_entry_in_each() {
 fn service_ids_are_reused_lowest_first_and_stay_stable() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
-    let one = |vip| Desired::default().port(vip, 80, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 10], 8080)]);
-    let both = one(VIP_A).port(VIP_B, 80, Protocol::Tcp, vec![backend("c1", [198, 18, 1, 11], 8080)]).0;
+    let one = |vip| Desired::default().port((vip, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 10], 8080)]);
+    let both = one(VIP_A).port((VIP_B, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 1, 11], 8080)]).0;
     sync_checked(&mut syncer, &mut dp, &both);
-    let b_id = entry(&dp, VIP_B, 80, proto::TCP).service_id;
+    let b_id = entry(&dp, (VIP_B, 80, proto::TCP)).service_id;
     sync_checked(&mut syncer, &mut dp, &one(VIP_B).0);
-    assert_eq!(entry(&dp, VIP_B, 80, proto::TCP).service_id, b_id, "a surviving port keeps its id");
+    assert_eq!(entry(&dp, (VIP_B, 80, proto::TCP)).service_id, b_id, "a surviving port keeps its id");
     sync_checked(&mut syncer, &mut dp, &both);
-    assert!(entry(&dp, VIP_A, 80, proto::TCP).service_id < b_id, "the freed id is handed out again");
+    assert!(entry(&dp, (VIP_A, 80, proto::TCP)).service_id < b_id, "the freed id is handed out again");
 }
 
 #[test]
@@ -396,13 +391,13 @@ fn new_ports_of_one_sync_fill_the_gaps_lowest_first() {
         let mut desired = Desired::default();
         for (i, port) in ports.iter().enumerate() {
             let last = u8::try_from(i).expect("few ports") + 10;
-            desired = desired.port(VIP_A, *port, Protocol::Tcp, vec![backend("c1", [198, 18, 1, last], 8080)]);
+            desired = desired.port((VIP_A, *port, Protocol::Tcp), vec![backend("c1", [198, 18, 1, last], 8080)]);
         }
         desired.0
     };
     sync_checked(&mut syncer, &mut dp, &ports(&[80, 81, 82]));
     let ids = |dp: &FakeDataplane, list: &[u16]| -> Vec<u32> {
-        list.iter().map(|p| entry(dp, VIP_A, *p, proto::TCP).service_id).collect()
+        list.iter().map(|p| entry(dp, (VIP_A, *p, proto::TCP)).service_id).collect()
     };
     assert_eq!(ids(&dp, &[80, 81, 82]), [1, 2, 3]);
     // Ids 1 and 3 are freed; three new ports take 1, 3 and then 4.
@@ -416,8 +411,8 @@ fn a_periodic_full_sync_keeps_what_the_tables_were_built_from() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     let desired = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters())
-        .port(VIP_B, 443, Protocol::Tcp, vec![backend("c3", [198, 18, 3, 10], 8443)])
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 443, Protocol::Tcp), vec![backend("c3", [198, 18, 3, 10], 8443)])
         .0;
     sync_checked(&mut syncer, &mut dp, &desired);
     assert!(syncer.tables.values().all(|t| t.inputs.is_some()), "{:?}", syncer.tables);
@@ -432,8 +427,8 @@ fn a_periodic_full_sync_keeps_what_the_tables_were_built_from() {
     );
     // A table changed behind the syncer's back is not trusted: it is rebuilt
     // and rewritten at the next full sync.
-    let b_id = entry(&dp, VIP_B, 443, proto::TCP).service_id;
-    let a_id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+    let b_id = entry(&dp, (VIP_B, 443, proto::TCP)).service_id;
+    let a_id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
     let a_table = dp.tables[&a_id].clone();
     dp.tables.get_mut(&b_id).expect("a table")[0] = 0;
     syncer.invalidate();
@@ -461,17 +456,17 @@ fn a_removed_backend_keeps_its_element_through_the_grace_and_leaves_after_it() {
     let t0 = Instant::now();
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::with_removal_grace(grace);
-    let all = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let all = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked_at(&mut syncer, &mut dp, &all, t0);
-    let id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+    let id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
     let only_c1 = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
         .0;
 
     sync_checked_at(&mut syncer, &mut dp, &only_c1, t0);
 
     let c2 = (Ipv4Addr::new(198, 18, 2, 10), 9090);
-    assert_eq!(table_share(&dp, VIP_A, 80, proto::TCP).len(), 2, "out of the table at once: no new flows");
+    assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 2, "out of the table at once: no new flows");
     let flagged: Vec<_> = backends_of(&dp, id).into_iter().filter(|b| (b.0, b.1) == c2).collect();
     assert_eq!(flagged, vec![(c2.0, c2.1, BACKEND_F_REMOVED)], "kept for its flows, flagged");
     assert!(dp.clusters.values().any(|c| c == "c2"), "its cluster's name stays with it");
@@ -492,11 +487,11 @@ fn a_backend_back_within_the_grace_gets_its_id_and_its_table_back() {
     let t0 = Instant::now();
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::with_removal_grace(Duration::from_secs(30));
-    let all = Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0;
+    let all = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked_at(&mut syncer, &mut dp, &all, t0);
     let (ids, table) = (dp.backends.clone(), dp.tables.clone());
     let only_c1 = Desired::default()
-        .port(VIP_A, 80, Protocol::Tcp, two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
         .0;
     sync_checked_at(&mut syncer, &mut dp, &only_c1, t0 + Duration::from_secs(1));
 
@@ -512,16 +507,16 @@ fn the_backends_of_a_deleted_service_keep_their_flows_through_the_grace() {
     let t0 = Instant::now();
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::with_removal_grace(Duration::from_secs(30));
-    sync_checked_at(&mut syncer, &mut dp, &Desired::default().port(VIP_A, 80, Protocol::Tcp, two_clusters()).0, t0);
-    let id = entry(&dp, VIP_A, 80, proto::TCP).service_id;
+    sync_checked_at(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0, t0);
+    let id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
 
     sync_checked_at(&mut syncer, &mut dp, &DesiredState::default(), t0);
     assert!(dp.services.is_empty() && dp.tables.is_empty(), "the port is gone in one sync");
     assert!(backends_of(&dp, id).iter().all(|b| b.2 & BACKEND_F_REMOVED != 0) && dp.backends.len() == 3);
     // Its id is not handed out while its backends linger.
-    let other = Desired::default().port(VIP_B, 53, Protocol::Udp, two_clusters()).0;
+    let other = Desired::default().port((VIP_B, 53, Protocol::Udp), two_clusters()).0;
     sync_checked_at(&mut syncer, &mut dp, &other, t0);
-    assert_ne!(entry(&dp, VIP_B, 53, proto::UDP).service_id, id);
+    assert_ne!(entry(&dp, (VIP_B, 53, proto::UDP)).service_id, id);
     sync_checked_at(&mut syncer, &mut dp, &other, t0 + Duration::from_secs(31));
     assert!(backends_of(&dp, id).is_empty(), "{dp:?}");
     assert_eq!(dp.backends.len(), 3, "the other port's");

@@ -3,7 +3,8 @@
 //!
 //! [`translate`] is a pure function: no I/O, no clock, the inputs are only
 //! read, and the output depends on the inputs' contents, not their order. It
-//! implements every rule of `mcs-semantics.md`.
+//! implements every rule of `docs/mcs-semantics.md`, which names the tests
+//! that show each one.
 //!
 //! Per import (MCS and GKE alike, in (namespace, name, kind) order) the steps
 //! are:
@@ -71,7 +72,7 @@ impl Inputs {
 
 /// Which clusters' endpoints a service prefers (the locality annotation, or the
 /// agent's default).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Locality {
     /// Every selected cluster's endpoints alike.
     #[default]
@@ -83,6 +84,9 @@ pub enum Locality {
 }
 
 impl Locality {
+    /// Every locality, in the order of the flag's help.
+    pub const ALL: [Self; 3] = [Self::None, Self::Local, Self::Remote];
+
     /// The annotation / flag value: `none`, `local` or `remote`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -97,7 +101,7 @@ impl Locality {
     /// `none`, `local` and `remote` (exact, lower case).
     #[must_use]
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::None, Self::Local, Self::Remote].into_iter().find(|l| l.as_str() == value)
+        Self::ALL.into_iter().find(|l| l.as_str() == value)
     }
 }
 

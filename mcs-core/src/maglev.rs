@@ -9,9 +9,13 @@
 //! permutation visits every slot, each backend ends with `⌊M/N⌋` or `⌈M/N⌉`
 //! slots, and removing a backend moves few slots that were not its own.
 //!
-//! The hashes are SipHash-2-4 with fixed keys, implemented here, so the table
-//! depends on nothing but the backends' identities and `M`: every node, and
-//! every agent version, builds the same table.
+//! The hashes are `SipHash-2-4` (the `siphasher` crate) with fixed keys, so the
+//! table depends on nothing but the backends' identities and `M`: every node,
+//! and every agent version, builds the same table. A reference vector of the
+//! `SipHash` paper and a pinned table layout guard that.
+use std::hash::Hasher as _;
+
+use siphasher::sip::SipHasher24;
 
 /// SipHash-2-4 keys for the two hashes of a backend's identity. Arbitrary,
 /// fixed forever: changing them reshuffles every table on upgrade.
@@ -19,83 +23,20 @@ const OFFSET_KEY: (u64, u64) = (0x6d63_732d_6562_7066, 0x6d61_676c_6576_3031);
 const SKIP_KEY: (u64, u64) = (0x736b_6970_2d6d_6373, 0x6d61_676c_6576_3032);
 
 /// SipHash-2-4 of `data` with key `(k0, k1)`.
-///
-/// # Panics
-/// Never: the 8-byte chunk conversion cannot fail.
 #[must_use]
 pub fn siphash24(k0: u64, k1: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    let words = (&mut chunks).map(|chunk| u64::from_le_bytes(chunk.try_into().expect("chunks_exact gives 8 bytes")));
-    let mut state = SipState::new(k0, k1);
-    for m in words {
-        state.compress(m);
-    }
-    let mut last = [0u8; 8];
-    let rest = chunks.remainder();
-    last[..rest.len()].copy_from_slice(rest);
-    state.finish(u64::from_le_bytes(last), data.len())
+    SipHasher24::new_with_keys(k0, k1).hash(data)
 }
 
 /// SipHash-2-4 of `words` as little-endian bytes (the same value as
-/// [`siphash24`] of those bytes), without copying them.
+/// [`siphash24`] of those bytes), without collecting them first.
 #[must_use]
 pub fn siphash24_u32(k0: u64, k1: u64, words: &[u32]) -> u64 {
-    let mut pairs = words.chunks_exact(2);
-    let mut state = SipState::new(k0, k1);
-    for pair in &mut pairs {
-        state.compress(u64::from(pair[0]) | (u64::from(pair[1]) << 32));
+    let mut hasher = SipHasher24::new_with_keys(k0, k1);
+    for word in words {
+        hasher.write(&word.to_le_bytes());
     }
-    let tail = pairs.remainder().first().map_or(0, |w| u64::from(*w));
-    state.finish(tail, words.len() * 4)
-}
-
-/// The four words of the `SipHash` state.
-struct SipState([u64; 4]);
-
-impl SipState {
-    const fn new(k0: u64, k1: u64) -> Self {
-        Self([
-            k0 ^ 0x736f_6d65_7073_6575,
-            k1 ^ 0x646f_7261_6e64_6f6d,
-            k0 ^ 0x6c79_6765_6e65_7261,
-            k1 ^ 0x7465_6462_7974_6573,
-        ])
-    }
-
-    fn round(&mut self) {
-        let [v0, v1, v2, v3] = &mut self.0;
-        *v0 = v0.wrapping_add(*v1);
-        *v1 = v1.rotate_left(13) ^ *v0;
-        *v0 = v0.rotate_left(32);
-        *v2 = v2.wrapping_add(*v3);
-        *v3 = v3.rotate_left(16) ^ *v2;
-        *v0 = v0.wrapping_add(*v3);
-        *v3 = v3.rotate_left(21) ^ *v0;
-        *v2 = v2.wrapping_add(*v1);
-        *v1 = v1.rotate_left(17) ^ *v2;
-        *v2 = v2.rotate_left(32);
-    }
-
-    /// Two compression rounds over one 8-byte block.
-    fn compress(&mut self, m: u64) {
-        self.0[3] ^= m;
-        self.round();
-        self.round();
-        self.0[0] ^= m;
-    }
-
-    /// The last block (`tail`: the remaining bytes, fewer than 8, little
-    /// endian) with the length's low byte, and four finalization rounds.
-    fn finish(mut self, tail: u64, len: usize) -> u64 {
-        #[expect(clippy::cast_possible_truncation, reason = "SipHash keeps only the length's low byte")]
-        let len_byte = len as u8;
-        self.compress(tail | (u64::from(len_byte) << 56));
-        self.0[2] ^= 0xff;
-        for _ in 0..4 {
-            self.round();
-        }
-        self.0[0] ^ self.0[1] ^ self.0[2] ^ self.0[3]
-    }
+    hasher.finish()
 }
 
 /// A digest of a Maglev table's slots (backend ids), to tell whether a

@@ -5,13 +5,14 @@ use EndpointState::{Ready, Terminating};
 
 const DERIVED: &str = "gke-mcs-web";
 
-fn gke_web() -> GkeBuilder {
+fn gke_web() -> GkeImportBuilder {
     gke_import("demo", "web", DERIVED).ip(VIP)
 }
 
 /// A slice of the derived service, as the mirroring controller writes it.
 fn derived_slice(name: &str) -> SliceBuilder {
-    slice("demo", name, "", "")
+    slice("demo", "", "")
+        .named(name)
         .without_label(k8s::LABEL_SERVICE_NAME)
         .without_label(k8s::LABEL_SOURCE_CLUSTER)
         .label(k8s::LABEL_KUBERNETES_SERVICE_NAME, DERIVED)
@@ -21,13 +22,13 @@ fn derived_slice(name: &str) -> SliceBuilder {
 /// An entry of demo/web whose backends (all in cluster "") are `backends`.
 fn gke_entry(port_name: &str, backends: &[(&str, u16, EndpointState)]) -> DesiredServicePort {
     let backends: Vec<_> = backends.iter().map(|(ip, port, state)| ("", *ip, *port, *state)).collect();
-    entry_with("demo", "web", port_name, &backends, &[])
+    desired_port("demo", "web").port_name(port_name).backends_in(&backends).build()
 }
 
 #[test]
 #[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn gke_imports_use_their_derived_service() {
-    let two_ports = || gke_web().port("http", 80).port("https", 443);
+    let two_ports = || gke_web().port("http", None, 80).port("https", None, 443);
     run(vec![
         Case {
             name: r#"Endpoints: addresses are ready backends of cluster "", notReadyAddresses are not; ports by name"#,
@@ -51,7 +52,7 @@ fn gke_imports_use_their_derived_service() {
             config: Some(Config { max_exporting_clusters: 1, ..config() }),
             want: vec![
                 (
-                    key(VIP, 80, Protocol::Tcp),
+                    port_key(VIP, 80, Protocol::Tcp),
                     gke_entry(
                         "http",
                         &[
@@ -63,7 +64,7 @@ fn gke_imports_use_their_derived_service() {
                     ),
                 ),
                 (
-                    key(VIP, 443, Protocol::Tcp),
+                    port_key(VIP, 443, Protocol::Tcp),
                     gke_entry(
                         "https",
                         &[("198.18.1.1", 8443, Ready), ("198.18.1.2", 8443, Ready), ("198.18.2.1", 9443, Ready)],
@@ -74,70 +75,68 @@ fn gke_imports_use_their_derived_service() {
         },
         Case {
             name: "ips and ports under spec are read as well",
-            gke_imports: vec![gke_web().port("http", 80).in_spec().build()],
+            gke_imports: vec![gke_web().port("http", None, 80).in_spec().build()],
             endpoints: vec![endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.1.1"], &[]).build()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
             ..Case::default()
         },
         Case {
             name: "Endpoints ports match by name, then protocol",
-            gke_imports: vec![gke_web().port("dns", 53).udp("dns-udp", 53).build()],
+            gke_imports: vec![gke_web().port("dns", None, 53).udp("dns-udp", 53).build()],
             endpoints: vec![
                 endpoints("demo", DERIVED)
                     .subset(&[("dns", Some("UDP"), 5353), ("dns-udp", Some("UDP"), 5354)], &["198.18.1.1"], &[])
                     .build(),
             ],
             want: vec![
-                (key(VIP, 53, Protocol::Tcp), gke_entry("dns", &[])),
-                (key(VIP, 53, Protocol::Udp), gke_entry("dns-udp", &[("198.18.1.1", 5354, Ready)])),
+                (port_key(VIP, 53, Protocol::Tcp), gke_entry("dns", &[])),
+                (port_key(VIP, 53, Protocol::Udp), gke_entry("dns-udp", &[("198.18.1.1", 5354, Ready)])),
             ],
             ..Case::default()
         },
         Case {
             name: "the derived service's slices are used instead of Endpoints where they exist",
-            gke_imports: vec![gke_web().port("http", 80).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
             slices: vec![
-                derived_slice("d-1").port("http", 8080).ready("198.18.1.1").not_ready("198.18.1.2").build(),
-                derived_slice("d-2").port("http", 9080).ready("198.18.2.1").terminating("198.18.2.2").build(),
+                derived_slice("d-1").port("http", None, 8080).ready("198.18.1.1").not_ready("198.18.1.2").build(),
+                derived_slice("d-2").port("http", None, 9080).ready("198.18.2.1").terminating("198.18.2.2").build(),
                 // IPv6 slices are not used for the IPv4 ClusterSetIP.
-                derived_slice("d-v6").address_type("IPv6").port("http", 8080).ready("fd00::1").build(),
+                derived_slice("d-v6").address_type("IPv6").port("http", None, 8080).ready("fd00::1").build(),
                 // An MCS slice of the same name is not the derived service's.
-                slice("demo", "mcs", "web", "east").port("http", 8080).ready("198.18.5.1").build(),
+                slice("demo", "web", "east").named("mcs").port("http", None, 8080).ready("198.18.5.1").build(),
             ],
             endpoints: vec![endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.9.9"], &[]).build()],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
-                entry_with(
-                    "demo",
-                    "web",
-                    "http",
-                    &[("", "198.18.1.1", 8080, Ready), ("", "198.18.2.1", 9080, Ready)],
-                    &[("", "198.18.2.2", 9080)],
-                ),
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web")
+                    .port_name("http")
+                    .backends_in(&[("", "198.18.1.1", 8080, Ready), ("", "198.18.2.1", 9080, Ready)])
+                    .draining(&[("", "198.18.2.2", 9080)])
+                    .build(),
             )],
             ..Case::default()
         },
         Case {
             name: "slices of the derived service fall back to terminating endpoints like MCS slices",
-            gke_imports: vec![gke_web().port("http", 80).build()],
-            slices: vec![derived_slice("d-1").port("http", 8080).terminating("198.18.1.1").build()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Terminating)]))],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
+            slices: vec![derived_slice("d-1").port("http", None, 8080).terminating("198.18.1.1").build()],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Terminating)]))],
             ..Case::default()
         },
         Case {
             name: "only IPv6 slices: the Endpoints object is used",
-            gke_imports: vec![gke_web().port("http", 80).build()],
-            slices: vec![derived_slice("d-v6").address_type("IPv6").port("http", 8080).ready("fd00::1").build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
+            slices: vec![derived_slice("d-v6").address_type("IPv6").port("http", None, 8080).ready("fd00::1").build()],
             endpoints: vec![
                 endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.1.1", "fd00::2"], &[]).build(),
             ],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
             ..Case::default()
         },
         Case {
             name: "no derived endpoints at all: the ports are programmed without backends, with a warning",
-            gke_imports: vec![gke_web().port("http", 80).build()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[]))],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[]))],
             warnings: vec![
                 "net.gke.io/v1 ServiceImport demo/web: its derived service \"gke-mcs-web\" has no IPv4 EndpointSlice \
                  labelled kubernetes.io/service-name=gke-mcs-web and no Endpoints object in namespace demo",
@@ -146,7 +145,7 @@ fn gke_imports_use_their_derived_service() {
         },
         Case {
             name: "bad Endpoints fields are warnings naming the field; the rest is used",
-            gke_imports: vec![gke_web().port("http", 80).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
             endpoints: vec![
                 endpoints("demo", DERIVED)
                     .subset(&[("http", None, 8080)], &["198.18.1.1", "198.18.1.300"], &["x"])
@@ -154,7 +153,7 @@ fn gke_imports_use_their_derived_service() {
                     .subset(&[("http", None, 1), ("http", Some("TCP"), 2)], &["198.18.3.1"], &[])
                     .build(),
             ],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
             warnings: vec![
                 "Endpoints demo/gke-mcs-web subsets[0].addresses[1].ip: \"198.18.1.300\" is not an IP address",
                 "Endpoints demo/gke-mcs-web subsets[0].notReadyAddresses[0].ip: \"x\" is not an IP address",
@@ -165,23 +164,27 @@ fn gke_imports_use_their_derived_service() {
         },
         Case {
             name: "two Endpoints objects of one name: neither is used",
-            gke_imports: vec![gke_web().port("http", 80).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
             endpoints: vec![
                 endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.1.1"], &[]).build(),
                 endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.1.2"], &[]).build(),
             ],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[]))],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[]))],
             warnings: vec!["net.gke.io/v1 ServiceImport demo/web: 2 Endpoints objects are named demo/gke-mcs-web"],
             ..Case::default()
         },
         Case {
             name: "session affinity and locality work as for MCS imports",
             gke_imports: vec![
-                gke_web().port("http", 80).affinity(0).annotation(k8s::LOCALITY_ANNOTATION, Some("local")).build(),
+                gke_web()
+                    .port("http", None, 80)
+                    .affinity(0)
+                    .annotation(k8s::LOCALITY_ANNOTATION, Some("local"))
+                    .build(),
             ],
             endpoints: vec![endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.1.1"], &[]).build()],
             want: vec![(
-                key(VIP, 80, Protocol::Tcp),
+                port_key(VIP, 80, Protocol::Tcp),
                 with_affinity(gke_entry("http", &[("198.18.1.1", 8080, Ready)]), 10_800),
             )],
             warnings: vec![
@@ -195,25 +198,30 @@ fn gke_imports_use_their_derived_service() {
 #[test]
 fn gke_imports_that_are_skipped() {
     // Each case also has a valid MCS import, which must not be disturbed.
-    let ok = || import("demo", "ok").ip(VIP2).port("http", 80).build();
-    let ok_slice = || slice("demo", "ok-east", "ok", "east").port("http", 8080).ready("198.18.0.1").build();
-    let ok_entry = || (key(VIP2, 80, Protocol::Tcp), entry("demo", "ok", "http", &[("east", "198.18.0.1", 8080)]));
+    let ok = || import("demo", "ok").ip(VIP2).port("http", None, 80).build();
+    let ok_slice = || slice("demo", "ok", "east").port("http", None, 8080).ready("198.18.0.1").build();
+    let ok_entry = || {
+        (
+            port_key(VIP2, 80, Protocol::Tcp),
+            desired_port("demo", "ok").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+        )
+    };
     let cases: Vec<(&str, GkeServiceImport, SkipReason, &str)> = vec![
         (
             "no derived-service annotation",
-            gke_web().port("http", 80).annotation(k8s::GKE_DERIVED_SERVICE_ANNOTATION, None).build(),
+            gke_web().port("http", None, 80).annotation(k8s::GKE_DERIVED_SERVICE_ANNOTATION, None).build(),
             SkipReason::Invalid,
             "net.gke.io/v1: metadata.annotations[net.gke.io/derived-service]: missing or empty",
         ),
         (
             "headless",
-            gke_web().type_("Headless").port("http", 80).build(),
+            gke_web().type_("Headless").port("http", None, 80).build(),
             SkipReason::Headless,
             "net.gke.io/v1: headless imports have no ClusterSetIP",
         ),
         (
             "no ips yet",
-            gke_import("demo", "web", DERIVED).port("http", 80).build(),
+            gke_import("demo", "web", DERIVED).port("http", None, 80).build(),
             SkipReason::NoIps,
             "net.gke.io/v1: status.ips is empty",
         ),
@@ -225,25 +233,25 @@ fn gke_imports_that_are_skipped() {
         ),
         (
             "unparsable ip in spec",
-            gke_import("demo", "web", DERIVED).ip("198.19.0.300").port("http", 80).in_spec().build(),
+            gke_import("demo", "web", DERIVED).ip("198.19.0.300").port("http", None, 80).in_spec().build(),
             SkipReason::Invalid,
             "net.gke.io/v1: spec.ips[0]: \"198.19.0.300\" is not an IP address",
         ),
         (
             "port out of range",
-            gke_web().port("http", 65_536).build(),
+            gke_web().port("http", None, 65_536).build(),
             SkipReason::Invalid,
             "net.gke.io/v1: status.ports[0].port: 65536 is outside 1..=65535",
         ),
         (
             "unknown protocol",
-            gke_web().raw_port(Some("x"), Some("SCTP"), 80).build(),
+            gke_web().port(Some("x"), Some("SCTP"), 80).build(),
             SkipReason::Invalid,
             "net.gke.io/v1: status.ports[0].protocol: unsupported protocol \"SCTP\"",
         ),
         (
             "IPv6 only",
-            gke_import("demo", "web", DERIVED).ip("fd00::1").port("http", 80).build(),
+            gke_import("demo", "web", DERIVED).ip("fd00::1").port("http", None, 80).build(),
             SkipReason::Invalid,
             "net.gke.io/v1: status.ips: only IPv6 ClusterSetIPs",
         ),
@@ -266,15 +274,18 @@ fn gke_imports_that_are_skipped() {
 #[test]
 fn gke_and_mcs_imports_together() {
     let derived = || endpoints("demo", DERIVED).subset(&[("http", None, 8080)], &["198.18.1.1"], &[]).build();
-    let mcs_slice = || slice("demo", "web-east", "web", "east").port("http", 8080).ready("198.18.0.1").build();
+    let mcs_slice = || slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build();
     run(vec![
         Case {
             name: "one namespace and name in both APIs: two imports; on a shared key the MCS one wins",
-            imports: vec![web().port("http", 80).build()],
+            imports: vec![web().port("http", None, 80).build()],
             slices: vec![mcs_slice()],
-            gke_imports: vec![gke_web().port("http", 80).port("alt", 81).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).port("alt", None, 81).build()],
             endpoints: vec![derived()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), entry("demo", "web", "http", &[("east", "198.18.0.1", 8080)]))],
+            want: vec![(
+                port_key(VIP, 80, Protocol::Tcp),
+                desired_port("demo", "web").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+            )],
             skipped: vec![(
                 "demo",
                 "web",
@@ -285,10 +296,10 @@ fn gke_and_mcs_imports_together() {
         },
         Case {
             name: "an earlier GKE import in (namespace, name) order wins over a later MCS one",
-            imports: vec![import("demo", "zz").ip(VIP).port("http", 80).build()],
-            gke_imports: vec![gke_web().port("http", 80).build()],
+            imports: vec![import("demo", "zz").ip(VIP).port("http", None, 80).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
             endpoints: vec![derived()],
-            want: vec![(key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
+            want: vec![(port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)]))],
             skipped: vec![(
                 "demo",
                 "zz",
@@ -299,19 +310,22 @@ fn gke_and_mcs_imports_together() {
         },
         Case {
             name: "different ClusterSetIPs in both APIs: both programmed, never sharing backends",
-            imports: vec![import("demo", "web").ip(VIP2).port("http", 80).build()],
+            imports: vec![import("demo", "web").ip(VIP2).port("http", None, 80).build()],
             slices: vec![mcs_slice()],
-            gke_imports: vec![gke_web().port("http", 80).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build()],
             endpoints: vec![derived()],
             want: vec![
-                (key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)])),
-                (key(VIP2, 80, Protocol::Tcp), entry("demo", "web", "http", &[("east", "198.18.0.1", 8080)])),
+                (port_key(VIP, 80, Protocol::Tcp), gke_entry("http", &[("198.18.1.1", 8080, Ready)])),
+                (
+                    port_key(VIP2, 80, Protocol::Tcp),
+                    desired_port("demo", "web").port_name("http").ready(&[("east", "198.18.0.1", 8080)]).build(),
+                ),
             ],
             ..Case::default()
         },
         Case {
             name: "two GKE imports with one namespace and name are both skipped",
-            gke_imports: vec![gke_web().port("http", 80).build(), gke_web().port("http", 81).build()],
+            gke_imports: vec![gke_web().port("http", None, 80).build(), gke_web().port("http", None, 81).build()],
             endpoints: vec![derived()],
             skipped: vec![(
                 "demo",

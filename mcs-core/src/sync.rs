@@ -41,17 +41,109 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
 use mcs_common::{
     BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, ClusterName, SERVICE_F_FALLBACK, SERVICE_F_WILDCARD, ServiceKey,
     ServiceValue, limits,
 };
 
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, DataplaneError, cluster_name_reason},
     maglev,
     translate::{DesiredBackend, DesiredServicePort, DesiredState, EndpointState, ServicePortKey},
 };
+
+/// What one sync could not do. Each names the service port, backend or
+/// cluster, so that it can be logged as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The maps could not be read for a full sync: nothing was written.
+    #[error("reading the maps for a full sync: {0}")]
+    Reload(DataplaneError),
+    /// A new cluster name could not be written.
+    #[error("cluster {name:?}: {error}")]
+    Cluster {
+        /// The cluster.
+        name: String,
+        /// Why.
+        error: DataplaneError,
+    },
+    /// A backend could not be written.
+    #[error("backend {id}: {error}")]
+    Backend {
+        /// The backend's id.
+        id: u32,
+        /// Why.
+        error: DataplaneError,
+    },
+    /// A service port that cannot be programmed as it is; it was left as it was.
+    #[error("{port}: {reason}; left as it was")]
+    Rejected {
+        /// The service port (import, port, protocol and `ClusterSetIP`).
+        port: String,
+        /// Why.
+        reason: Rejection,
+    },
+    /// A backend the service port needs could not be written; the port was
+    /// left as it was.
+    #[error("{port}: backend {id} could not be written; left as it was")]
+    BackendNotWritten {
+        /// The service port.
+        port: String,
+        /// The backend's id.
+        id: u32,
+    },
+    /// Writing the service port (its counters, wildcard, table or entry) failed.
+    #[error("{port}: {error}")]
+    Port {
+        /// The service port.
+        port: String,
+        /// Why.
+        error: DataplaneError,
+    },
+    /// Deleting something no longer wanted failed.
+    #[error("deleting {what}: {error}")]
+    Delete {
+        /// What was deleted.
+        what: String,
+        /// Why.
+        error: DataplaneError,
+    },
+}
+
+impl SyncError {
+    /// Whether the message (as displayed) contains `text`, say a service's
+    /// name: how logs and tests find the failures of one service.
+    #[must_use]
+    pub fn contains(&self, text: &str) -> bool {
+        self.to_string().contains(text)
+    }
+}
+
+/// Why a service port cannot be programmed at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// More backends than a service port may have, or more usable ones than
+    /// the Maglev table has slots.
+    #[error(
+        "{total} backends exceed the limit of {limit} (and {usable} usable ones the Maglev table size {table_size})"
+    )]
+    TooManyBackends {
+        /// Usable and draining backends.
+        total: usize,
+        /// [`limits::BACKENDS_PER_SERVICE_MAX`].
+        limit: usize,
+        /// Usable backends.
+        usable: usize,
+        /// The Maglev table size.
+        table_size: u32,
+    },
+    /// A backend's cluster name cannot be stored.
+    #[error("cluster name {name:?} is {}", cluster_name_reason())]
+    ClusterName {
+        /// The name.
+        name: String,
+    },
+}
 
 /// What identifies a backend entry: a pod address, port and protocol, in
 /// one service port.
@@ -70,13 +162,13 @@ impl From<&Backend> for BackendIdentity {
 }
 
 /// What one sync did. The syncer logs nothing: its caller reports this.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct SyncOutcome {
     /// Map writes (puts and deletes) made.
     pub writes: usize,
-    /// Service ports that could not be written, each with the reason, naming
-    /// the service.
-    pub errors: Vec<String>,
+    /// What could not be written, each naming the service port, backend or
+    /// cluster.
+    pub errors: Vec<SyncError>,
     /// Whether this sync started by re-reading the maps.
     pub full: bool,
     /// Maglev tables built and published.
@@ -143,7 +235,7 @@ struct PortPlan<'a> {
     /// The table to publish, when it differs from the live one.
     table: Option<(Vec<u32>, TableState)>,
     /// Why the port cannot be written at all.
-    error: Option<String>,
+    error: Option<Rejection>,
 }
 
 /// A digest of what a table is built from: its size and each usable
@@ -216,7 +308,7 @@ impl Syncer {
         self.stale = true;
     }
 
-    fn reload(&mut self, dp: &impl Dataplane) -> Result<()> {
+    fn reload(&mut self, dp: &impl Dataplane) -> Result<(), DataplaneError> {
         self.services = dp.services()?.into_iter().collect();
         self.backends = dp.backends()?.into_iter().collect();
         self.backend_ids = self.backends.iter().map(|(id, b)| (BackendIdentity::from(b), *id)).collect();
@@ -238,12 +330,12 @@ impl Syncer {
         Ok(())
     }
 
-    fn cluster_id(&mut self, cluster: &str, new_clusters: &mut NewClusters) -> Result<u32> {
+    fn cluster_id(&mut self, cluster: &str, new_clusters: &mut NewClusters) -> Result<u32, Rejection> {
         if let Some(id) = self.cluster_ids.get(cluster) {
             return Ok(*id);
         }
         if ClusterName::new(cluster).is_none() {
-            bail!("cluster name {cluster:?} is longer than {} bytes or holds a NUL", limits::CLUSTER_NAME_MAX);
+            return Err(Rejection::ClusterName { name: cluster.to_owned() });
         }
         let id = new_clusters.ids.take(|id| self.clusters.contains_key(&id) || new_clusters.names.contains_key(&id));
         new_clusters.names.insert(id, cluster.to_owned());
@@ -278,7 +370,7 @@ impl Syncer {
     /// # Errors
     /// Only when the maps cannot be read at all; failures to write one service
     /// port are reported in the outcome and do not stop the others.
-    pub fn sync(&mut self, dp: &mut impl Dataplane, desired: &DesiredState) -> Result<SyncOutcome> {
+    pub fn sync(&mut self, dp: &mut impl Dataplane, desired: &DesiredState) -> Result<SyncOutcome, SyncError> {
         self.sync_at(dp, desired, Instant::now())
     }
 
@@ -286,10 +378,15 @@ impl Syncer {
     ///
     /// # Errors
     /// As [`Syncer::sync`].
-    pub fn sync_at(&mut self, dp: &mut impl Dataplane, desired: &DesiredState, now: Instant) -> Result<SyncOutcome> {
+    pub fn sync_at(
+        &mut self,
+        dp: &mut impl Dataplane,
+        desired: &DesiredState,
+        now: Instant,
+    ) -> Result<SyncOutcome, SyncError> {
         let mut outcome = SyncOutcome { full: self.stale, ..SyncOutcome::default() };
         if self.stale {
-            self.reload(dp).context("reading the maps for a full sync")?;
+            self.reload(dp).map_err(SyncError::Reload)?;
         }
         let table_size = dp.maglev_table_size();
 
@@ -327,10 +424,10 @@ impl Syncer {
                     self.clusters.insert(*id, name.clone());
                     outcome.writes += 1;
                 }
-                Err(e) => {
+                Err(error) => {
                     failed_clusters.insert(*id);
                     self.cluster_ids.remove(name);
-                    outcome.errors.push(format!("cluster {name:?}: {e:#}"));
+                    outcome.errors.push(SyncError::Cluster { name: name.clone(), error });
                 }
             }
         }
@@ -353,9 +450,9 @@ impl Syncer {
                     self.backends.insert(*id, *backend);
                     outcome.writes += 1;
                 }
-                Err(e) => {
+                Err(error) => {
                     failed_backends.insert(*id);
-                    outcome.errors.push(format!("backend {id}: {e:#}"));
+                    outcome.errors.push(SyncError::Backend { id: *id, error });
                 }
             }
         }
@@ -366,22 +463,21 @@ impl Syncer {
         let mut failed_services: BTreeSet<u32> = BTreeSet::new();
         for plan in plans {
             written_ports.insert(plan.service_key);
-            if let Some(error) = &plan.error {
-                outcome.errors.push(format!("{}: {error}; left as it was", describe(plan.key, plan.port)));
+            if let Some(reason) = &plan.error {
+                outcome
+                    .errors
+                    .push(SyncError::Rejected { port: describe(plan.key, plan.port), reason: reason.clone() });
                 failed_services.insert(plan.value.service_id);
                 continue;
             }
             if let Some(id) = plan.backend_ids.iter().find(|id| failed_backends.contains(id)) {
-                outcome.errors.push(format!(
-                    "{}: backend {id} could not be written; left as it was",
-                    describe(plan.key, plan.port)
-                ));
+                outcome.errors.push(SyncError::BackendNotWritten { port: describe(plan.key, plan.port), id: *id });
                 failed_services.insert(plan.value.service_id);
                 continue;
             }
             let (key, port, service_id) = (plan.key, plan.port, plan.value.service_id);
-            if let Err(e) = self.write_port(dp, &plan, &mut outcome) {
-                outcome.errors.push(format!("{}: {e:#}", describe(key, port)));
+            if let Err(error) = self.write_port(dp, &plan, &mut outcome) {
+                outcome.errors.push(SyncError::Port { port: describe(key, port), error });
                 failed_services.insert(service_id);
             }
         }
@@ -449,18 +545,18 @@ impl Syncer {
         };
         let total = port.backends.len() + port.draining.len();
         if total > limits::BACKENDS_PER_SERVICE_MAX || port.backends.len() > table_size as usize {
-            plan.error = Some(format!(
-                "{} backends exceed the limit of {} (and {} usable ones the Maglev table size {table_size})",
+            plan.error = Some(Rejection::TooManyBackends {
                 total,
-                limits::BACKENDS_PER_SERVICE_MAX,
-                port.backends.len()
-            ));
+                limit: limits::BACKENDS_PER_SERVICE_MAX,
+                usable: port.backends.len(),
+                table_size,
+            });
             return plan;
         }
         let mut usable: Vec<(&DesiredBackend, u32)> = Vec::with_capacity(port.backends.len());
         for (b, in_table) in port.backends.iter().map(|b| (b, true)).chain(port.draining.iter().map(|b| (b, false))) {
-            if let Err(e) = self.cluster_id(&b.cluster, new_clusters) {
-                plan.error = Some(format!("{e:#}"));
+            if let Err(rejection) = self.cluster_id(&b.cluster, new_clusters) {
+                plan.error = Some(rejection);
                 return plan;
             }
             let id = self.allocate_backend_id(identity_of(b, proto, service_id));
@@ -497,7 +593,12 @@ impl Syncer {
         plan
     }
 
-    fn write_port(&mut self, dp: &mut impl Dataplane, plan: &PortPlan<'_>, outcome: &mut SyncOutcome) -> Result<()> {
+    fn write_port(
+        &mut self,
+        dp: &mut impl Dataplane,
+        plan: &PortPlan<'_>,
+        outcome: &mut SyncOutcome,
+    ) -> Result<(), DataplaneError> {
         let service_id = plan.value.service_id;
         let existing = self.services.get(&plan.service_key).copied();
         if existing.is_none() {
@@ -542,7 +643,7 @@ impl Syncer {
         key: ServiceKey,
         value: ServiceValue,
         outcome: &mut SyncOutcome,
-    ) -> Result<()> {
+    ) -> Result<(), DataplaneError> {
         if self.services.get(&key) != Some(&value) {
             dp.put_service(key, value)?;
             self.services.insert(key, value);
@@ -587,7 +688,7 @@ impl Syncer {
                 .and_then(|()| dp.delete_service_stats(service_id));
             match result {
                 Ok(()) => outcome.writes += 1,
-                Err(e) => outcome.errors.push(format!("deleting {key}: {e:#}")),
+                Err(error) => outcome.errors.push(SyncError::Delete { what: key.to_string(), error }),
             }
         }
         let live_vips: BTreeSet<u32> = self.services.keys().filter(|k| !k.is_wildcard()).map(|k| k.addr).collect();
@@ -599,7 +700,7 @@ impl Syncer {
                     self.services.remove(&key);
                     outcome.writes += 1;
                 }
-                Err(e) => outcome.errors.push(format!("deleting {key}: {e:#}")),
+                Err(error) => outcome.errors.push(SyncError::Delete { what: key.to_string(), error }),
             }
         }
         let named: BTreeSet<u32> = self.services.values().filter(|v| v.table_size != 0).map(|v| v.service_id).collect();
@@ -610,7 +711,9 @@ impl Syncer {
                     self.tables.remove(&id);
                     outcome.writes += 1;
                 }
-                Err(e) => outcome.errors.push(format!("deleting the Maglev table of service {id}: {e:#}")),
+                Err(error) => {
+                    outcome.errors.push(SyncError::Delete { what: format!("the Maglev table of service {id}"), error });
+                }
             }
         }
         let unwanted: Vec<u32> = self
@@ -630,7 +733,7 @@ impl Syncer {
                     }
                     outcome.writes += 1;
                 }
-                Err(e) => outcome.errors.push(format!("deleting backend {id}: {e:#}")),
+                Err(error) => outcome.errors.push(SyncError::Delete { what: format!("backend {id}"), error }),
             }
         }
         // Ids handed out for backends that were never written are free again.
@@ -647,7 +750,7 @@ impl Syncer {
                     }
                     outcome.writes += 1;
                 }
-                Err(e) => outcome.errors.push(format!("deleting cluster {id}: {e:#}")),
+                Err(error) => outcome.errors.push(SyncError::Delete { what: format!("cluster {id}"), error }),
             }
         }
         let clusters = &self.clusters;
@@ -684,7 +787,7 @@ impl Syncer {
                         self.backends.insert(id, flagged);
                         outcome.writes += 1;
                     }
-                    Err(e) => outcome.errors.push(format!("flagging backend {id} removed: {e:#}")),
+                    Err(error) => outcome.errors.push(SyncError::Backend { id, error }),
                 }
             }
         }

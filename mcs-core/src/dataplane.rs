@@ -1,0 +1,158 @@
+//! The narrow interface through which [`crate::sync`] reads and writes the
+//! maps, and the errors it reports. The kernel implementation (over aya) is
+//! `mcs_agent::dataplane::AyaDataplane`; the in-memory one for tests is
+//! [`crate::fake::FakeDataplane`].
+use std::io;
+
+use mcs_common::{Backend, ServiceKey, ServiceValue};
+
+/// Why a map operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The map has no room for another entry (the kernel's `E2BIG`).
+    #[error("{what}: {map} is full")]
+    Full {
+        /// The map.
+        map: &'static str,
+        /// The operation, naming the entry.
+        what: String,
+    },
+    /// An entry or a map that must exist does not.
+    #[error("{what}: {map} has no such entry")]
+    Missing {
+        /// The map (or the object that should hold it).
+        map: &'static str,
+        /// The operation, naming the entry.
+        what: String,
+    },
+    /// The kernel refused the operation.
+    #[error("{what}: {error}")]
+    Kernel {
+        /// The operation, naming the map and the entry.
+        what: String,
+        /// What the kernel said.
+        error: io::Error,
+    },
+    /// A value that cannot be stored (a name too long, a table too large) or
+    /// a map that is not what it should be (another type or layout, a name
+    /// that is not UTF-8).
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// The operation or the object.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The result of a map operation.
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// The maps the sync reads and writes, as it sees them.
+pub trait Dataplane {
+    /// Every entry of the services map.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    /// Every entry of the backends map.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    fn backends(&self) -> Result<Vec<(u32, Backend)>>;
+    /// Every cluster name by id.
+    ///
+    /// # Errors
+    /// When the map cannot be read or holds a name that is not UTF-8.
+    fn clusters(&self) -> Result<Vec<(u32, String)>>;
+    /// The service ids that have a Maglev table.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    fn table_ids(&self) -> Result<Vec<u32>>;
+    /// The Maglev table of a service port (backend id per slot), if any.
+    ///
+    /// # Errors
+    /// When the table cannot be read.
+    fn table(&self, service_id: u32) -> Result<Option<Vec<u32>>>;
+    /// The size (slots) and [`crate::maglev::digest_table`] of the Maglev
+    /// table of a service port, if it has one, read without copying the table.
+    ///
+    /// # Errors
+    /// When the table cannot be read.
+    fn table_digest(&self, service_id: u32) -> Result<Option<(u32, u64)>>;
+    /// The size new Maglev tables are built with.
+    fn maglev_table_size(&self) -> u32;
+    /// Creates or replaces a services entry.
+    ///
+    /// # Errors
+    /// When the kernel refuses (for example, the map is full).
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()>;
+    /// Deletes a services entry; deleting a missing entry is not an error.
+    ///
+    /// # Errors
+    /// When the kernel refuses.
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Creates or replaces a backend.
+    ///
+    /// # Errors
+    /// When the kernel refuses (for example, the map is full).
+    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()>;
+    /// Deletes a backend; deleting a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the kernel refuses.
+    fn delete_backend(&mut self, id: u32) -> Result<()>;
+    /// Publishes `table` as the Maglev table of `service_id`: a new table is
+    /// created and filled completely, then swapped in with one update.
+    ///
+    /// # Errors
+    /// When the table cannot be created or the map is full.
+    fn put_table(&mut self, service_id: u32, table: &[u32]) -> Result<()>;
+    /// Deletes the Maglev table of `service_id`; a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the kernel refuses.
+    fn delete_table(&mut self, service_id: u32) -> Result<()>;
+    /// Records the name of cluster `id`.
+    ///
+    /// # Errors
+    /// When the name does not fit or the kernel refuses.
+    fn put_cluster(&mut self, id: u32, name: &str) -> Result<()>;
+    /// Deletes cluster `id`'s name; a missing one is not an error.
+    ///
+    /// # Errors
+    /// When the kernel refuses.
+    fn delete_cluster(&mut self, id: u32) -> Result<()>;
+    /// Creates (or zeroes) the counters of service port `service_id`.
+    ///
+    /// # Errors
+    /// When the kernel refuses (for example, the map is full).
+    fn reset_service_stats(&mut self, service_id: u32) -> Result<()>;
+    /// Deletes the counters of `service_id`; missing ones are not an error.
+    ///
+    /// # Errors
+    /// When the kernel refuses.
+    fn delete_service_stats(&mut self, service_id: u32) -> Result<()>;
+    /// Forgets every session-affinity entry of `service_id`, so an id
+    /// handed out again starts clean.
+    ///
+    /// # Errors
+    /// When the map cannot be read or written.
+    fn forget_affinity(&mut self, service_id: u32) -> Result<()>;
+}
+
+/// The reason a cluster name cannot be stored in `MCS_CLUSTERS`.
+#[must_use]
+pub fn cluster_name_reason() -> String {
+    format!("longer than {} bytes or holds a NUL", mcs_common::limits::CLUSTER_NAME_MAX)
+}
+
+/// The length of a Maglev table as the `u32` the maps use.
+///
+/// # Errors
+/// [`DataplaneError::Invalid`] when the table has more than `u32::MAX` slots.
+pub fn table_len(table: &[u32]) -> Result<u32> {
+    u32::try_from(table.len())
+        .map_err(|_| DataplaneError::Invalid { what: "a Maglev table".into(), reason: "too large".into() })
+}

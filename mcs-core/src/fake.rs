@@ -1,0 +1,272 @@
+//! An in-memory [`Dataplane`] that records every write and can be told to
+//! fail as a full kernel map would: the sync's tests replay its writes one by
+//! one and check what a packet would see after each.
+use std::collections::BTreeMap;
+
+use mcs_common::{
+    AffinityKey, AffinityValue, Backend, ClusterName, SERVICE_F_WILDCARD, ServiceKey, ServiceStats, ServiceValue,
+    map_names,
+};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError, Result, cluster_name_reason, table_len},
+    maglev,
+};
+
+/// One write the fake saw, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `put_service`.
+    PutService(ServiceKey, ServiceValue),
+    /// `delete_service`.
+    DeleteService(ServiceKey),
+    /// `put_backend`.
+    PutBackend(u32, Backend),
+    /// `delete_backend`.
+    DeleteBackend(u32),
+    /// `put_table`.
+    PutTable(u32, Vec<u32>),
+    /// `delete_table`.
+    DeleteTable(u32),
+    /// `put_cluster`.
+    PutCluster(u32, String),
+    /// `delete_cluster`.
+    DeleteCluster(u32),
+    /// `reset_service_stats`.
+    ResetServiceStats(u32),
+    /// `delete_service_stats`.
+    DeleteServiceStats(u32),
+    /// `forget_affinity`.
+    ForgetAffinity(u32),
+}
+
+/// An in-memory dataplane that records every write and can be told to fail.
+#[derive(Clone, Debug)]
+pub struct FakeDataplane {
+    /// The services map.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// The backends map.
+    pub backends: BTreeMap<u32, Backend>,
+    /// Maglev tables by service id.
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Cluster names by id.
+    pub clusters: BTreeMap<u32, String>,
+    /// Service ids with counters, and the counters (summed over CPUs).
+    pub service_stats: BTreeMap<u32, ServiceStats>,
+    /// Affinity entries.
+    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
+    /// The table size the "object" was loaded with.
+    pub table_size: u32,
+    /// Every write, in order.
+    pub ops: Vec<Op>,
+    /// When set, the services map holds at most this many entries, as a
+    /// full kernel map would.
+    pub services_capacity: Option<usize>,
+    /// When set, at most this many Maglev tables exist.
+    pub tables_capacity: Option<usize>,
+}
+
+impl Default for FakeDataplane {
+    fn default() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            service_stats: BTreeMap::new(),
+            affinity: BTreeMap::new(),
+            // Small, so tests are quick; the algorithm is the same.
+            table_size: 251,
+            ops: Vec::new(),
+            services_capacity: None,
+            tables_capacity: None,
+        }
+    }
+}
+
+impl FakeDataplane {
+    /// Applies a recorded write (for replaying a sync step by step).
+    ///
+    /// # Errors
+    /// As the write itself.
+    pub fn apply(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::PutService(k, v) => self.put_service(*k, *v),
+            Op::DeleteService(k) => self.delete_service(k),
+            Op::PutBackend(id, b) => self.put_backend(*id, *b),
+            Op::DeleteBackend(id) => self.delete_backend(*id),
+            Op::PutTable(id, t) => self.put_table(*id, t),
+            Op::DeleteTable(id) => self.delete_table(*id),
+            Op::PutCluster(id, n) => self.put_cluster(*id, n),
+            Op::DeleteCluster(id) => self.delete_cluster(*id),
+            Op::ResetServiceStats(id) => self.reset_service_stats(*id),
+            Op::DeleteServiceStats(id) => self.delete_service_stats(*id),
+            Op::ForgetAffinity(id) => self.forget_affinity(*id),
+        }
+    }
+
+    /// Checks what a packet would see: every service port's address has a
+    /// wildcard; a port with a table size has a table of that size whose
+    /// slots name existing backends of that port; every backend's cluster
+    /// has a name; every port has counters. Returns the first inconsistency.
+    ///
+    /// # Errors
+    /// Describes the half-written service.
+    pub fn check_consistent(&self) -> Result<(), String> {
+        for (key, value) in &self.services {
+            if key.is_wildcard() {
+                check(value.flags & SERVICE_F_WILDCARD != 0, || format!("{key} has no wildcard flag"))?;
+                continue;
+            }
+            check(self.services.contains_key(&ServiceKey::wildcard(key.ip())), || {
+                format!("{key} has no wildcard entry")
+            })?;
+            check(self.service_stats.contains_key(&value.service_id), || format!("{key} has no counters"))?;
+            if value.table_size == 0 {
+                continue;
+            }
+            let Some(table) = self.tables.get(&value.service_id) else {
+                return Err(format!("{key} has table size {} but no table", value.table_size));
+            };
+            check(table.len() >= value.table_size as usize, || {
+                format!("{key} has table size {} but its table has {} slots", value.table_size, table.len())
+            })?;
+            for (slot, id) in table.iter().enumerate().take(value.table_size as usize) {
+                let Some(backend) = self.backends.get(id) else {
+                    return Err(format!("{key} slot {slot} names backend {id} which is missing"));
+                };
+                check(backend.service_id == value.service_id, || {
+                    format!("{key} slot {slot} names backend {id} of service {}", backend.service_id)
+                })?;
+            }
+        }
+        for (id, backend) in &self.backends {
+            check(self.clusters.contains_key(&backend.cluster_id), || {
+                format!("backend {id} names cluster {} which has no name", backend.cluster_id)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn clusters(&self) -> Result<Vec<(u32, String)>> {
+        Ok(self.clusters.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    fn table_ids(&self) -> Result<Vec<u32>> {
+        Ok(self.tables.keys().copied().collect())
+    }
+
+    fn table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        Ok(self.tables.get(&service_id).cloned())
+    }
+
+    fn table_digest(&self, service_id: u32) -> Result<Option<(u32, u64)>> {
+        self.tables.get(&service_id).map(|t| Ok((table_len(t)?, maglev::digest_table(t)))).transpose()
+    }
+
+    fn maglev_table_size(&self) -> u32 {
+        self.table_size
+    }
+
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        if let Some(cap) = self.services_capacity
+            && !self.services.contains_key(&key)
+            && self.services.len() >= cap
+        {
+            return Err(DataplaneError::Full { map: map_names::SERVICES, what: format!("writing entry {key}") });
+        }
+        self.ops.push(Op::PutService(key, value));
+        self.services.insert(key, value);
+        Ok(())
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.ops.push(Op::DeleteService(*key));
+        self.services.remove(key);
+        Ok(())
+    }
+
+    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        self.ops.push(Op::PutBackend(id, backend));
+        self.backends.insert(id, backend);
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        self.ops.push(Op::DeleteBackend(id));
+        self.backends.remove(&id);
+        Ok(())
+    }
+
+    fn put_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
+        if let Some(cap) = self.tables_capacity
+            && !self.tables.contains_key(&service_id)
+            && self.tables.len() >= cap
+        {
+            return Err(DataplaneError::Full {
+                map: map_names::MAGLEV,
+                what: format!("publishing the Maglev table of service {service_id}"),
+            });
+        }
+        self.ops.push(Op::PutTable(service_id, table.to_vec()));
+        self.tables.insert(service_id, table.to_vec());
+        Ok(())
+    }
+
+    fn delete_table(&mut self, service_id: u32) -> Result<()> {
+        self.ops.push(Op::DeleteTable(service_id));
+        self.tables.remove(&service_id);
+        Ok(())
+    }
+
+    fn put_cluster(&mut self, id: u32, name: &str) -> Result<()> {
+        if ClusterName::new(name).is_none() {
+            return Err(DataplaneError::Invalid {
+                what: format!("cluster name {name:?}"),
+                reason: cluster_name_reason(),
+            });
+        }
+        self.ops.push(Op::PutCluster(id, name.to_owned()));
+        self.clusters.insert(id, name.to_owned());
+        Ok(())
+    }
+
+    fn delete_cluster(&mut self, id: u32) -> Result<()> {
+        self.ops.push(Op::DeleteCluster(id));
+        self.clusters.remove(&id);
+        Ok(())
+    }
+
+    fn reset_service_stats(&mut self, service_id: u32) -> Result<()> {
+        self.ops.push(Op::ResetServiceStats(service_id));
+        self.service_stats.insert(service_id, ServiceStats::default());
+        Ok(())
+    }
+
+    fn delete_service_stats(&mut self, service_id: u32) -> Result<()> {
+        self.ops.push(Op::DeleteServiceStats(service_id));
+        self.service_stats.remove(&service_id);
+        Ok(())
+    }
+
+    fn forget_affinity(&mut self, service_id: u32) -> Result<()> {
+        self.ops.push(Op::ForgetAffinity(service_id));
+        self.affinity.retain(|k, _| k.service_id != service_id);
+        Ok(())
+    }
+}
+
+/// `Ok` when `ok`, else the message `what` makes.
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(what()) }
+}
