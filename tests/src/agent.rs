@@ -104,6 +104,21 @@ impl AgentGuard {
         Self::launch(node, prefix, None, Some(kubeconfig), interfaces, cluster_id, pin_path, extra)
     }
 
+    /// A typed builder for an agent in `node`, pinning under `/sys/fs/bpf/mcs-test-<prefix>`:
+    /// by default it reads an empty manifest directory (`--source file`), attaches to nothing,
+    /// has cluster id `local` and no extra arguments.
+    #[must_use]
+    pub fn builder<'a>(node: &'a NetNs, prefix: &str) -> AgentBuilder<'a> {
+        AgentBuilder {
+            node,
+            prefix: prefix.to_owned(),
+            manifests: None,
+            interfaces: Vec::new(),
+            cluster_id: "local".to_owned(),
+            extra: Vec::new(),
+        }
+    }
+
     #[expect(clippy::too_many_arguments, reason = "private constructor behind the public ones")]
     fn launch(
         node: &NetNs,
@@ -228,12 +243,96 @@ impl AgentGuard {
         }
     }
 
+    /// Waits (at most 15 s) until the Maglev table of `service`/`protocol`, as `mcs-agent
+    /// inspect` reads it from this agent's pins, has slots for exactly the `clusters` given,
+    /// checking on every round that the agent still runs (an agent that refused its arguments
+    /// fails here, with its exit status, rather than as a timeout).
+    ///
+    /// # Panics
+    /// When the agent exited or the table is not so in time.
+    pub fn wait_table(&mut self, service: std::net::SocketAddrV4, protocol: &str, clusters: &[&str]) {
+        let want: std::collections::BTreeSet<&str> = clusters.iter().copied().collect();
+        let what = format!("{service}/{protocol} table holds clusters {want:?}");
+        crate::wait_until(Duration::from_secs(15), Duration::from_millis(50), &what, || {
+            self.assert_running();
+            let state = crate::try_inspect_json(&self.pin_path, &[])?;
+            let backends = crate::inspected_backends(&state, *service.ip(), service.port(), protocol)
+                .ok_or("service port not in the maps")?;
+            let got: std::collections::BTreeSet<&str> =
+                backends.iter().filter(|b| b.slots > 0).map(|b| b.cluster.as_str()).collect();
+            if got == want { Ok(()) } else { Err(format!("{backends:?}")) }
+        });
+    }
+
     /// Removes a manifest file from the watched directory.
     ///
     /// # Panics
     /// When the file cannot be removed.
     pub fn remove_manifest(&self, name: &str) {
         fs::remove_file(self.manifests.join(name)).unwrap_or_else(|e| panic!("remove {name}: {e}"));
+    }
+}
+
+/// What [`AgentGuard::builder`] starts.
+#[derive(Debug)]
+pub struct AgentBuilder<'a> {
+    node: &'a NetNs,
+    prefix: String,
+    manifests: Option<&'a Path>,
+    interfaces: Vec<String>,
+    cluster_id: String,
+    extra: Vec<String>,
+}
+
+impl<'a> AgentBuilder<'a> {
+    /// Copies every file of `dir` into the agent's own manifest directory first.
+    #[must_use]
+    pub fn manifests(mut self, dir: &'a Path) -> Self {
+        self.manifests = Some(dir);
+        self
+    }
+
+    /// Attaches to `interface` too (a name or a glob; `--interfaces` gets them comma-joined).
+    #[must_use]
+    pub fn interface(mut self, interface: &str) -> Self {
+        self.interfaces.push(interface.to_owned());
+        self
+    }
+
+    /// `--cluster-id` (default `local`).
+    #[must_use]
+    pub fn cluster_id(mut self, id: &str) -> Self {
+        id.clone_into(&mut self.cluster_id);
+        self
+    }
+
+    /// One more argument for `mcs-agent run`, after the guard's own (see
+    /// [`AgentGuard::start_with_args`] for those not to repeat).
+    #[must_use]
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra.push(arg.to_owned());
+        self
+    }
+
+    /// Starts it.
+    ///
+    /// # Panics
+    /// When no interface was given, the directory cannot be prepared or the agent cannot start.
+    #[must_use]
+    pub fn start(self) -> AgentGuard {
+        assert!(!self.interfaces.is_empty(), "the agent needs at least one interface");
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/mcs-test-{}", self.prefix));
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        AgentGuard::launch(
+            self.node,
+            &self.prefix,
+            self.manifests,
+            None,
+            &self.interfaces.join(","),
+            &self.cluster_id,
+            pin_path,
+            &extra,
+        )
     }
 }
 

@@ -69,7 +69,20 @@ pub fn connect_from(src: Option<Ipv4Addr>, addr: SocketAddrV4, timeout: Duration
     let Some(src) = src else {
         return TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| with_context(&e, &format!("{addr}")));
     };
-    let what = format!("{src} -> {addr}");
+    connect_bound(SocketAddrV4::new(src, 0), addr, timeout)
+}
+
+/// Connects to `addr` from the local address and port `local` (port 0: any), giving up after
+/// `timeout`. A fixed port outside the ephemeral range keeps a connection out of the way of
+/// the ports the kernel hands out to other connections. The returned stream is blocking.
+///
+/// # Errors
+/// As [`connect_from`]; also when `local`'s port is taken.
+///
+/// # Panics
+/// Never in practice: the sizes of `sockaddr_in` and `c_int` fit `socklen_t`.
+pub fn connect_bound(local: SocketAddrV4, addr: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+    let what = format!("{local} -> {addr}");
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).expect("sockaddr_in size");
     // SAFETY: plain syscall; the descriptor is owned right below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
@@ -78,7 +91,7 @@ pub fn connect_from(src: Option<Ipv4Addr>, addr: SocketAddrV4, timeout: Duration
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let local = sockaddr_in(SocketAddrV4::new(src, 0));
+    let local = sockaddr_in(local);
     // SAFETY: valid sockaddr_in of the given length.
     let rc = unsafe { libc::bind(owned.as_raw_fd(), (&raw const local).cast(), len) };
     if rc != 0 {

@@ -1,18 +1,23 @@
 //! Test support for the MCS eBPF dataplane: a fake multi-cluster network built from network
-//! namespaces ([`topology`]), namespace guards ([`netns`]), socket clients ([`client`]) and the
-//! `mcs-testsrv` identity server binary (`src/bin/mcs-testsrv.rs`).
+//! namespaces ([`topology`]), namespace guards ([`netns`]), socket clients ([`client`]), streams
+//! whose both ends the test holds ([`pair`]), ordinary programs as clients and servers (`nginx`,
+//! `ab`, `iperf3`: [`apps`]), a tc program of the tests' own ([`probe`]) and the `mcs-testsrv`
+//! identity server binary (`src/bin/mcs-testsrv.rs`).
 //!
 //! Everything needs root. All addresses are from 198.18.0.0/15 and live only inside namespaces
 //! created here; nothing is routed in the root namespace.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod agent;
+pub mod apps;
 pub mod client;
 pub mod datapath;
 pub mod fakeapi;
 pub mod manifest;
 pub mod netns;
 pub mod packet;
+pub mod pair;
+pub mod probe;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +96,18 @@ pub fn wait_until<T>(limit: Duration, pause: Duration, what: &str, mut check: im
 /// If the command fails or prints something that is not JSON.
 #[must_use]
 pub fn inspect_json(pin_path: &Path, extra: &[&str]) -> serde_json::Value {
+    try_inspect_json(pin_path, extra).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`inspect_json`], returning what went wrong instead of panicking (an agent that has not
+/// pinned its maps yet, say).
+///
+/// # Errors
+/// When the command fails or prints something that is not JSON.
+///
+/// # Panics
+/// When `mcs-agent` cannot be started at all.
+pub fn try_inspect_json(pin_path: &Path, extra: &[&str]) -> Result<serde_json::Value, String> {
     let out = std::process::Command::new(agent_path())
         .arg("inspect")
         .arg("--pin-path")
@@ -100,15 +117,17 @@ pub fn inspect_json(pin_path: &Path, extra: &[&str]) -> serde_json::Value {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run mcs-agent inspect");
-    assert!(
-        out.status.success(),
-        "mcs-agent inspect --pin-path {} failed ({}): {}",
-        pin_path.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "mcs-agent inspect --pin-path {} failed ({}): {}",
+            pin_path.display(),
+            out.status,
+            said.split("\n\nStack backtrace").next().unwrap_or_default()
+        ));
+    }
     serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("mcs-agent inspect: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        .map_err(|e| format!("mcs-agent inspect: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// One backend of a service port as `mcs-agent inspect -o json` lists it.
@@ -159,17 +178,17 @@ pub fn inspected_backends(
 
 /// Polls `mcs-agent inspect -o json` of the agent pinned at `pin_path` (every 50 ms, for at
 /// most 15 s) until `check` accepts what the maps hold: a deterministic way to know a change
-/// of the manifests has been synced.
+/// of the manifests has been synced. An `inspect` that fails (maps not pinned yet) counts as
+/// not yet.
 ///
 /// # Panics
-/// When it does not happen in time (the message has `what` and `check`'s last complaint), or
-/// `inspect` fails.
+/// When it does not happen in time (the message has `what` and the last complaint).
 pub fn wait_inspect<T>(
     pin_path: &Path,
     what: &str,
     mut check: impl FnMut(&serde_json::Value) -> Result<T, String>,
 ) -> T {
-    wait_until(Duration::from_secs(15), Duration::from_millis(50), what, || check(&inspect_json(pin_path, &[])))
+    wait_until(Duration::from_secs(15), Duration::from_millis(50), what, || check(&try_inspect_json(pin_path, &[])?))
 }
 
 /// [`wait_inspect`] until the set of clusters with slots in the table of `ip:port/protocol` is

@@ -309,6 +309,46 @@ impl NetNs {
         })
     }
 
+    /// Sets the sysctl `key` (dotted, as `sysctl` spells it: `net.ipv4.tcp_tw_reuse`) to
+    /// `value` in this namespace. Only `net.*` keys are per namespace.
+    ///
+    /// # Panics
+    /// When `key` is not a `net.` key or cannot be written.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        assert!(key.starts_with("net.") && !key.contains('/'), "not a per-namespace sysctl: {key}");
+        let path = key.replace('.', "/");
+        self.enter(|| write_sysctl(&path, value))
+            .unwrap_or_else(|e| panic!("netns {}: sysctl {key}={value}: {e}", self.name));
+    }
+
+    /// A counter of this namespace's network stack, as `nstat` names it (`TcpExtTCPSynRetrans`,
+    /// `TcpExtPAWSTimewait`, `TcpRetransSegs`): read from `netstat` and `snmp` under
+    /// `/proc/thread-self/net`, from a thread inside the namespace. `None` when there is no such
+    /// counter.
+    ///
+    /// # Panics
+    /// When the files cannot be read.
+    #[must_use]
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let text = self.enter(|| {
+            ["netstat", "snmp"]
+                .map(|f| {
+                    std::fs::read_to_string(format!("/proc/thread-self/net/{f}"))
+                        .unwrap_or_else(|e| panic!("netns {}: read {f}: {e}", self.name))
+                })
+                .concat()
+        });
+        // Each group is two lines: "Group: name name ..." then "Group: value value ...".
+        let lines: Vec<&str> = text.lines().collect();
+        lines.chunks(2).find_map(|pair| {
+            let [names, values] = pair else { return None };
+            let (group, names) = names.split_once(':')?;
+            let field = name.strip_prefix(group)?;
+            let at = names.split_whitespace().position(|n| n == field)?;
+            values.split_once(':')?.1.split_whitespace().nth(at)?.parse().ok()
+        })
+    }
+
     /// Kills all registered processes now (SIGTERM, then SIGKILL after 2 s) and reaps them.
     pub fn kill_all(&self) {
         let procs = std::mem::take(&mut *self.procs.lock().unwrap_or_else(std::sync::PoisonError::into_inner));

@@ -328,6 +328,20 @@ impl Topology {
         &self.fabric
     }
 
+    /// Sets the MTU of `cluster`'s link to the fabric, both ends (the node's `fab0` and the
+    /// bridge's port `n<cluster>`). Lowered on two nodes, it makes the fabric between them a
+    /// hop with a smaller MTU than the pods': the sending node then answers a larger packet
+    /// that may not be fragmented with an ICMP "fragmentation needed", the ordinary PMTU
+    /// discovery of a routed path.
+    ///
+    /// # Panics
+    /// If `cluster` is out of range or `ip link` refuses the MTU.
+    pub fn set_fabric_mtu(&self, cluster: usize, mtu: u16) {
+        let mtu = mtu.to_string();
+        self.nodes[cluster].ip(&["link", "set", FABRIC_IFACE, "mtu", &mtu]);
+        self.fabric.ip(&["link", "set", &format!("n{cluster}"), "mtu", &mtu]);
+    }
+
     /// Backend pod `pod` of `cluster`.
     ///
     /// # Panics

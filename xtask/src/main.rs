@@ -54,7 +54,7 @@ enum Cmd {
         /// Small sizes and short durations (about a minute; what CI runs).
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma separated: datapath, e2e, control.
+        /// Only these sections, comma separated: datapath, e2e, flows, control.
         #[arg(long)]
         only: Option<String>,
     },
@@ -151,16 +151,10 @@ fn test(no_lint: bool, filter: Option<&str>) -> Result<()> {
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-        // The eBPF crate only builds for the BPF target, with nightly.
-        run(nightly_cargo().args(["clippy", "--package", "mcs-ebpf", "--target", "bpfel-unknown-none"]).args([
-            "-Z",
-            "build-std=core",
-            "--target-dir",
-            "target/ebpf-clippy",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        // The eBPF crates (the datapath and the tests' probe) only build for the BPF target, with nightly.
+        run(nightly_cargo()
+            .args(["clippy", "--package", "mcs-ebpf", "--package", "mcs-tests-probe", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"]))?;
     }
     // Integration tests start these binaries; `cargo test` alone does not build
     // another package's binaries.

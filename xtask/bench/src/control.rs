@@ -4,7 +4,8 @@
 //! - Cold start: from spawning `mcs-agent run --source file` to its first
 //!   `synced` log line that reports every service port (`service_ports`) and no
 //!   errors. The maps are then counted (keys walked in the pinned
-//!   `MCS_SERVICES` and `MCS_BACKENDS`, layout-free) and reported beside it.
+//!   `MCS_SERVICES`, layout-free; the present slots of the `MCS_BACKENDS`
+//!   array, through the agent's own reader) and reported beside it.
 //! - One change: a probe service (one port, one endpoint) is rewritten on disk
 //!   with a new endpoint address (written aside, renamed into place). Its
 //!   latency ends when the datapath, reading the agent's pinned maps, sends a

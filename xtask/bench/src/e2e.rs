@@ -13,10 +13,15 @@
 //!
 //! The measured service is the last of the N. Its one endpoint is the backend
 //! pod, which runs `mcs-testsrv` (8080) and `iperf3 -s` (5201).
+//!
+//! New connections close with a FIN, as applications do, with `tcp_tw_reuse=1`
+//! and the default port range; on every path but direct, each repetition
+//! through the ClusterSetIP follows one to the pod IP from the same client, so
+//! the ratio of the two comes from the same topology and the same minute, and a
+//! client's direct and translated flows share its ports as in a real pod.
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    os::fd::AsRawFd as _,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -49,8 +54,10 @@ pub struct Settings {
     pub pings: u32,
     /// iperf3 duration, seconds.
     pub iperf_secs: u32,
-    /// Duration of the new-connection loop.
+    /// Duration of one new-connection loop (one repetition of one target).
     pub conn_time: Duration,
+    /// Repetitions of the new-connection loop, direct and through the path interleaved.
+    pub conn_reps: u32,
 }
 
 /// The four paths.
@@ -95,16 +102,41 @@ pub struct Sample {
     pub lat_p99: f64,
     /// iperf3 throughput, Gbit/s.
     pub gbps: f64,
-    /// New connections per second.
-    pub conn_rate: f64,
-    /// Connect + first byte on a new connection, microseconds, median.
+    /// New connections per second through the path (for `Direct`, to the pod IP): each
+    /// repetition's rate, in the order run.
+    pub conn: Vec<f64>,
+    /// New connections per second to the pod IP, from the same client in the same topology,
+    /// each repetition run just before the matching one of `conn` (empty for `Direct`).
+    pub conn_direct: Vec<f64>,
+    /// Connect + first byte on a new connection through the path, microseconds, median over
+    /// every repetition's connections.
     pub conn_p50: f64,
     /// 99th percentile.
     pub conn_p99: f64,
-    /// Failed connection attempts.
+    /// Failed connection attempts through the path, all repetitions.
     pub conn_errors: u64,
+    /// Failed connection attempts to the pod IP in the repetitions beside them (a direct flow
+    /// whose replies were taken for a translated flow's fails here).
+    pub conn_direct_errors: u64,
     /// Seconds from starting to load the path's state to a first answer.
     pub load_secs: f64,
+}
+
+impl Sample {
+    /// Median new-connection rate through the path.
+    #[must_use]
+    pub fn conn_rate(&self) -> f64 {
+        stats::median(&self.conn)
+    }
+
+    /// Median of the per-repetition ratios path / direct (same client, same topology, one
+    /// right after the other), when direct was measured beside it.
+    #[must_use]
+    pub fn conn_ratio(&self) -> Option<f64> {
+        let ratios: Vec<f64> =
+            self.conn.iter().zip(&self.conn_direct).filter(|(_, d)| **d > 0.0).map(|(p, d)| p / d).collect();
+        (!ratios.is_empty()).then(|| stats::median(&ratios))
+    }
 }
 
 /// The measured service, last of `n`.
@@ -122,7 +154,7 @@ fn services(n: u32) -> Vec<Service> {
 }
 
 /// Feeds `input` to `program` run in `node`.
-fn load_rules(node: &NetNs, program: &[&str], input: &str) -> Result<()> {
+pub(crate) fn load_rules(node: &NetNs, program: &[&str], input: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", node.name()])
         .args(program)
@@ -137,20 +169,6 @@ fn load_rules(node: &NetNs, program: &[&str], input: &str) -> Result<()> {
     let out = child.wait_with_output()?;
     ensure!(out.status.success(), "{program:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
-}
-
-fn linger_zero(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: valid socket and a properly sized option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            libc::socklen_t::try_from(size_of::<libc::linger>()).unwrap_or(8),
-        );
-    }
 }
 
 fn micros(d: Duration) -> f64 {
@@ -176,8 +194,10 @@ fn latency(addr: SocketAddrV4, pings: u32) -> Result<Vec<f64>> {
     Ok(v)
 }
 
-/// New connections for `time`: connect, read the greeting, close with a reset
-/// (`SO_LINGER` 0), so the client keeps no `TIME_WAIT` and ports never run out.
+/// New connections for `time`: connect, read the greeting, close as applications do (a FIN
+/// from the client first, so the client keeps the `TIME_WAIT` and, with `tcp_tw_reuse=1`, the
+/// kernel reuses its ports); returns the rate, each connection's connect + first byte time and
+/// the failures.
 fn connections(addr: SocketAddrV4, time: Duration) -> (f64, Vec<f64>, u64) {
     let start = Instant::now();
     let mut lat = Vec::new();
@@ -208,7 +228,7 @@ fn connections(addr: SocketAddrV4, time: Duration) -> (f64, Vec<f64>, u64) {
         } else {
             errors += 1;
         }
-        linger_zero(&stream);
+        drop(stream);
     }
     #[expect(clippy::cast_precision_loss, reason = "connection counts")]
     let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
@@ -237,14 +257,52 @@ fn iperf(client: &NetNs, addr: SocketAddrV4, secs: u32) -> Result<f64> {
     bail!("iperf3 to {addr} failed: {last}")
 }
 
+/// `tcp_tw_reuse=1` in the client pod, which lets the new-connection loop reuse its own ports
+/// in `TIME_WAIT`. The ephemeral port range stays Linux's default (32768-60999): ports above it
+/// are where the datapath remaps the source ports of translated flows.
 fn set_client_sysctls(client: &NetNs) {
-    client.enter(|| {
-        for (key, value) in [("ipv4/ip_local_port_range", "1024 65535"), ("ipv4/tcp_tw_reuse", "1")] {
-            if let Err(e) = std::fs::write(format!("/proc/sys/net/{key}"), value) {
-                eprintln!("   warning: sysctl {key}: {e}");
-            }
+    client.sysctl("net.ipv4.tcp_tw_reuse", "1");
+}
+
+/// Where the new-connection loop connects: the pod IP, and the path's address (none for `Direct`).
+struct Targets {
+    direct: SocketAddrV4,
+    through: Option<SocketAddrV4>,
+}
+
+/// What [`interleaved_connections`] measured: the path's rates (for `Direct`, the pod IP's),
+/// the direct rates beside them, the path's latencies, its failures and those of the direct
+/// runs beside it.
+struct ConnRuns {
+    path: Vec<f64>,
+    direct: Vec<f64>,
+    lat: Vec<f64>,
+    errors: u64,
+    direct_errors: u64,
+}
+
+/// The new-connection loop `s.conn_reps` times to the pod IP and, right after each, through
+/// the path, from the same client.
+fn interleaved_connections(client: &NetNs, targets: &Targets, s: &Settings) -> ConnRuns {
+    let mut runs = ConnRuns { path: Vec::new(), direct: Vec::new(), lat: Vec::new(), errors: 0, direct_errors: 0 };
+    for _ in 0..s.conn_reps {
+        if interrupted() {
+            break;
         }
-    });
+        let (rate, lat, errors) = client.enter(|| connections(targets.direct, s.conn_time));
+        let (rate, lat, errors) = match targets.through {
+            None => (rate, lat, errors),
+            Some(through) => {
+                runs.direct.push(rate);
+                runs.direct_errors += errors;
+                client.enter(|| connections(through, s.conn_time))
+            }
+        };
+        runs.path.push(rate);
+        runs.lat.extend(lat);
+        runs.errors += errors;
+    }
+    runs
 }
 
 /// Measures one path at one service count.
@@ -298,19 +356,25 @@ fn one(path: PathKind, n: u32, s: &Settings) -> Result<Sample> {
 
     let lat = topo.client().enter(|| latency(http, s.pings))?;
     let gbps = iperf(topo.client(), iperf_addr, s.iperf_secs)?;
-    let (conn_rate, conn_lat, conn_errors) = topo.client().enter(|| connections(http, s.conn_time));
+    let targets = Targets {
+        direct: SocketAddrV4::new(topo.pod_ip(1, 0), HTTP),
+        through: (path != PathKind::Direct).then_some(http),
+    };
+    let conn = interleaved_connections(topo.client(), &targets, s);
     let lat = stats::percentiles(&lat, &[50.0, 99.0]);
-    let conn_lat = stats::percentiles(&conn_lat, &[50.0, 99.0]);
+    let conn_lat = stats::percentiles(&conn.lat, &[50.0, 99.0]);
     Ok(Sample {
         path,
         services: n,
         lat_p50: lat[0],
         lat_p99: lat[1],
         gbps,
-        conn_rate,
+        conn: conn.path,
+        conn_direct: conn.direct,
         conn_p50: conn_lat[0],
         conn_p99: conn_lat[1],
-        conn_errors,
+        conn_errors: conn.errors,
+        conn_direct_errors: conn.direct_errors,
         load_secs,
     })
 }
@@ -330,14 +394,16 @@ pub fn run(s: &Settings) -> Result<Vec<Sample>> {
             let sample = one(path, n, s).with_context(|| format!("{} at {n} services", path.name()))?;
             println!(
                 "   {:<9} {n:>6} services: latency p50 {:>6.1} us p99 {:>6.1} us | {:>6.2} Gbit/s | {:>7.0} conn/s \
-                 (p50 {:.0} us, {} errors) | loaded in {:.2} s | {:.0} s",
+                 {} (p50 {:.0} us, {} errors, {} direct beside) | loaded in {:.2} s | {:.0} s",
                 path.name(),
                 sample.lat_p50,
                 sample.lat_p99,
                 sample.gbps,
-                sample.conn_rate,
+                sample.conn_rate(),
+                sample.conn_ratio().map_or_else(String::new, |r| format!("({r:.2}x direct)")),
                 sample.conn_p50,
                 sample.conn_errors,
+                sample.conn_direct_errors,
                 sample.load_secs,
                 t.elapsed().as_secs_f64()
             );

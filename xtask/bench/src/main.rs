@@ -2,11 +2,13 @@
 //! `docs/bench/REPORT.md` for the method. Sections:
 //! - [`datapath`]: ns per packet with `BPF_PROG_TEST_RUN`, against a no-op floor;
 //! - [`e2e`]: client to backend through the node, direct / ours / iptables / nftables;
+//! - [`flows`]: the clash sequence and the PMTU upload, ours beside iptables and direct;
 //! - [`control`]: cold start, change latency, RSS and map memory of the agent.
 mod agent;
 mod control;
 mod datapath;
 mod e2e;
+mod flows;
 mod kproxy;
 mod mgen;
 mod plot;
@@ -35,7 +37,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-/// `mcs-bench [--quick] [--out DIR] [--only datapath,e2e,control]`.
+/// `mcs-bench [--quick] [--out DIR] [--only datapath,e2e,flows,control]`.
 #[derive(Parser)]
 struct Args {
     /// Small sizes and short durations (about a minute).
@@ -44,7 +46,7 @@ struct Args {
     /// Where REPORT.md and the charts go.
     #[arg(long)]
     out: PathBuf,
-    /// Only these sections (datapath, e2e, control); all when empty.
+    /// Only these sections (datapath, e2e, flows, control); all when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -83,6 +85,7 @@ fn main() -> Result<()> {
         machine: machine(),
         datapath: None,
         e2e: None,
+        flows: None,
         control: None,
         seconds: 0.0,
     };
@@ -98,17 +101,34 @@ fn main() -> Result<()> {
     if want("e2e") {
         println!("== end to end: direct, ours, iptables, nftables");
         let s = if args.quick {
-            e2e::Settings { counts: vec![1, 100], pings: 2000, iperf_secs: 1, conn_time: Duration::from_secs(1) }
+            e2e::Settings {
+                counts: vec![1, 100],
+                pings: 2000,
+                iperf_secs: 1,
+                conn_time: Duration::from_secs(1),
+                conn_reps: 3,
+            }
         } else {
             e2e::Settings {
                 counts: vec![1, 1000, 10_000],
                 pings: 20_000,
                 iperf_secs: 5,
-                conn_time: Duration::from_secs(5),
+                conn_time: Duration::from_secs(3),
+                conn_reps: 3,
             }
         };
         let samples = e2e::run(&s)?;
         results.e2e = Some((s, samples));
+    }
+    if want("flows") {
+        println!("== flows that used to break: the clash sequence and the PMTU upload");
+        let s = if args.quick {
+            flows::Settings { clash_requests: 3000, pmtu_secs: 2, pmtu_reps: 1 }
+        } else {
+            flows::Settings { clash_requests: 3000, pmtu_secs: 5, pmtu_reps: 3 }
+        };
+        let report = flows::run(&s)?;
+        results.flows = Some((s, report));
     }
     if want("control") {
         println!("== control plane (file source)");

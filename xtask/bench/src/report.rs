@@ -3,9 +3,12 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context as _, Result};
 
+use crate::stats;
+
 use crate::{
     control, datapath,
     e2e::{PathKind, Sample},
+    flows::{self, HOP_MTU, SYN_FAST_RETRANSMIT_MS, SYN_RTO_MS},
     plot::{self, Chart, Series},
 };
 
@@ -19,6 +22,8 @@ pub struct Results {
     pub datapath: Option<datapath::Report>,
     /// Section 2.
     pub e2e: Option<(crate::e2e::Settings, Vec<Sample>)>,
+    /// Section 2, the flows that used to break.
+    pub flows: Option<(flows::Settings, flows::Report)>,
     /// Section 3.
     pub control: Option<(control::Settings, control::Report)>,
     /// Wall time of the run, seconds.
@@ -31,6 +36,140 @@ fn find(samples: &[Sample], path: PathKind, n: u32) -> Option<&Sample> {
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() }
+}
+
+/// `[min-max]` of `v`, whole numbers.
+fn spread(v: &[f64]) -> String {
+    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    if v.is_empty() { String::new() } else { format!("[{lo:.0}-{hi:.0}]") }
+}
+
+/// The per-path end-to-end table.
+fn e2e_table(settings: &crate::e2e::Settings, samples: &[Sample]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "### End to end (client pod -> node -> backend pod in another cluster)\n");
+    let _ = writeln!(
+        t,
+        "One row per path and service count, each in a fresh topology. RR: request/response round trips on one \
+         held TCP connection. Gbit/s: one iperf3 stream. New conn/s: connect, read the greeting, close with a \
+         FIN (client first, `tcp_tw_reuse=1`, default port range); median of {} repetitions of {:?} each, \
+         [min-max] beside it; for every path but direct, each repetition runs right after one to the pod IP \
+         from the same client in the same topology, and `conn/s / direct` is the median of those pairs' \
+         ratios. The other `/ direct` ratios are to the direct row of the same service count (its own \
+         topology).\n",
+        settings.conn_reps, settings.conn_time
+    );
+    let _ = writeln!(
+        t,
+        "| services | path | RR p50 us | RR p99 us | Gbit/s | new conn/s [min-max] | conn p50 us | conn p99 us | \
+         conn errors (direct beside) | p50 / direct | p99 / direct | Gbit/s / direct | conn/s / direct (same run) | ready in s |"
+    );
+    let _ = writeln!(
+        t,
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for s in samples {
+        let direct = find(samples, PathKind::Direct, s.services);
+        let d = |f: fn(&Sample) -> f64| direct.map_or_else(|| "-".into(), |dd| ratio(f(s), f(dd)));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.0} {} | {:.0} | {:.0} | {} ({}) | {} | {} | {} | {} | {:.2} |",
+            s.services,
+            s.path.name(),
+            s.lat_p50,
+            s.lat_p99,
+            s.gbps,
+            s.conn_rate(),
+            spread(&s.conn),
+            s.conn_p50,
+            s.conn_p99,
+            s.conn_errors,
+            s.conn_direct_errors,
+            d(|x| x.lat_p50),
+            d(|x| x.lat_p99),
+            d(|x| x.gbps),
+            s.conn_ratio().map_or_else(|| "-".into(), |x| format!("{x:.2}")),
+            s.load_secs,
+        );
+    }
+    let _ = writeln!(t);
+    t
+}
+
+/// The clash sequence and the PMTU upload.
+fn flow_tables(settings: &flows::Settings, f: &flows::Report) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "### The clash sequence (ab, serial new connections, ours beside iptables)\n");
+    let _ = writeln!(
+        t,
+        "`ab -c 1 -n {}` from one client pod with `tcp_tw_reuse=1`, in the order of the rows: to the pod IP, the \
+         ClusterSetIP, the pod IP, the ClusterSetIP. Ours and kube-proxy's iptables shape each in a fresh topology \
+         (nginx on the backend pod), run alternately. Each cell: requests per second (ab's mean), failed requests, \
+         the 99th percentile and the longest request in ms, then the client's SYN retransmits and the SYNs the \
+         backend refused in TIME_WAIT (a translated tuple reused with older timestamps) during the run. A refused \
+         SYN costs a retransmit after 2 jiffies (a request of {SYN_FAST_RETRANSMIT_MS} ms or more); a lost one the \
+         initial RTO ({SYN_RTO_MS} ms). A run that ab gave up on shows how many requests completed.\n",
+        settings.clash_requests
+    );
+    let _ = writeln!(
+        t,
+        "| run | to | ours: req/s, failed, p99 / longest ms, SYN retransmits / refused | iptables: the same | ours / \
+         iptables |"
+    );
+    let _ = writeln!(t, "| ---: | --- | --- | --- | ---: |");
+    let cell = |a: &mcs_tests::apps::AbReport, (syn, refused): (u64, u64)| {
+        let mut c = format!("{:.0}, {}, {} / {}, {syn} / {refused}", a.rate, a.failed, a.p99_ms, a.longest_ms);
+        if a.clean().is_err() {
+            let _ = write!(c, " (only {} of {} completed)", a.complete, a.requested);
+        }
+        c
+    };
+    for (i, run) in f.clash.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            i + 1,
+            if run.through_vip { "ClusterSetIP" } else { "pod IP" },
+            cell(&run.ours, (run.syn_retransmits.0, run.refused.0)),
+            cell(&run.iptables, (run.syn_retransmits.1, run.refused.1)),
+            ratio(run.ours.rate, run.iptables.rate)
+        );
+    }
+    let _ = writeln!(t);
+    let _ = writeln!(t, "### The PMTU upload (iperf3 across a {HOP_MTU}-byte hop)\n");
+    let _ = writeln!(
+        t,
+        "One iperf3 stream for {} s from the client pod (MTU 1500) to the backend pod, across fabric links of MTU \
+         {HOP_MTU} between the two nodes: the client's node answers full-size segments with ICMP fragmentation \
+         needed, which the client must receive about its own connection. Median Gbit/s of {} runs [min-max]; \
+         each run through the ClusterSetIP follows one to the pod IP from the same client in the same topology \
+         (ours and iptables have one each), and the ratio is of those medians.\n",
+        settings.pmtu_secs, settings.pmtu_reps
+    );
+    let _ = writeln!(
+        t,
+        "| path | Gbit/s through the ClusterSetIP | Gbit/s to the pod IP, same topology | ratio | failed runs |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | --- |");
+    for (name, side) in [("ours", &f.pmtu_ours), ("iptables", &f.pmtu_iptables)] {
+        let (through, direct) = (stats::median(&side.through), stats::median(&side.direct));
+        let _ = writeln!(
+            t,
+            "| {name} | {through:.2} {} | {direct:.2} {} | {} | {} |",
+            spread1(&side.through),
+            spread1(&side.direct),
+            ratio(through, direct),
+            if side.errors.is_empty() { "none".to_owned() } else { side.errors.join("; ") }
+        );
+    }
+    let _ = writeln!(t);
+    t
+}
+
+/// `[min-max]` of `v`, one decimal.
+fn spread1(v: &[f64]) -> String {
+    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    if v.len() < 2 { String::new() } else { format!("[{lo:.1}-{hi:.1}]") }
 }
 
 /// The tables, in markdown (also printed as is: markdown tables read fine in a terminal).
@@ -46,37 +185,11 @@ pub fn tables(r: &Results) -> String {
         }
         let _ = writeln!(t);
     }
-    if let Some((_, samples)) = &r.e2e {
-        let _ = writeln!(t, "### End to end (client pod -> node -> backend pod in another cluster)\n");
-        let _ = writeln!(
-            t,
-            "| services | path | RR p50 us | RR p99 us | Gbit/s | new conn/s | conn p50 us | conn p99 us | p50 / direct \
-             | p99 / direct | Gbit/s / direct | conn/s / direct | ready in s |"
-        );
-        let _ =
-            writeln!(t, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for s in samples {
-            let direct = find(samples, PathKind::Direct, s.services);
-            let d = |f: fn(&Sample) -> f64| direct.map_or_else(|| "-".into(), |dd| ratio(f(s), f(dd)));
-            let _ = writeln!(
-                t,
-                "| {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.2} |",
-                s.services,
-                s.path.name(),
-                s.lat_p50,
-                s.lat_p99,
-                s.gbps,
-                s.conn_rate,
-                s.conn_p50,
-                s.conn_p99,
-                d(|x| x.lat_p50),
-                d(|x| x.lat_p99),
-                d(|x| x.gbps),
-                d(|x| x.conn_rate),
-                s.load_secs,
-            );
-        }
-        let _ = writeln!(t);
+    if let Some((settings, samples)) = &r.e2e {
+        t.push_str(&e2e_table(settings, samples));
+    }
+    if let Some((settings, f)) = &r.flows {
+        t.push_str(&flow_tables(settings, f));
     }
     if let Some((s, c)) = &r.control {
         let (p50, p99) = c.change();
@@ -155,7 +268,7 @@ fn targets(r: &Results) -> String {
         );
         for path in [PathKind::Ours, PathKind::Iptables, PathKind::Nftables] {
             if let (Some(a), Some(b)) = (find(samples, path, first), find(samples, path, last)) {
-                let rate = b.conn_rate / a.conn_rate - 1.0;
+                let rate = b.conn_rate() / a.conn_rate() - 1.0;
                 let conn_lat = b.conn_p50 / a.conn_p50 - 1.0;
                 let _ = writeln!(
                     t,
@@ -173,6 +286,22 @@ fn targets(r: &Results) -> String {
                 );
             }
         }
+    }
+    if let Some((s, samples)) = &r.e2e {
+        let first = s.counts.first().copied().unwrap_or(1);
+        let same_run = |path| find(samples, path, first).and_then(Sample::conn_ratio);
+        let show = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x"));
+        let _ = writeln!(
+            t,
+            "| new connections (FIN close) through the ClusterSetIP vs the pod IP, same run, {first} service(s) | \
+             ours {}, iptables {}, nftables {} | (reference) |",
+            show(same_run(PathKind::Ours)),
+            show(same_run(PathKind::Iptables)),
+            show(same_run(PathKind::Nftables))
+        );
+    }
+    if let Some((_, f)) = &r.flows {
+        t.push_str(&flow_targets(f));
     }
     if let Some(d) = &r.datapath
         && let Some(c) = d.cases.iter().find(|c| c.name == "established flow")
@@ -197,6 +326,37 @@ fn targets(r: &Results) -> String {
             yes(c.peak_rss_mib * 1.048_576 < 100.0)
         );
     }
+    t
+}
+
+/// The targets of the flows that used to break.
+fn flow_targets(f: &flows::Report) -> String {
+    let mut t = String::new();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let worst = f
+        .clash
+        .iter()
+        .filter(|run| run.through_vip)
+        .map(|run| run.ours.rate / run.iptables.rate.max(1.0))
+        .fold(f64::INFINITY, f64::min);
+    let failed: u32 = f.clash.iter().map(|run| run.ours.failed + run.ours.requested - run.ours.complete).sum();
+    let slowest = f.clash.iter().map(|run| run.ours.longest_ms).max().unwrap_or(0);
+    let p99 = f.clash.iter().map(|run| run.ours.p99_ms).max().unwrap_or(0);
+    let _ = writeln!(
+        t,
+        "| clash sequence: no failure, no request >= {SYN_RTO_MS} ms, p99 < {SYN_FAST_RETRANSMIT_MS} ms, every \
+         ClusterSetIP run >= 0.8x iptables | worst ClusterSetIP run {worst:.2}x iptables, {failed} requests failed \
+         or not completed, worst p99 {p99} ms, longest {slowest} ms | {} |",
+        yes(f.clash_met(0.8))
+    );
+    let (through, direct) = (stats::median(&f.pmtu_ours.through), stats::median(&f.pmtu_ours.direct));
+    let share = if direct > 0.0 { through / direct } else { 0.0 };
+    let _ = writeln!(
+        t,
+        "| upload across a {HOP_MTU}-byte hop through the ClusterSetIP >= 0.5x direct | {through:.2} of \
+         {direct:.2} Gbit/s ({share:.2}x) | {} |",
+        yes(share >= 0.5)
+    );
     t
 }
 
@@ -246,8 +406,8 @@ fn charts(r: &Results, out: &Path) -> Result<Vec<(String, String)>> {
                 (|s: &Sample| s.lat_p50) as fn(&Sample) -> f64,
             ),
             ("latency_p99.svg", "TCP request/response latency, p99", "microseconds", |s: &Sample| s.lat_p99),
-            ("conn_rate.svg", "New connections per second (one request each)", "connections/s", |s: &Sample| {
-                s.conn_rate
+            ("conn_rate.svg", "New connections per second (FIN close, median)", "connections/s", |s: &Sample| {
+                s.conn_rate()
             }),
             ("conn_latency.svg", "New connection: connect + first byte, p50", "microseconds", |s: &Sample| s.conn_p50),
             ("throughput.svg", "TCP throughput (iperf3, one stream)", "Gbit/s", |s: &Sample| s.gbps),
@@ -286,9 +446,27 @@ KUBE-SVC-* with `statistic --mode random` -> KUBE-SEP-* DNAT, KUBE-MARK-MASQ/KUB
 The N-1 other services have two endpoints each; the measured service is added last and has one endpoint (the \
 backend pod), because iperf3's control and data connections must reach the same server. Latency: request/response \
 round trips on one TCP connection to `mcs-testsrv` (echo mode) from a Rust client, after a 10% warm-up. Throughput: \
-`iperf3 -c` one stream. New connections: connect, read the greeting, close with SO_LINGER 0 (a reset, so neither \
-side keeps TIME_WAIT), in a loop for a fixed time; the client's port range is widened too. 'ready in s' is from \
-starting to load the path's state to the first answer through it.
+`iperf3 -c` one stream. New connections: connect, read the greeting, close the way applications do (the client's \
+FIN first, so the client keeps TIME_WAIT; `tcp_tw_reuse=1` lets it reuse those ports; the port range stays Linux's \
+default 32768-60999), in a loop for a fixed time. For every path but direct, each repetition of that loop to the \
+ClusterSetIP comes right after one to the pod IP from the same client, so a client's direct and translated flows \
+share its ports as they do in real pods, and the ratio of the two is taken within the same topology and minute. \
+Rates are the median over the repetitions, with the smallest and largest beside it. 'ready in s' is from starting \
+to load the path's state to the first answer through it.
+
+**Flows that used to break.** Two more rows, each with kube-proxy's iptables shape (the same generator as above, \
+one service) beside ours and the pod IP beside both. *The clash sequence*: `ab -c 1 -n N` (HTTP/1.0, a new \
+connection per request, closed by nginx on the backend pod) to the pod IP, then the ClusterSetIP, then the pod IP, \
+then the ClusterSetIP, from one client with `tcp_tw_reuse=1`; ours and iptables in two topologies built side by \
+side and run alternately. Before the runs one page is fetched through the ClusterSetIP from a port below the \
+ephemeral range, so no port ab will get has been used through it. A translated flow whose post-NAT tuple equals an \
+earlier flow's, from another client port, meets the backend's TIME_WAIT with unrelated timestamps: the backend \
+refuses the SYN (PAWS) and the client retransmits it after 2 jiffies; a direct flow whose tuple equals a translated \
+one's has its replies rewritten (ab gives up on the run). The client's SYN retransmits and the backend's refusals \
+are read from the namespaces' TCP counters around each run. *The PMTU upload*: one \
+iperf3 stream across fabric links of MTU 1400 between the two nodes (the client pod keeps 1500, `tcp_mtu_probing=0`), \
+so it only works when the ICMP fragmentation-needed of the client's node reaches the client about its own \
+connection; direct then through the ClusterSetIP, repeated, in the topology of each path.
 
 **Control plane.** `mcs-agent run --source file --poll-interval-ms 10` on a veth in its own namespace, reading \
 generated JSON manifests. Cold start: spawn to the first `synced` log line reporting every service port with no \
