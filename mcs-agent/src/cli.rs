@@ -97,8 +97,9 @@ pub struct DatapathFlags {
     /// The source ports translated flows get, `FIRST-LAST`. It must lie
     /// outside the pods' ephemeral port range (`net.ipv4.ip_local_port_range`,
     /// 32768-60999 by default), so that a pod's direct connections and its
-    /// ClusterSetIP connections can never share a tuple (docs/datapath.md).
-    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    /// ClusterSetIP connections can never share a tuple, and hold the new
+    /// connections of a minute to one backend port (docs/datapath.md).
+    #[arg(long, default_value = "1024-32767", value_parser = parse_port_range)]
     pub nat_port_range: PortRange,
     /// Slots of each service port's Maglev table: a prime, at least 100 times
     /// the most backends a port has for an even spread (docs/datapath.md).
@@ -143,8 +144,7 @@ pub struct DatapathFlags {
 }
 
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
-    let (first, last) =
-        s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST (for example 61000-65535)"))?;
+    let (first, last) = s.split_once('-').ok_or_else(|| format!("{s:?} is not FIRST-LAST (for example 1024-32767)"))?;
     let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?} in {s:?} is not a port: {e}"));
     let (first, last) = (port(first)?, port(last)?);
     if first == 0 || last < first {

@@ -123,12 +123,15 @@ pub mod limits {
     pub const CT_TIMEOUT_TCP_CLOSING_SECS: u64 = 10;
     /// Default idle timeout of a UDP flow, in seconds.
     pub const CT_TIMEOUT_UDP_SECS: u64 = 60;
-    /// Default first source port translated flows are given: the port after
-    /// the end of Linux's default ephemeral range (32768–60999), so a
-    /// client's own connections never use the ports its translated flows get.
-    pub const NAT_PORT_MIN: u16 = 61_000;
+    /// Default first source port translated flows are given. The default
+    /// range, 1024–32767, lies below Linux's default ephemeral range
+    /// (32768–60999), so a client's own connections never use the ports its
+    /// translated flows get, and it is wide enough (31,744 ports) that a
+    /// minute of new connections to one backend port (a `TIME_WAIT`'s length)
+    /// need not reuse a port: 4,536 ports above the ephemeral range were not.
+    pub const NAT_PORT_MIN: u16 = 1024;
     /// Default last source port translated flows are given.
-    pub const NAT_PORT_MAX: u16 = 65_535;
+    pub const NAT_PORT_MAX: u16 = 32_767;
     /// Source ports a new flow tries before it is refused
     /// ([`crate::DropReason::NatPortsExhausted`]).
     pub const NAT_PORT_PROBES: u32 = 16;
@@ -1094,7 +1097,7 @@ mod tests {
         let full = DatapathConfig { nat_port_min: 0, nat_port_max: u16::MAX, ..DatapathConfig::DEFAULT };
         assert_eq!(full.nat_ports(), 65_536);
         assert_eq!(full.nat_port(u32::MAX, 0), u16::try_from(u32::MAX % 65_536).expect("fits"));
-        assert_eq!(DatapathConfig::DEFAULT.nat_ports(), 4536);
+        assert_eq!(DatapathConfig::DEFAULT.nat_ports(), 31_744);
     }
 
     #[test]

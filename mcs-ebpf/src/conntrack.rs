@@ -264,14 +264,40 @@ pub struct Created {
     pub probed: bool,
 }
 
-/// Whether the reply entry `e` at `key`, of another flow, may be taken over
-/// by a new flow (a SYN when `syn`): that flow has expired, or is a closing
-/// TCP flow and the new one is a SYN (as TCP itself reuses a port in
-/// `TIME_WAIT`).
+/// How long a TCP peer keeps a closed connection's tuple in `TIME_WAIT`
+/// (Linux's `TCP_TIMEWAIT_LEN`).
+const TIME_WAIT_NS: u64 = 60 * mcs_common::NS_PER_SEC;
+
+/// What the reply entry `e` at `key`, of another flow, is to a new flow (a
+/// SYN when `syn`) that wants its tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Held by a live flow.
+    Live,
+    /// Its flow is over and long gone: as good as free (a UDP flow that
+    /// expired, a TCP flow last seen more than a `TIME_WAIT` ago, so the
+    /// backend holds nothing of it any more).
+    Stale,
+    /// Its flow expired or, for a SYN, is closing, but the backend may still
+    /// hold its tuple in `TIME_WAIT` (with another flow's sequence numbers):
+    /// taken only when no other port is free.
+    LastResort,
+}
+
 #[inline(always)]
-fn reusable(key: &CtKey, e: &CtValue, syn: bool, now: u64) -> bool {
+fn taken(key: &CtKey, e: &CtValue, syn: bool, now: u64) -> Taken {
     let (flags, last_seen) = combined(key, e);
-    expired(key.proto, flags, last_seen, now) || (syn && ct_state(key.proto, flags) == CT_STATE_CLOSING)
+    if expired(key.proto, flags, last_seen, now) {
+        if key.proto != proto::TCP || now.saturating_sub(last_seen) > TIME_WAIT_NS {
+            Taken::Stale
+        } else {
+            Taken::LastResort
+        }
+    } else if syn && ct_state(key.proto, flags) == CT_STATE_CLOSING {
+        Taken::LastResort
+    } else {
+        Taken::Live
+    }
 }
 
 /// Tracks a new flow to `backend` (id `backend_id`, service port
@@ -344,8 +370,16 @@ pub fn create(
                     chosen = Some(port);
                     break;
                 }
-                if fallback.is_none() && reusable(&reply_key, &e, flow.is_syn(), now) {
-                    fallback = Some(port);
+                match taken(&reply_key, &e, flow.is_syn(), now) {
+                    Taken::Stale => {
+                        if put(&reply_key, &reply, BPF_ANY).is_err() {
+                            return Err(CreateError::InsertFailed);
+                        }
+                        chosen = Some(port);
+                        break;
+                    }
+                    Taken::LastResort if fallback.is_none() => fallback = Some(port),
+                    Taken::LastResort | Taken::Live => {}
                 }
             }
         }
