@@ -7,7 +7,6 @@
 //! - `demo`: a demo ClusterSet in network namespaces, driven by deploy/examples;
 //! - `bench`: the benchmarks (datapath cost, end to end, control plane) and their report.
 mod bench;
-mod demo;
 mod setup;
 
 use std::{
@@ -220,7 +219,14 @@ fn main() -> Result<()> {
             require_root()?;
             setup::setup()?;
             run(cargo().args(["build", "--bins"]))?;
-            demo::demo(connections, hold)
+            // The demo links the test kit, whose build needs bpf-linker: it is a
+            // binary of the tests crate, started once setup has installed it.
+            run(Command::new(workspace().join("target/debug/mcs-demo")).args([
+                "--connections",
+                &connections.to_string(),
+                "--hold",
+                &hold.to_string(),
+            ]))
         }
         Cmd::Bench { quick, only } => {
             require_root()?;

@@ -1,5 +1,9 @@
-//! `cargo xtask demo`: a ClusterSet in network namespaces, driven by the
-//! manifests in `deploy/examples/demo`.
+//! `mcs-demo`, run by `cargo xtask demo`: a ClusterSet in network namespaces,
+//! driven by the manifests in `deploy/examples/demo`.
+//!
+//! It lives in the tests crate, not in xtask, because it links the test kit,
+//! whose build script needs bpf-linker: xtask itself must build on a fresh
+//! machine before `cargo xtask setup` has installed it.
 //!
 //! 1. Three clusters: `local` holds the client pod and the node where the agent
 //!    runs; `east` and `west` each hold two pods serving their identity (east on
@@ -25,7 +29,36 @@ use mcs_tests::{
     topology::Topology,
 };
 
-use crate::{cmd_output, workspace};
+/// The workspace root.
+fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Runs `cmd` and returns its standard output, failing with the command line.
+fn cmd_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `mcs-demo [--connections N] [--hold SECONDS]`.
+#[derive(clap::Parser)]
+struct Args {
+    /// Connections to send.
+    #[arg(long, default_value_t = 12)]
+    connections: usize,
+    /// Keep the demo running this many seconds after the traffic, to look around with bpftool.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+}
+
+fn main() -> Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    demo(args.connections, args.hold)
+}
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const PIN_PATH: &str = "/sys/fs/bpf/mcs-demo";
@@ -33,7 +66,7 @@ const PIN_PATH: &str = "/sys/fs/bpf/mcs-demo";
 const EXPORTERS: [(usize, &str, u16, u16); 2] = [(1, "east", 8080, 5353), (2, "west", 9080, 5354)];
 
 /// Runs the demo.
-pub fn demo(connections: usize, hold: u64) -> Result<()> {
+fn demo(connections: usize, hold: u64) -> Result<()> {
     for stale in cleanup_stale() {
         eprintln!("demo: removed {stale} left by an earlier run");
     }
