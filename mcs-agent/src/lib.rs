@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod run;
+pub mod sockets;
 pub mod source;
 
 pub use mcs_core::{k8s, maglev, sync, translate};
