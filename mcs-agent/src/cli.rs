@@ -330,18 +330,18 @@ pub fn socket_lb_cgroup(
         (DefaultCgroup::Root(cgroup), _) => Ok(SocketLb::On { cgroup }),
         (DefaultCgroup::Namespaced(root), None) => Ok(SocketLb::Off {
             note: Some(format!(
-                "socket load balancing is off: this agent runs in a cgroup namespace of its own, so {} is its                  container's cgroup, not the node's; mount the host's cgroup2 root and pass --cgroup-path                  (deploy/agent/daemonset.yaml does), or pass --socket-lb=false to silence this",
+                "socket load balancing is off: this agent runs in a cgroup namespace of its own, so {} is its container's cgroup, not the node's; mount the host's cgroup2 root and pass --cgroup-path (deploy/agent/daemonset.yaml does), or pass --socket-lb=false to silence this",
                 root.display()
             )),
         }),
         (DefaultCgroup::Missing, None) => Ok(SocketLb::Off {
             note: Some(
-                "socket load balancing is off: no cgroup2 file system in /proc/mounts (the tc programs still                  translate pods' traffic)"
+                "socket load balancing is off: no cgroup2 file system in /proc/mounts (the tc programs still translate pods' traffic)"
                     .to_owned(),
             ),
         }),
         (DefaultCgroup::Namespaced(root), Some(_)) => Err(format!(
-            "--socket-lb: this process is in a cgroup namespace of its own ({} is its container's cgroup); pass              --cgroup-path with the host's cgroup2 root mounted in, or --socket-lb=false",
+            "--socket-lb: this process is in a cgroup namespace of its own ({} is its container's cgroup); pass --cgroup-path with the host's cgroup2 root mounted in, or --socket-lb=false",
             root.display()
         )),
         (DefaultCgroup::Missing, Some(_)) => Err(
