@@ -26,7 +26,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapInfo, MapType},
     programs::{
-        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
     },
@@ -264,14 +264,8 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
             .with_context(|| format!("program {name} is not a tc classifier"))?;
         program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
     }
-    for name in program_names::SOCKET {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} is missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
-        program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
-    }
+    // The socket programs are loaded by `sockets::attach`, only when socket load balancing is
+    // on: they need Linux 5.18 (`bpf_set_retval`), the tc programs do not.
     // Record the settings for `inspect` and for the sync (the table size).
     let mut record: aya::maps::Array<&mut aya::maps::MapData, DatapathConfig> = aya::maps::Array::try_from(
         ebpf.map_mut(map_names::CONFIG).context("map MCS_CONFIG is missing from the eBPF object")?,

@@ -112,6 +112,9 @@ pub fn attach(bpf: &mut Ebpf, cgroup: &Path, pin_dir: &Path) -> Result<()> {
             .with_context(|| format!("program {name} is missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+        program.load().with_context(|| {
+            format!("loading program {name} (the verifier said no; socket load balancing needs Linux 5.18 or later, or --socket-lb=false)")
+        })?;
         let pin = link_pin_path(pin_dir, name);
         let prog_fd = program.fd()?.as_fd().as_raw_fd();
         match adopt(&pin, id, prog_fd) {
