@@ -31,6 +31,7 @@ use std::{
 use mcs_tests::{
     agent::AgentGuard,
     apps::{Ab, AbReport, Iperf3, Iperf3Report, Nginx, http_get_from, iperf3_server, iptables_dnat},
+    cgroup::ChildCgroup,
     client::{tcp_info, udp_info},
     manifest::{self, ImportBuilder, ManifestDir, SliceBuilder},
     netns::{NetNs, unique_prefix},
@@ -121,8 +122,11 @@ const CLASH_RATE_SHARE: f64 = 0.8;
 /// nginx on 8080, and the ClusterSetIP 198.19.9.1:80 carried by our agent or by iptables.
 struct ClashSide {
     name: &'static str,
-    // Fields drop in this order: agent, manifests, nginx, namespaces.
-    _agent: Option<AgentGuard>,
+    // Fields drop in this order: agent, cgroup, manifests, nginx, namespaces.
+    agent: Option<AgentGuard>,
+    /// In socket mode, the child cgroup the agent's socket programs are attached to; the runs
+    /// of this side go through the ClusterSetIP from inside it.
+    cgroup: Option<ChildCgroup>,
     _dir: Option<ManifestDir>,
     _nginx: Nginx,
     topology: Topology,
@@ -141,22 +145,32 @@ impl ClashSide {
         (topology, prefix, nginx)
     }
 
-    /// Our agent, default flags, on the client pod's veth.
+    /// Our agent, default flags, on the client pod's veth (tc path).
     fn ours() -> ClashSide {
-        let (topology, prefix, nginx) = Self::build("clash-ours");
+        Self::ours_with(false)
+    }
+
+    /// Our agent, on the client pod's veth and, when `socket`, with its socket programs on a
+    /// child cgroup (the test's runs go inside it).
+    fn ours_with(socket: bool) -> ClashSide {
+        let (topology, prefix, nginx) = Self::build(if socket { "clash-sock" } else { "clash-ours" });
         let dir = ManifestDir::new(&prefix);
         dir.write("import.json", &manifest::import(NS, "web").ip(CLASH_VIP.ip()).tcp("http", 80));
         let slice = manifest::slice(NS, "web", "east").tcp("http", HTTP_TARGET).ready(topology.pod_ip(1, 0));
         dir.write("slice-east.json", &slice);
-        let mut agent = AgentGuard::builder(topology.node(0), &prefix)
-            .manifests(dir.path())
-            .interface(topology.client_iface())
-            .start();
+        let cgroup = socket.then(|| ChildCgroup::new(&prefix, ""));
+        let mut builder =
+            AgentGuard::builder(topology.node(0), &prefix).manifests(dir.path()).interface(topology.client_iface());
+        if let Some(cgroup) = &cgroup {
+            builder = builder.arg(&cgroup.arg());
+        }
+        let mut agent = builder.start();
         agent.wait_table(CLASH_VIP, "TCP", &["east"]);
         let direct = SocketAddrV4::new(topology.pod_ip(1, 0), HTTP_TARGET);
         ClashSide {
-            name: "ours",
-            _agent: Some(agent),
+            name: if socket { "socket" } else { "ours" },
+            agent: Some(agent),
+            cgroup,
             _dir: Some(dir),
             _nginx: nginx,
             topology,
@@ -170,7 +184,16 @@ impl ClashSide {
         let (topology, _, nginx) = Self::build("clash-ipt");
         let direct = SocketAddrV4::new(topology.pod_ip(1, 0), HTTP_TARGET);
         iptables_dnat(topology.node(0), CLASH_VIP, direct);
-        ClashSide { name: "iptables", _agent: None, _dir: None, _nginx: nginx, topology, direct, vip: CLASH_VIP }
+        ClashSide {
+            name: "iptables",
+            agent: None,
+            cgroup: None,
+            _dir: None,
+            _nginx: nginx,
+            topology,
+            direct,
+            vip: CLASH_VIP,
+        }
     }
 
     fn target(&self, through_vip: bool) -> SocketAddrV4 {
@@ -188,6 +211,18 @@ impl ClashSide {
             self.topology.client().enter(|| http_get_from(local, self.vip, TIMEOUT)).map_err(|e| e.to_string())
         });
     }
+
+    /// `ab` from the client pod (inside the side's cgroup, in socket mode).
+    fn ab(&mut self, target: SocketAddrV4) -> AbReport {
+        if let Some(cgroup) = &mut self.cgroup {
+            cgroup.enter();
+        }
+        let ab = Ab::new(target).requests(CLASH_REQUESTS).run(self.topology.client());
+        if let Some(cgroup) = &mut self.cgroup {
+            cgroup.leave();
+        }
+        ab
+    }
 }
 
 /// `ab -c 1 -n 3000` to the pod IP, then the ClusterSetIP, then the pod IP, then the
@@ -199,8 +234,18 @@ impl ClashSide {
 /// ClusterSetIP run is at least 0.8x as fast as the matching iptables run.
 #[test]
 fn the_clash_sequence_completes_as_fast_as_iptables_dnat() {
-    let ours = ClashSide::ours();
-    let iptables = ClashSide::iptables();
+    clash_sequence(ClashSide::ours(), ClashSide::iptables());
+}
+
+/// The same sequence with our agent in socket mode (issue 10): the ClusterSetIP connections are
+/// translated at `connect()` (the runs go from inside the child cgroup the socket programs are
+/// attached to), with the same checks against iptables.
+#[test]
+fn the_clash_sequence_completes_as_fast_as_iptables_dnat_in_socket_mode() {
+    clash_sequence(ClashSide::ours_with(true), ClashSide::iptables());
+}
+
+fn clash_sequence(mut ours: ClashSide, mut iptables: ClashSide) {
     ours.ready();
     iptables.ready();
 
@@ -208,11 +253,12 @@ fn the_clash_sequence_completes_as_fast_as_iptables_dnat() {
     let mut runs: BTreeMap<(usize, &str), ClashRun> = BTreeMap::new();
     let mut figures = String::new();
     for (run, &through_vip) in sequence.iter().enumerate() {
-        for side in [&ours, &iptables] {
+        for side in [&mut ours, &mut iptables] {
             let target = side.target(through_vip);
+            let before =
+                (counter(side.topology.client(), SYN_RETRANSMITS), counter(side.topology.pod(1, 0), PAWS_REJECTS));
+            let ab = side.ab(target);
             let (client, pod) = (side.topology.client(), side.topology.pod(1, 0));
-            let before = (counter(client, SYN_RETRANSMITS), counter(pod, PAWS_REJECTS));
-            let ab = Ab::new(target).requests(CLASH_REQUESTS).run(client);
             let result = ClashRun {
                 syn_retransmits: counter(client, SYN_RETRANSMITS) - before.0,
                 paws_rejects: counter(pod, PAWS_REJECTS) - before.1,
@@ -250,8 +296,21 @@ fn the_clash_sequence_completes_as_fast_as_iptables_dnat() {
             )
         });
     }
+    if ours.cgroup.is_some()
+        && let Some(agent) = &ours.agent
+    {
+        // Socket mode: every ClusterSetIP connection was translated at connect(), none in tc.
+        let state = mcs_tests::inspect_json(&agent.pin_path, &[]);
+        let service = state["services"].as_array().and_then(|l| l.iter().find(|s| s["port"] == 80)).cloned();
+        let counters = service.map(|s| s["counters"].clone()).unwrap_or_default();
+        let (socket, tc) = (counters["socketTranslated"].as_u64(), counters["newFlows"].as_u64());
+        let _ = writeln!(figures, "socket mode: {socket:?} connect() calls translated at the socket, {tc:?} tc flows");
+        verdicts.check(socket >= Some(u64::from(2 * CLASH_REQUESTS)) && tc == Some(0), || {
+            format!("socket mode: {socket:?} translated at the socket and {tc:?} in tc, for 6000 connections")
+        });
+    }
     for run in (0..sequence.len()).filter(|r| sequence[*r]) {
-        let (o, i) = (&runs[&(run, "ours")].ab, &runs[&(run, "iptables")].ab);
+        let (o, i) = (&runs[&(run, ours.name)].ab, &runs[&(run, "iptables")].ab);
         verdicts.check(o.rate >= CLASH_RATE_SHARE * i.rate, || {
             format!(
                 "run {} (vip): ours {:.0} req/s is below {CLASH_RATE_SHARE} x iptables' {:.0} req/s ({:.2}x)",

@@ -5,7 +5,8 @@
 //! other process of the machine is translated; the guard moves the process back and removes the
 //! cgroup, also on panic. The agent stays attached to the client pod's veth as it is deployed,
 //! so the tests also show that a connection translated at the socket is not translated again in
-//! tc: the backend sees the client's own ephemeral port, never one of the NAT range.
+//! tc: the backend sees the client's own ephemeral port, never one of the NAT range. The flows
+//! issue's clash sequence in socket mode is in `flows.rs`, beside the tc one.
 //!
 //! Topology (namespaces the tests create, 198.18.0.0/15 only): the client pod 198.18.0.2 behind
 //! the node of cluster `local`, where the agent runs; backend pods 198.18.<cluster>.<10+pod>;
@@ -22,7 +23,7 @@ use std::{
 use mcs_common::{ServiceKey, ipv4_from_nbo, limits, maglev_slot, proto, socket_hash};
 use mcs_tests::{
     agent::AgentGuard,
-    apps::{Ab, Iperf3, Nginx, iperf3_server},
+    apps::{Iperf3, iperf3_server},
     cgroup::{self, ChildCgroup},
     client::{HeldStream, ServerInfo, tcp_info, udp_ask_connected, udp_info},
     inspect_json,
@@ -465,68 +466,6 @@ fn the_cgroup_links_follow_cgroup_path_and_go_with_socket_lb_off() {
         .filter(|n| n.starts_with("sock_"))
         .collect();
     assert!(pins.is_empty(), "socket link pins left: {pins:?}");
-}
-
-/// The flows issue's clash sequence in socket mode: `ab -c 1 -n 3000` direct, through the
-/// ClusterSetIP, direct, through the ClusterSetIP, from one client pod with `tcp_tw_reuse=1`: no
-/// failed request, none that waited for a SYN's RTO, 99% faster than a SYN retransmit, and the
-/// ClusterSetIP runs together at least 0.8x as fast as the direct runs together (a connection
-/// translated at the socket is a direct one; the runs are pooled because one run of 3,000
-/// requests on a shared 2-core machine varies by 2x on its own).
-#[test]
-fn the_clash_sequence_runs_at_the_direct_rate_in_socket_mode() {
-    let vip = SocketAddrV4::new(Ipv4Addr::new(198, 19, 10, 30), 80);
-    let (topology, prefix) = topology("sock-clash", 0, &[("east", 1)]);
-    let _nginx = Nginx::start(topology.pod(1, 0), HTTP_TARGET);
-    topology.client().sysctl("net.ipv4.tcp_tw_reuse", "1");
-    let pod = topology.pod_ip(1, 0);
-    let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &manifest::import(NS, "clash").ip(vip.ip()).tcp("http", 80));
-    dir.write("slice.json", &manifest::slice(NS, "clash", "east").tcp("http", HTTP_TARGET).ready(pod));
-    let mut s = launch(topology, prefix, dir, &[], &[]);
-    s.agent.wait_table(vip, "TCP", &["east"]);
-    let direct = SocketAddrV4::new(pod, HTTP_TARGET);
-    let mut figures = String::new();
-    let mut failures = Vec::new();
-    // Seconds spent, by whether the runs went through the ClusterSetIP.
-    let mut seconds = [0.0_f64; 2];
-    for (run, target) in [direct, vip, direct, vip].into_iter().enumerate() {
-        let (client, pod_ns) = (s.topology.client(), s.topology.pod(1, 0));
-        let before = (client.counter("TcpExtTCPSynRetrans"), pod_ns.counter("TcpExtPAWSTimewait"));
-        s.cgroup.enter();
-        let ab = Ab::new(target).requests(3000).run(client);
-        s.cgroup.leave();
-        let retransmits = client.counter("TcpExtTCPSynRetrans").unwrap_or(0) - before.0.unwrap_or(0);
-        let paws = pod_ns.counter("TcpExtPAWSTimewait").unwrap_or(0) - before.1.unwrap_or(0);
-        let line = format!(
-            "run {} {target:<21} {} | {retransmits} SYN retransmits, {paws} SYNs refused by TIME_WAIT",
-            run + 1,
-            ab.summary()
-        );
-        println!("{line}");
-        let _ = writeln!(figures, "{line}");
-        if let Err(e) = ab.clean() {
-            failures.push(format!("run {}: {e}", run + 1));
-        }
-        if ab.longest_ms >= 1000 {
-            failures.push(format!("run {}: the longest request took {} ms, a SYN RTO's worth", run + 1, ab.longest_ms));
-        }
-        if ab.p99_ms >= 8 {
-            failures.push(format!("run {}: 1% of the requests took {} ms or more", run + 1, ab.p99_ms));
-        }
-        seconds[usize::from(target == vip)] += f64::from(ab.complete) / ab.rate.max(1.0);
-    }
-    let (direct_rate, vip_rate) = (6000.0 / seconds[0].max(1e-9), 6000.0 / seconds[1].max(1e-9));
-    let _ = writeln!(figures, "pooled: direct {direct_rate:.0} req/s, ClusterSetIP {vip_rate:.0} req/s");
-    if vip_rate < 0.8 * direct_rate {
-        failures.push(format!("{vip_rate:.0} req/s through the ClusterSetIP, below 0.8 x the direct {direct_rate:.0}"));
-    }
-    let translated = count(&s.counters(vip, "TCP"), "socketTranslated");
-    let _ = writeln!(figures, "connect() calls translated at the socket: {translated}");
-    if translated < 6000 {
-        failures.push(format!("only {translated} of 6000 ClusterSetIP connections were translated at the socket"));
-    }
-    assert!(failures.is_empty(), "{}\n\nfigures:\n{figures}", failures.join("\n"));
 }
 
 /// The client's cached path MTU towards `dst` (`ip route get`), if it has one.
