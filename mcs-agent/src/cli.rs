@@ -6,7 +6,7 @@
 //! deployment manifests pass arguments the agent accepts.
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{
     CommandFactory as _, Parser, Subcommand,
     builder::{PossibleValuesParser, TypedValueParser as _},
@@ -22,6 +22,7 @@ use crate::{
     plan::{self, PlanConfig, PlanSource},
     run::{self, RunConfig},
     source::SourceConfig,
+    status::{self, StatusConfig},
     translate::{self, Locality},
 };
 
@@ -337,6 +338,44 @@ impl InspectArgs {
     }
 }
 
+/// Arguments of `mcs-agent status`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Directory on bpffs where the agent pinned its maps.
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Where the agent serves /status (its `--metrics-addr`, from this
+    /// host); empty: show only what the pins hold.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub agent_addr: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_parser = output_format(), default_value = "table")]
+    pub output: OutputFormat,
+}
+
+impl StatusArgs {
+    /// The configuration of `status`.
+    ///
+    /// # Errors
+    /// When `--agent-addr` is not an address and port.
+    pub fn config(&self) -> Result<StatusConfig, clap::Error> {
+        let agent_addr = match self.agent_addr.trim() {
+            "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                subcommand_error(
+                    "status",
+                    ErrorKind::ValueValidation,
+                    &format!("--agent-addr {addr:?} is not an address:port: {e}"),
+                )
+            })?),
+        };
+        Ok(StatusConfig { pin_path: self.pin_path.clone(), agent_addr, output: self.output })
+    }
+}
+
+/// The shells `mcs-agent completions` writes a script for.
+pub type Shell = clap_complete::Shell;
+
 /// `mcs-agent`.
 #[derive(Parser, Debug)]
 #[command(name = "mcs-agent", version, about = "eBPF dataplane agent for Kubernetes Multi-Cluster Services")]
@@ -356,6 +395,24 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print what a running agent's pinned maps hold.
     Inspect(InspectArgs),
+    /// One screen on a running agent: readiness, source and syncs,
+    /// interfaces, service ports, the last minute's drops, map fill levels.
+    Status(StatusArgs),
+    /// Print a shell completion script (for example
+    /// `mcs-agent completions bash > /etc/bash_completion.d/mcs-agent`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff: `mcs-agent man | man -l -`), or write it
+    /// and one page per subcommand into a directory.
+    Man {
+        /// Write `mcs-agent.1` and `mcs-agent-<subcommand>.1` here instead
+        /// (for example `/usr/local/share/man/man1`).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Detach the programs and remove the pinned maps. Tracked connections are lost.
     Cleanup {
         /// Directory on bpffs where maps and links are pinned.
@@ -366,9 +423,66 @@ pub enum Command {
 
 /// A clap error of `run`, with the usage line.
 fn error(kind: ErrorKind, message: &str) -> clap::Error {
+    subcommand_error("run", kind, message)
+}
+
+/// A clap error of the subcommand `name`, with its usage line.
+fn subcommand_error(name: &str, kind: ErrorKind, message: &str) -> clap::Error {
     let mut command = Cli::command();
-    let run = command.find_subcommand_mut("run").expect("the run subcommand exists");
-    run.error(kind, message)
+    let sub = command.find_subcommand_mut(name).expect("the subcommand exists");
+    sub.error(kind, message)
+}
+
+/// The completion script of `shell` for the whole CLI.
+#[must_use]
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let mut command = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command, "mcs-agent", &mut out);
+    if shell == Shell::Bash {
+        // clap_complete 4.6 spells the state of a subcommand of a hyphenated
+        // binary one way where it sets it (`mcs__agent__subcmd__status`) and
+        // another in the arm that completes its options
+        // (`mcs__subcmd__agent__subcmd__status`), so no option after a
+        // subcommand would ever complete (clap-rs/clap#6421). Spell the arms
+        // as the state is set; a no-op once clap_complete is fixed.
+        let script = String::from_utf8_lossy(&out).replace("mcs__subcmd__agent", "mcs__agent");
+        return script.into_bytes();
+    }
+    out
+}
+
+/// The man page of `mcs-agent` itself (roff): name, synopsis, description,
+/// and the subcommands, each of which has a page of its own ([`man_pages`]).
+///
+/// # Errors
+/// Never in practice: writing into a `Vec` does not fail.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(man_command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// Writes `mcs-agent.1` and a page per subcommand (`mcs-agent-run.1`, ...)
+/// into `dir`; returns their paths.
+///
+/// # Errors
+/// When `dir` cannot be written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    clap_mangen::generate_to(man_command(), dir)?;
+    let mut names: Vec<PathBuf> = std::iter::once("mcs-agent.1".to_owned())
+        .chain(man_command().get_subcommands().map(|s| format!("mcs-agent-{}.1", s.get_name())))
+        .map(|name| dir.join(name))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The command as the man pages show it (no `help` subcommand: `--help` is).
+fn man_command() -> clap::Command {
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    command
 }
 
 /// A command with its configuration, ready to run.
@@ -380,6 +494,12 @@ pub enum Job {
     Plan(PlanConfig),
     /// `inspect`.
     Inspect(InspectConfig),
+    /// `status`.
+    Status(StatusConfig),
+    /// `completions` for this shell.
+    Completions(Shell),
+    /// `man`, into this directory or to stdout.
+    Man(Option<PathBuf>),
     /// `cleanup` of this pin directory.
     Cleanup(PathBuf),
 }
@@ -394,6 +514,9 @@ impl Command {
             Self::Run(args) => Job::Run(args.config()?),
             Self::Plan(args) => Job::Plan(args.config()),
             Self::Inspect(args) => Job::Inspect(args.config()),
+            Self::Status(args) => Job::Status(args.config()?),
+            Self::Completions { shell } => Job::Completions(*shell),
+            Self::Man { out_dir } => Job::Man(out_dir.clone()),
             Self::Cleanup { pin_path } => Job::Cleanup(pin_path.clone()),
         })
     }
@@ -412,6 +535,15 @@ impl Job {
             }
             Self::Plan(config) => plan::execute(&config),
             Self::Inspect(config) => inspect::execute(&config),
+            Self::Status(config) => status::execute(&config),
+            Self::Completions(shell) => Ok(std::io::Write::write_all(&mut std::io::stdout(), &completions(shell))?),
+            Self::Man(None) => Ok(std::io::Write::write_all(&mut std::io::stdout(), &man_page()?)?),
+            Self::Man(Some(dir)) => {
+                for page in man_pages(&dir).with_context(|| format!("writing the man pages into {}", dir.display()))? {
+                    println!("{}", page.display());
+                }
+                Ok(())
+            }
             Self::Cleanup(pin_path) => ebpf::cleanup(&pin_path),
         }
     }

@@ -4,8 +4,9 @@
 //!
 //! 1. [`cli`]: the command line (clap), turned into plain configuration;
 //! 2. the commands: [`run`] (the agent's loop), [`plan`] (the dataplane the
-//!    agent would program), [`inspect`] (what the pinned maps hold), and
-//!    [`output`], the formats they print;
+//!    agent would program), [`inspect`] (what the pinned maps hold),
+//!    [`status`] (one screen on a running agent), and [`output`], the
+//!    formats they print;
 //! 3. what the loop drives: [`source`] (the file source over [`manifests`],
 //!    and the Kubernetes source), [`metrics`], [`interfaces`], and the kernel
 //!    side: [`dataplane`] (the maps through aya) and [`ebpf`] (loading,
@@ -25,5 +26,6 @@ pub mod output;
 pub mod plan;
 pub mod run;
 pub mod source;
+pub mod status;
 
 pub use mcs_core::{k8s, maglev, sync, translate};

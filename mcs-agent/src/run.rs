@@ -219,6 +219,11 @@ impl Syncing {
         let sync_started = Instant::now();
         let synced = self.syncer.sync(dataplane, &desired);
         let sync_ms = sync_started.elapsed().as_secs_f64() * 1e3;
+        let errors = match &synced {
+            Ok(outcome) => outcome.errors.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![format!("{e:#}")],
+        };
+        self.metrics.set_sync_errors(errors);
         let (result, ok, was_full) = match synced {
             Ok(outcome) if outcome.errors.is_empty() => {
                 let fields = (desired.services.len(), outcome.writes, outcome.full, outcome.tables_written);
@@ -293,7 +298,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
     // The first rescan also removes the pins of interfaces deleted while no agent ran.
     let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), mode);
     interfaces.rescan(&mut bpf);
-    metrics.set_interfaces(interfaces.attached().len());
+    metrics.set_interfaces(interfaces.attached(), mode.as_str());
 
     let mut syncing = Syncing {
         config: options.translate.clone(),
@@ -321,12 +326,15 @@ pub async fn run(options: RunConfig) -> Result<()> {
                 syncing.schedule.changed();
             }
             () = interfaces.changed() => relist = true,
-            _ = rescan.tick() => relist = true,
+            _ = rescan.tick() => {
+                relist = true;
+                metrics.sample_drops();
+            }
             () = sleep_until(deadline) => {}
         }
         if relist {
             interfaces.rescan(&mut bpf);
-            metrics.set_interfaces(interfaces.attached().len());
+            metrics.set_interfaces(interfaces.attached(), mode.as_str());
         }
         let synced = source.synced();
         metrics.set_sources_synced(synced);
