@@ -16,8 +16,10 @@ use mcs_common::{DEFAULT_HAIRPIN_ADDR, limits};
 
 use crate::{
     ebpf::{self, DatapathSettings, PortRange},
+    events::{self, EventLevel},
     inspect::{self, InspectConfig},
     interfaces, maglev,
+    monitor::{self, MonitorConfig},
     output::OutputFormat,
     plan::{self, PlanConfig, PlanSource},
     run::{self, RunConfig},
@@ -30,6 +32,12 @@ use crate::{
 fn output_format() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
     PossibleValuesParser::new(OutputFormat::ALL.map(OutputFormat::as_str))
         .map(|s| OutputFormat::parse(&s).expect("clap only passes the possible values"))
+}
+
+/// `--datapath-events off|drops|all`.
+fn event_level() -> impl clap::builder::TypedValueParser<Value = EventLevel> {
+    PossibleValuesParser::new(EventLevel::ALL.map(EventLevel::as_str))
+        .map(|s| EventLevel::parse(&s).expect("clap only passes the possible values"))
 }
 
 /// `--locality none|local|remote`.
@@ -225,6 +233,17 @@ pub struct RunArgs {
     /// The datapath's settings.
     #[command(flatten)]
     pub datapath: DatapathFlags,
+    /// Datapath events the agent writes into its log: `off`, `drops`
+    /// (drops with reason and tuple, refused connections, resets of flows
+    /// whose backend is gone; info level) or `all` (also each new
+    /// translation, debug level). Switched in a map the programs read, so
+    /// `mcs-agent monitor` turns them on for itself at run time.
+    #[arg(long, value_parser = event_level(), default_value = "off")]
+    pub datapath_events: EventLevel,
+    /// The Unix socket `mcs-agent monitor` connects to; empty: none.
+    /// Default: `/run/mcs-agent/<name of --pin-path>.monitor.sock`.
+    #[arg(long)]
+    pub monitor_socket: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -279,6 +298,12 @@ impl RunArgs {
             backend_removal_grace: Duration::from_secs(self.backend_removal_grace_seconds),
             metrics_addr,
             datapath: self.datapath.settings(),
+            datapath_events: self.datapath_events,
+            monitor_socket: match &self.monitor_socket {
+                None => Some(events::socket_path(&self.pin_path)),
+                Some(path) if path.as_os_str().is_empty() => None,
+                Some(path) => Some(path.clone()),
+            },
         })
     }
 }
@@ -373,6 +398,51 @@ impl StatusArgs {
     }
 }
 
+/// Arguments of `mcs-agent monitor`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// Directory on bpffs where the agent pinned its maps: names the agent
+    /// (its socket is `/run/mcs-agent/<name of this directory>.monitor.sock`).
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// The agent's monitor socket, when it was started with `--monitor-socket`.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Only drops, refused connections and resets (no translations).
+    #[arg(long)]
+    pub drops: bool,
+    /// Only events for this import, `NAMESPACE/NAME`.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_service_name)]
+    pub service: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Output format: `json` is one object per line.
+    #[arg(short = 'o', long = "output", value_parser = output_format(), default_value = "table")]
+    pub output: OutputFormat,
+}
+
+fn parse_service_name(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME (for example demo/whoami)")),
+    }
+}
+
+impl MonitorArgs {
+    /// The configuration of `monitor`.
+    #[must_use]
+    pub fn config(&self) -> MonitorConfig {
+        MonitorConfig {
+            socket: self.socket.clone().unwrap_or_else(|| events::socket_path(&self.pin_path)),
+            drops_only: self.drops,
+            service: self.service.clone(),
+            count: self.count,
+            output: self.output,
+        }
+    }
+}
+
 /// The shells `mcs-agent completions` writes a script for.
 pub type Shell = clap_complete::Shell;
 
@@ -398,6 +468,9 @@ pub enum Command {
     /// One screen on a running agent: readiness, source and syncs,
     /// interfaces, service ports, the last minute's drops, map fill levels.
     Status(StatusArgs),
+    /// Stream a running agent's datapath events (drops with reason and
+    /// tuple, refusals, resets, new translations) as they happen.
+    Monitor(MonitorArgs),
     /// Print a shell completion script (for example
     /// `mcs-agent completions bash > /etc/bash_completion.d/mcs-agent`).
     Completions {
@@ -496,6 +569,8 @@ pub enum Job {
     Inspect(InspectConfig),
     /// `status`.
     Status(StatusConfig),
+    /// `monitor`.
+    Monitor(MonitorConfig),
     /// `completions` for this shell.
     Completions(Shell),
     /// `man`, into this directory or to stdout.
@@ -515,6 +590,7 @@ impl Command {
             Self::Plan(args) => Job::Plan(args.config()),
             Self::Inspect(args) => Job::Inspect(args.config()),
             Self::Status(args) => Job::Status(args.config()?),
+            Self::Monitor(args) => Job::Monitor(args.config()),
             Self::Completions { shell } => Job::Completions(*shell),
             Self::Man { out_dir } => Job::Man(out_dir.clone()),
             Self::Cleanup { pin_path } => Job::Cleanup(pin_path.clone()),
@@ -536,6 +612,7 @@ impl Job {
             Self::Plan(config) => plan::execute(&config),
             Self::Inspect(config) => inspect::execute(&config),
             Self::Status(config) => status::execute(&config),
+            Self::Monitor(config) => monitor::execute(&config),
             Self::Completions(shell) => Ok(std::io::Write::write_all(&mut std::io::stdout(), &completions(shell))?),
             Self::Man(None) => Ok(std::io::Write::write_all(&mut std::io::stdout(), &man_page()?)?),
             Self::Man(Some(dir)) => {

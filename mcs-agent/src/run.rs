@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     dataplane::AyaDataplane,
     ebpf::{self, AttachMode, DatapathSettings},
+    events::{self, EventLevel, Events},
     interfaces::{Interfaces, Pattern},
     metrics::{self, Metrics, SyncResult},
     source::{Snapshot, Source, SourceConfig},
@@ -59,6 +60,10 @@ pub struct RunConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// The datapath's settings.
     pub datapath: DatapathSettings,
+    /// Which datapath events the agent logs.
+    pub datapath_events: EventLevel,
+    /// Where `mcs-agent monitor` connects; `None`: nowhere.
+    pub monitor_socket: Option<PathBuf>,
 }
 
 /// When the next sync is due, and whether it is a full one.
@@ -190,6 +195,7 @@ struct Syncing {
     schedule: Schedule,
     logged: Logged,
     metrics: Arc<Metrics>,
+    events: Events,
 }
 
 impl Syncing {
@@ -216,6 +222,7 @@ impl Syncing {
         // Let the source take its objects back without copying them.
         drop(snapshot);
         self.metrics.set_translation(&desired, &report);
+        self.events.names().set_services(&desired);
         let sync_started = Instant::now();
         let synced = self.syncer.sync(dataplane, &desired);
         let sync_ms = sync_started.elapsed().as_secs_f64() * 1e3;
@@ -292,6 +299,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
     let mut bpf = ebpf::load(&options.datapath.load_options(Some(options.pin_path.clone())))?;
     let mut dataplane = AyaDataplane::from_ebpf(&mut bpf)?;
     metrics.set_datapath(&mut bpf)?;
+    let events = events::start(&mut bpf, options.datapath_events, options.monitor_socket.as_deref())?;
     let mode = AttachMode::detect();
     info!(pin_path = %options.pin_path.display(), ?mode, "datapath loaded");
 
@@ -299,6 +307,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
     let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), mode);
     interfaces.rescan(&mut bpf);
     metrics.set_interfaces(interfaces.attached(), mode.as_str());
+    events.names().set_interfaces(interfaces.attached());
 
     let mut syncing = Syncing {
         config: options.translate.clone(),
@@ -306,6 +315,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
         schedule: Schedule::new(options.min_sync_interval, options.max_sync_interval),
         logged: Logged::default(),
         metrics: Arc::clone(&metrics),
+        events: events.clone(),
     };
     // The interfaces were just listed: the first periodic rescan is one period away.
     let mut rescan = tokio::time::interval_at(Instant::now() + INTERFACE_RESCAN, INTERFACE_RESCAN);
@@ -335,6 +345,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
         if relist {
             interfaces.rescan(&mut bpf);
             metrics.set_interfaces(interfaces.attached(), mode.as_str());
+            events.names().set_interfaces(interfaces.attached());
         }
         let synced = source.synced();
         metrics.set_sources_synced(synced);
@@ -350,6 +361,9 @@ pub async fn run(options: RunConfig) -> Result<()> {
         if synced && now >= syncing.due(now) {
             syncing.sync(&source, &mut dataplane);
         }
+    }
+    if let Some(socket) = &options.monitor_socket {
+        events::remove_socket(socket);
     }
     Ok(())
 }

@@ -97,7 +97,7 @@ fn bash_completion_offers_the_subcommands_and_their_flags() {
     assert!(syntax.status.success(), "not valid bash: {}", String::from_utf8_lossy(&syntax.stderr));
 
     let subcommands = bash_completes(&script, &["mcs-agent", "\"\""]);
-    for sub in ["run", "plan", "inspect", "status", "cleanup", "completions", "man"] {
+    for sub in ["run", "plan", "inspect", "status", "monitor", "cleanup", "completions", "man"] {
         assert!(subcommands.iter().any(|w| w == sub), "{sub} not offered: {subcommands:?}");
     }
     let status = bash_completes(&script, &["mcs-agent", "status", "--"]);
@@ -118,7 +118,7 @@ fn zsh_and_fish_scripts_name_every_subcommand() {
     for (shell, marker) in [("zsh", "#compdef mcs-agent"), ("fish", "complete -c mcs-agent")] {
         let script = String::from_utf8(agent_output(&["completions", shell])).expect("a UTF-8 script");
         assert!(script.contains(marker), "{shell}: no {marker:?}");
-        for sub in ["run", "plan", "inspect", "status", "cleanup"] {
+        for sub in ["run", "plan", "inspect", "status", "monitor", "cleanup"] {
             assert!(script.contains(sub), "{shell}: {sub} missing");
         }
         assert!(script.contains("conntrack-max-non-tcp"), "{shell}: a flag of run missing");
@@ -155,7 +155,7 @@ fn the_man_pages_render_without_warnings_and_document_each_subcommand() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into())
         .collect();
     written.sort();
-    let subcommands = ["cleanup", "completions", "inspect", "man", "plan", "run", "status"];
+    let subcommands = ["cleanup", "completions", "inspect", "man", "monitor", "plan", "run", "status"];
     let mut want: Vec<String> = subcommands.iter().map(|s| format!("mcs-agent-{s}.1")).collect();
     want.push("mcs-agent.1".into());
     want.sort();
