@@ -561,8 +561,8 @@ fn man_command() -> clap::Command {
 /// A command with its configuration, ready to run.
 #[derive(Debug)]
 pub enum Job {
-    /// `run`.
-    Run(RunConfig),
+    /// `run` (boxed: by far the largest configuration).
+    Run(Box<RunConfig>),
     /// `plan`.
     Plan(PlanConfig),
     /// `inspect`.
@@ -586,7 +586,7 @@ impl Command {
     /// When its arguments do not combine (each message names the fix).
     pub fn job(&self) -> Result<Job, clap::Error> {
         Ok(match self {
-            Self::Run(args) => Job::Run(args.config()?),
+            Self::Run(args) => Job::Run(Box::new(args.config()?)),
             Self::Plan(args) => Job::Plan(args.config()),
             Self::Inspect(args) => Job::Inspect(args.config()),
             Self::Status(args) => Job::Status(args.config()?),
@@ -607,7 +607,7 @@ impl Job {
         match self {
             Self::Run(config) => {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(run::run(config))
+                runtime.block_on(run::run(*config))
             }
             Self::Plan(config) => plan::execute(&config),
             Self::Inspect(config) => inspect::execute(&config),

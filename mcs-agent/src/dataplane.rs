@@ -300,7 +300,7 @@ pub struct MapFill {
 /// it is walked; a key that vanished mid-walk is skipped).
 fn count_keys<K: aya::Pod>(keys: impl Iterator<Item = Result<K, MapError>>, limit: u64) -> u64 {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    keys.take(limit).filter(Result::is_ok).count() as u64
+    keys.take(limit).flatten().count() as u64
 }
 
 /// The fill level of every map that holds entries (the counter and config

@@ -264,10 +264,10 @@ impl Events {
 
 /// Takes the event maps out of `bpf`, switches the agent's own `level` on,
 /// and starts reading the ring buffer and serving monitors on `socket`
-/// (`None`: no monitors).
+/// (`None`: no monitors; a socket that cannot be bound is logged).
 ///
 /// # Errors
-/// When a map is missing, or the socket cannot be bound.
+/// When a map is missing or of another type.
 pub fn start(bpf: &mut Ebpf, level: EventLevel, socket: Option<&Path>) -> Result<Events> {
     let ring = RingBuf::try_from(bpf.take_map(EVENTS_MAP).context("map MCS_EVENTS is missing")?)
         .context("map MCS_EVENTS is not a ring buffer")?;
@@ -285,10 +285,15 @@ pub fn start(bpf: &mut Ebpf, level: EventLevel, socket: Option<&Path>) -> Result
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling MCS_EVENTS: {e}"))?;
     tokio::spawn(read(ring, level, Arc::clone(&names), tx.clone()));
+    // Without the socket the datapath and the log work as before: not fatal.
     if let Some(path) = socket {
-        let listener = bind(path)?;
-        info!(socket = %path.display(), "serving datapath events to `mcs-agent monitor`");
-        tokio::spawn(serve(listener, flags, tx));
+        match bind(path) {
+            Ok(listener) => {
+                info!(socket = %path.display(), "serving datapath events to `mcs-agent monitor`");
+                tokio::spawn(serve(listener, flags, tx));
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "no `mcs-agent monitor` for this agent"),
+        }
     }
     Ok(Events { names })
 }

@@ -89,7 +89,7 @@ struct State {
 }
 
 /// The span of `/status`'s `recentDrops`.
-pub const DROP_WINDOW: Duration = Duration::from_secs(60);
+pub const DROP_WINDOW: Duration = Duration::from_mins(1);
 
 /// What the run loop recorded, and the datapath's counters.
 #[derive(Default)]
