@@ -113,7 +113,8 @@ fn daemonset_arguments_are_accepted_by_the_agent() {
     assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"), "{at}");
 
     // The monitor socket's directory is writable although the root filesystem is not.
-    let socket = run.monitor_socket.as_ref().expect("a monitor socket by default");
+    let config = run.config().unwrap_or_else(|e| panic!("{at}: the arguments do not combine: {e}"));
+    let socket = config.monitor_socket.as_ref().expect("a monitor socket by default");
     let mount = container
         .volume_mounts
         .iter()
