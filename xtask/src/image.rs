@@ -25,7 +25,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use crate::{cargo, cmd_output, run, workspace};
 
 /// The packages `image` needs, each with a command that shows it is installed.
-const TOOLS: &[(&str, &str)] = &[("mmdebstrap", "mmdebstrap"), ("buildah", "buildah"), ("podman", "podman")];
+const TOOLS: &[(&str, &str)] =
+    &[("mmdebstrap", "mmdebstrap"), ("buildah", "buildah"), ("podman", "podman"), ("runc", "runc")];
 
 /// What the base holds besides Debian's essential set.
 const BASE_PACKAGES: &str = "bpftool,ca-certificates";
@@ -72,10 +73,28 @@ fn build_base(release: &str, name: &str) -> Result<()> {
     imported
 }
 
+/// This process's hard limit of `resource`.
+fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(resource, &raw mut limit) };
+    if rc == 0 { limit.rlim_max } else { 0 }
+}
+
 /// `mcs-agent <args>` in the image, without network; returns stdout.
+///
+/// runc, not Debian's default crun: crun refuses hosts whose cgroups are in
+/// hybrid mode (as on this CI machine). The limits are set to what this
+/// process has: podman's defaults (a million open files) are above the hard
+/// limits of a machine that is itself a container, and the runtime cannot
+/// raise them there.
 fn in_image(tag: &str, volumes: &[(&Path, &str)], entrypoint: Option<&str>, args: &[&str]) -> Result<String> {
+    let files = hard_limit(libc::RLIMIT_NOFILE).max(1024);
+    let processes = hard_limit(libc::RLIMIT_NPROC).clamp(64, 4096);
     let mut cmd = podman();
-    cmd.args(["run", "--rm", "--network", "none"]);
+    cmd.args(["run", "--rm", "--runtime", "runc", "--network", "none"])
+        .arg(format!("--ulimit=nofile={files}:{files}"))
+        .arg(format!("--ulimit=nproc={processes}:{processes}"));
     for (host, inside) in volumes {
         cmd.arg("--volume").arg(format!("{}:{inside}:ro", host.display()));
     }
@@ -128,6 +147,8 @@ pub fn image(tag: Option<&str>, rebuild_base: bool) -> Result<()> {
     } else {
         eprintln!("image: reusing {base} (--rebuild-base makes it again)");
     }
+    // The image the tag names now, removed once the tag has moved (not while a container uses it).
+    let previous = cmd_output(podman().args(["image", "inspect", "--format", "{{.Id}}", &tag])).ok();
     let container = cmd_output(Command::new("buildah").args(["from", "--pull-never", &base]))?;
     let container = container.trim();
     let built = (|| {
@@ -154,6 +175,10 @@ pub fn image(tag: Option<&str>, rebuild_base: bool) -> Result<()> {
     })();
     let _ = Command::new("buildah").args(["rm", container]).output();
     built?;
+    let now = cmd_output(podman().args(["image", "inspect", "--format", "{{.Id}}", &tag]))?;
+    if let Some(previous) = previous.filter(|p| p.trim() != now.trim()) {
+        let _ = podman().args(["rmi", previous.trim()]).output();
+    }
     check(&tag, &agent)?;
     let size = cmd_output(podman().args(["image", "inspect", "--format", "{{.Size}}", &tag]))?;
     let size: u64 = size.trim().parse().with_context(|| format!("image size {size:?}"))?;
