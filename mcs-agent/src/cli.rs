@@ -4,7 +4,11 @@
 //! [`plan::PlanConfig`], [`inspect::InspectConfig`]); nothing below it sees
 //! an argument. It lives in the library so that tests can check that the
 //! deployment manifests pass arguments the agent accepts.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{
@@ -22,7 +26,8 @@ use crate::{
     monitor::{self, MonitorConfig},
     output::OutputFormat,
     plan::{self, PlanConfig, PlanSource},
-    run::{self, RunConfig},
+    run::{self, RunConfig, SocketLb},
+    sockets::DefaultCgroup,
     source::SourceConfig,
     status::{self, StatusConfig},
     translate::{self, Locality},
@@ -150,6 +155,12 @@ pub struct DatapathFlags {
     /// translation off.
     #[arg(long, default_value_t = DEFAULT_HAIRPIN_ADDR)]
     pub hairpin_ip: std::net::Ipv4Addr,
+    /// Translate at the socket only in the node's own network namespace
+    /// (hostNetwork pods, node daemons); pods keep the tc path, so a service
+    /// mesh in the pod still sees the ClusterSetIP (as Cilium's
+    /// `socketLB.hostNamespaceOnly`).
+    #[arg(long)]
+    pub socket_lb_host_only: bool,
 }
 
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
@@ -183,6 +194,7 @@ impl DatapathFlags {
             services_max: self.services_max,
             service_ports_max: self.service_ports_max,
             hairpin_ip: self.hairpin_ip,
+            socket_lb_host_only: self.socket_lb_host_only,
         }
     }
 }
@@ -230,6 +242,17 @@ pub struct RunArgs {
     /// Address of the HTTP server for /metrics, /healthz and /readyz; empty disables it.
     #[arg(long, default_value = "0.0.0.0:9464")]
     pub metrics_addr: String,
+    /// Socket-level load balancing: translate `connect()` and `sendmsg()` to
+    /// a ClusterSetIP in cgroup programs, for pods and for the node's own
+    /// processes. Default: on where a cgroup v2 hierarchy is found.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "true|false")]
+    pub socket_lb: Option<bool>,
+    /// The cgroup v2 directory the socket programs attach to; every process
+    /// below it is translated. Default: the root of the cgroup2 mount in
+    /// /proc/mounts (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid
+    /// hosts). In a container, the host's cgroup2 root mounted in.
+    #[arg(long)]
+    pub cgroup_path: Option<PathBuf>,
     /// The datapath's settings.
     #[command(flatten)]
     pub datapath: DatapathFlags,
@@ -288,7 +311,10 @@ impl RunArgs {
                 error(ErrorKind::ValueValidation, &format!("--metrics-addr {addr:?} is not an address:port: {e}"))
             })?),
         };
+        let socket_lb = socket_lb_cgroup(self.socket_lb, self.cgroup_path.as_deref(), DefaultCgroup::discover)
+            .map_err(|e| error(ErrorKind::ArgumentConflict, &e))?;
         Ok(RunConfig {
+            socket_lb,
             source,
             interfaces,
             translate: self.translate.config(),
@@ -305,6 +331,49 @@ impl RunArgs {
                 Some(path) => Some(path.clone()),
             },
         })
+    }
+}
+
+/// Where the socket programs attach, from `--socket-lb` (`None`: auto) and
+/// `--cgroup-path`, with `discover` telling where the default would be.
+/// Auto mode turns socket load balancing off, with a note, where it cannot
+/// work; an explicit `--socket-lb` there is an error that names the fix.
+///
+/// # Errors
+/// A message for the usage error.
+pub fn socket_lb_cgroup(
+    enabled: Option<bool>,
+    path: Option<&Path>,
+    discover: impl FnOnce() -> DefaultCgroup,
+) -> Result<SocketLb, String> {
+    if enabled == Some(false) {
+        return Ok(SocketLb::Off { note: None });
+    }
+    if let Some(path) = path {
+        return Ok(SocketLb::On { cgroup: path.to_path_buf() });
+    }
+    match (discover(), enabled) {
+        (DefaultCgroup::Root(cgroup), _) => Ok(SocketLb::On { cgroup }),
+        (DefaultCgroup::Namespaced(root), None) => Ok(SocketLb::Off {
+            note: Some(format!(
+                "socket load balancing is off: this agent runs in a cgroup namespace of its own, so {} is its                  container's cgroup, not the node's; mount the host's cgroup2 root and pass --cgroup-path                  (deploy/agent/daemonset.yaml does), or pass --socket-lb=false to silence this",
+                root.display()
+            )),
+        }),
+        (DefaultCgroup::Missing, None) => Ok(SocketLb::Off {
+            note: Some(
+                "socket load balancing is off: no cgroup2 file system in /proc/mounts (the tc programs still                  translate pods' traffic)"
+                    .to_owned(),
+            ),
+        }),
+        (DefaultCgroup::Namespaced(root), Some(_)) => Err(format!(
+            "--socket-lb: this process is in a cgroup namespace of its own ({} is its container's cgroup); pass              --cgroup-path with the host's cgroup2 root mounted in, or --socket-lb=false",
+            root.display()
+        )),
+        (DefaultCgroup::Missing, Some(_)) => Err(
+            "--socket-lb: no cgroup2 file system in /proc/mounts; pass --cgroup-path DIR or --socket-lb=false"
+                .to_owned(),
+        ),
     }
 }
 
@@ -640,6 +709,10 @@ pub fn main() -> Result<()> {
 mod tests {
     use super::*;
 
+    /// `--socket-lb`, `--cgroup-path`, what discovery finds, and the outcome
+    /// (attach there, off with or without a note, or an error containing).
+    type Case = (Option<bool>, Option<&'static str>, fn() -> DefaultCgroup, Result<SocketLb, &'static str>);
+
     fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(
             ["mcs-agent", "run", "--interfaces", "veth*", "--cluster-id", "c1"].iter().chain(args),
@@ -657,6 +730,41 @@ mod tests {
         let run = run_args(&[]).expect("parses");
         assert_eq!(run.source_kind(), SourceKind::Kubernetes);
         assert!(matches!(run.config().expect("combines").source, SourceConfig::Kubernetes { kubeconfig: None }));
+    }
+
+    #[test]
+    fn socket_lb_attaches_to_the_node_root_or_says_why_not() {
+        let root = || DefaultCgroup::Root(PathBuf::from("/sys/fs/cgroup/unified"));
+        let namespaced = || DefaultCgroup::Namespaced(PathBuf::from("/sys/fs/cgroup"));
+        let missing = || DefaultCgroup::Missing;
+        let on = |p: &str| Ok(SocketLb::On { cgroup: PathBuf::from(p) });
+        // (--socket-lb, --cgroup-path, what discovery finds) → attach here, off (with a note?), or an error containing.
+        let cases: [Case; 9] = [
+            (None, None, root, on("/sys/fs/cgroup/unified")),
+            (Some(true), None, root, on("/sys/fs/cgroup/unified")),
+            (None, Some("/run/mcs/cgroupv2"), namespaced, on("/run/mcs/cgroupv2")),
+            (Some(true), Some("/x"), missing, on("/x")),
+            (Some(false), Some("/x"), root, Ok(SocketLb::Off { note: None })),
+            (None, None, namespaced, Ok(SocketLb::Off { note: Some(String::new()) })),
+            (None, None, missing, Ok(SocketLb::Off { note: Some(String::new()) })),
+            (Some(true), None, namespaced, Err("pass --cgroup-path")),
+            (Some(true), None, missing, Err("--socket-lb=false")),
+        ];
+        for (enabled, path, discover, expected) in cases {
+            let got = socket_lb_cgroup(enabled, path.map(Path::new), discover);
+            let case = format!("--socket-lb {enabled:?} --cgroup-path {path:?}");
+            match (got, expected) {
+                (Ok(SocketLb::Off { note: Some(note) }), Ok(SocketLb::Off { note: Some(_) })) => {
+                    assert!(note.contains("--cgroup-path") || note.contains("cgroup2"), "{case}: {note}");
+                }
+                (Err(e), Err(fix)) => assert!(e.contains(fix), "{case}: {e}"),
+                (got, expected) => assert_eq!(got, expected.map_err(str::to_owned), "{case}"),
+            }
+        }
+        let run = run_args(&["--socket-lb=false"]).expect("parses");
+        assert_eq!(run.config().expect("combines").socket_lb, SocketLb::Off { note: None });
+        let run = run_args(&["--socket-lb", "--cgroup-path", "/c"]).expect("a bare --socket-lb means true");
+        assert_eq!(run.config().expect("combines").socket_lb, SocketLb::On { cgroup: PathBuf::from("/c") });
     }
 
     #[test]

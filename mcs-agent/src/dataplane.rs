@@ -230,6 +230,8 @@ fn sum_stats<'a>(values: impl Iterator<Item = &'a ServiceStats>) -> ServiceStats
         bytes: a.bytes.wrapping_add(b.bytes),
         new_flows: a.new_flows.wrapping_add(b.new_flows),
         rejected: a.rejected.wrapping_add(b.rejected),
+        socket_translated: a.socket_translated.wrapping_add(b.socket_translated),
+        socket_refused: a.socket_refused.wrapping_add(b.socket_refused),
     })
 }
 
@@ -238,7 +240,13 @@ fn sum_stats<'a>(values: impl Iterator<Item = &'a ServiceStats>) -> ServiceStats
 pub struct DatapathCounters {
     drops: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
+    /// The services map and the per-service counters, when opened from pins
+    /// ([`Self::with_service_maps`]).
+    services: Option<ServiceMaps>,
 }
+
+/// The services map and the per-service counters.
+type ServiceMaps = (HashMap<MapData, ServiceKey, ServiceValue>, PerCpuArray<MapData, ServiceStats>);
 
 impl DatapathCounters {
     /// Takes the counter maps out of `ebpf`.
@@ -261,7 +269,49 @@ impl DatapathCounters {
         Ok(Self {
             drops: typed(map(map_names::DROPS)?, map_names::DROPS)?,
             stats: typed(map(map_names::STATS)?, map_names::STATS)?,
+            services: None,
         })
+    }
+
+    /// Also opens the services map and the per-service counters pinned
+    /// under `dir`, for [`Self::per_service`].
+    ///
+    /// # Errors
+    /// When a pin is missing or a map is of the wrong type.
+    pub fn with_service_maps(mut self, dir: &Path) -> Result<Self> {
+        let services = typed(open_pinned(dir, map_names::SERVICES)?, map_names::SERVICES)?;
+        let stats = typed(open_pinned(dir, map_names::SERVICE_STATS)?, map_names::SERVICE_STATS)?;
+        self.services = Some((services, stats));
+        Ok(self)
+    }
+
+    /// Every service port the services map holds (wildcards left out), with
+    /// its counters summed over CPUs; empty without [`Self::with_service_maps`].
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn per_service(&self) -> Result<Vec<(ServiceKey, ServiceStats)>> {
+        let Some((services, stats)) = &self.services else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for entry in services {
+            let (key, value) = entry.with_context(|| format!("reading {}", map_names::SERVICES))?;
+            if key.is_wildcard() || value.service_id == 0 {
+                continue;
+            }
+            match stats.get(&value.service_id, 0) {
+                Ok(per_cpu) => out.push((key, sum_stats(per_cpu.iter()))),
+                Err(e) if is_not_found(&e) || matches!(e, MapError::OutOfBounds { .. }) => {}
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!(
+                        "reading {} entry {}",
+                        map_names::SERVICE_STATS,
+                        value.service_id
+                    )));
+                }
+            }
+        }
+        out.sort_unstable_by_key(|(key, _)| *key);
+        Ok(out)
     }
 
     /// Packets dropped for `reason`, summed over CPUs.

@@ -6,7 +6,10 @@
 //!   tables, conntrack, affinity, cluster names, counters, config), with BTF,
 //!   so `bpftool map dump pinned <dir>/<map>` shows named fields;
 //! - `links/<interface>_ingress` and `links/<interface>_egress`: the TCX links
-//!   (see [`link_pin_path`]).
+//!   (see [`link_pin_path`]);
+//! - `links/sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`,
+//!   `sock_getpeername4`: the cgroup links of the socket programs (see
+//!   [`crate::sockets`]).
 //!
 //! Pinned maps and links outlive the agent: a restarted agent adopts the maps
 //! (conntrack included) and swaps its programs into the pinned links atomically,
@@ -23,7 +26,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapInfo, MapType},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
     },
@@ -31,8 +34,8 @@ use aya::{
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, CONFIG_GLOBAL, ClusterName, CtKey, CtValue, DEFAULT_HAIRPIN_ADDR,
-    DatapathConfig, FragKey, FragValue, LAYOUT_VERSION, NS_PER_SEC, ServiceKey, ServiceStats, ServiceValue,
-    ipv4_to_nbo, limits, map_names, program_names,
+    DatapathConfig, FragKey, FragValue, LAYOUT_VERSION, NS_PER_SEC, SOCKET_F_HOST_ONLY, ServiceKey, ServiceStats,
+    ServiceValue, SockRevKey, SockRevValue, ipv4_to_nbo, limits, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
@@ -50,7 +53,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The expected shape of each map (type, key size, value size), checked
 /// against existing pins before they are adopted: an agent must never write
 /// one layout into a map of another.
-const MAP_SHAPES: [(&str, MapType, usize, usize); 12] = [
+const MAP_SHAPES: [(&str, MapType, usize, usize); 13] = [
     (map_names::SERVICES, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
     (map_names::BACKENDS, MapType::Array, size_of::<u32>(), size_of::<Backend>()),
     (map_names::CONNTRACK_TCP, MapType::LruHash, size_of::<CtKey>(), size_of::<CtValue>()),
@@ -62,6 +65,7 @@ const MAP_SHAPES: [(&str, MapType, usize, usize); 12] = [
     (map_names::AFFINITY, MapType::LruHash, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
     (map_names::CLUSTERS, MapType::Hash, size_of::<u32>(), size_of::<ClusterName>()),
     (map_names::SERVICE_STATS, MapType::PerCpuArray, size_of::<u32>(), size_of::<ServiceStats>()),
+    (map_names::SOCK_REV, MapType::LruHash, size_of::<SockRevKey>(), size_of::<SockRevValue>()),
     (map_names::CONFIG, MapType::Array, size_of::<u32>(), size_of::<DatapathConfig>()),
 ];
 
@@ -128,6 +132,9 @@ pub struct DatapathSettings {
     pub service_ports_max: u32,
     /// The source address of hairpin connections; `0.0.0.0`: not translated.
     pub hairpin_ip: std::net::Ipv4Addr,
+    /// The socket programs translate only the node's own network namespace
+    /// (`--socket-lb-host-only`).
+    pub socket_lb_host_only: bool,
 }
 
 /// A range of ports, both ends included.
@@ -164,6 +171,7 @@ impl Default for DatapathSettings {
             services_max: limits::SERVICES_MAX,
             service_ports_max: limits::SERVICE_PORTS_MAX,
             hairpin_ip: DEFAULT_HAIRPIN_ADDR,
+            socket_lb_host_only: false,
         }
     }
 }
@@ -190,7 +198,9 @@ impl DatapathSettings {
                 nat_port_min: self.nat_port_range.first,
                 nat_port_max: self.nat_port_range.last,
                 layout_version: LAYOUT_VERSION,
-                pad: 0,
+                socket_flags: if self.socket_lb_host_only { SOCKET_F_HOST_ONLY } else { 0 },
+                // Filled in by `load_object`, from the loading process's namespace.
+                host_netns_cookie: 0,
             },
         }
     }
@@ -219,7 +229,10 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
     if !maglev::is_prime(options.config.maglev_table_size) {
         bail!("the Maglev table size {} is not a prime", options.config.maglev_table_size);
     }
-    let config = options.config;
+    let mut config = options.config;
+    if config.host_netns_cookie == 0 {
+        config.host_netns_cookie = own_netns_cookie().context("reading this network namespace's cookie")?;
+    }
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(map_names::CONNTRACK_TCP, config.conntrack_max);
     loader.map_max_entries(map_names::CONNTRACK_ANY, config.conntrack_max_non_tcp);
@@ -249,6 +262,14 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
             .with_context(|| format!("program {name} is missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {name} is not a tc classifier"))?;
+        program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
+    }
+    for name in program_names::SOCKET {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
         program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
     }
     // Record the settings for `inspect` and for the sync (the table size).
@@ -281,16 +302,45 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
+    fs_type(path) == Some(BPF_FS_MAGIC)
+}
+
+/// The file system type (`statfs`'s `f_type`, a `*_MAGIC`) of `path`.
+pub(crate) fn fs_type(path: &Path) -> Option<i64> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statfs writes into a zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is a valid NUL-terminated string; st is writable.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut st) };
     #[expect(clippy::useless_conversion, reason = "f_type's integer type differs between libcs")]
     let fs_type = i64::from(st.f_type);
-    rc == 0 && fs_type == BPF_FS_MAGIC
+    (rc == 0).then_some(fs_type)
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), the
+/// value `bpf_get_netns_cookie` gives the socket programs for its sockets.
+fn own_netns_cookie() -> io::Result<u64> {
+    /// `SO_NETNS_COOKIE` from `asm-generic/socket.h` (Linux 5.14).
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // An unbound socket: it needs no address (a new namespace's loopback is down).
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns; closed on drop.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).map_err(io::Error::other)?;
+    // SAFETY: the buffer and its length are valid for the call.
+    let rc = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &raw mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 fn check_pinned_shape(

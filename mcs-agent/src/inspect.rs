@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use mcs_common::{
     BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CT_DIR_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, ServiceKey, ServiceStats,
-    ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
+    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, SOCKET_F_HOST_ONLY,
+    ServiceKey, ServiceStats, ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -178,6 +178,10 @@ pub struct ConfigView {
     pub nat_port_range: String,
     /// Entries of the session-affinity map.
     pub affinity_max: u32,
+    /// The socket programs translate only the node's own network namespace.
+    pub socket_lb_host_only: bool,
+    /// The cookie of the namespace the agent loaded the programs in (the node's).
+    pub host_netns_cookie: u64,
 }
 
 /// One service port and its backends.
@@ -238,6 +242,10 @@ pub struct CountersView {
     pub new_flows: u64,
     /// New flows refused (no backend).
     pub rejected: u64,
+    /// `connect()`/`sendmsg()` calls the socket programs sent to a backend.
+    pub socket_translated: u64,
+    /// `connect()`/`sendmsg()` calls refused with `ECONNREFUSED` (no backend).
+    pub socket_refused: u64,
 }
 
 /// One tracked flow.
@@ -285,6 +293,8 @@ impl Inspection {
             conntrack_max_non_tcp: c.conntrack_max_non_tcp,
             nat_port_range: format!("{}-{}", c.nat_port_min, c.nat_port_max),
             affinity_max: c.affinity_max,
+            socket_lb_host_only: c.socket_flags & SOCKET_F_HOST_ONLY != 0,
+            host_netns_cookie: c.host_netns_cookie,
         });
         let services =
             s.services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(k, v)| service_view(s, *k, v)).collect();
@@ -359,6 +369,8 @@ fn service_view(s: &Snapshot, key: ServiceKey, value: &ServiceValue) -> ServiceV
         bytes: c.bytes,
         new_flows: c.new_flows,
         rejected: c.rejected,
+        socket_translated: c.socket_translated,
+        socket_refused: c.socket_refused,
     });
     let mut flags = Vec::new();
     if value.flags & SERVICE_F_FALLBACK != 0 {
@@ -403,7 +415,7 @@ pub fn to_table(s: &Snapshot) -> String {
     if let Some(c) = &v.config {
         let _ = writeln!(
             out,
-            "datapath: maglev table {} slots, conntrack max {}, timeouts syn {}s established {}s closing {}s udp {}s, hairpin {}",
+            "datapath: maglev table {} slots, conntrack max {}, timeouts syn {}s established {}s closing {}s udp {}s, hairpin {}{}",
             c.maglev_table_size,
             c.conntrack_max,
             c.tcp_syn_timeout_seconds,
@@ -411,6 +423,7 @@ pub fn to_table(s: &Snapshot) -> String {
             c.tcp_closing_timeout_seconds,
             c.udp_timeout_seconds,
             c.hairpin_ip.as_deref().unwrap_or("off"),
+            if c.socket_lb_host_only { ", socket programs: node namespace only" } else { "" },
         );
     }
     let _ = writeln!(out, "\n{} service port(s)", v.services.len());
@@ -431,8 +444,8 @@ pub fn to_table(s: &Snapshot) -> String {
         if let Some(c) = &svc.counters {
             let _ = writeln!(
                 out,
-                "  counters: packets {} bytes {} new flows {} rejected {}",
-                c.packets, c.bytes, c.new_flows, c.rejected
+                "  counters: packets {} bytes {} new flows {} rejected {}; sockets translated {} refused {}",
+                c.packets, c.bytes, c.new_flows, c.rejected, c.socket_translated, c.socket_refused
             );
         }
         let _ = writeln!(out, "  {:<22} {:<20} {:<12} {:>7} {:>8}", "BACKEND", "CLUSTER", "STATE", "SLOTS", "SHARE");

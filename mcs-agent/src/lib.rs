@@ -29,6 +29,7 @@ pub mod monitor;
 pub mod output;
 pub mod plan;
 pub mod run;
+pub mod sockets;
 pub mod source;
 pub mod status;
 

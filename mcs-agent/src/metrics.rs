@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mcs_common::{DropReason, Stat};
+use mcs_common::{DropReason, ServiceKey, Stat};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text},
@@ -83,6 +83,8 @@ struct State {
     source_problems: usize,
     skipped: Vec<[String; 3]>,
     excluded: Vec<[String; 4]>,
+    /// The import (namespace, name) of each service port desired.
+    imports: BTreeMap<ServiceKey, (String, String)>,
     /// Drop counters (in [`DropReason::ALL`] order) sampled over the last
     /// [`DROP_WINDOW`], oldest first.
     drop_samples: VecDeque<(Instant, Vec<u64>)>,
@@ -130,8 +132,8 @@ impl Metrics {
     ///
     /// # Errors
     /// When a map is missing or of another type.
-    pub fn set_datapath(&self, bpf: &mut Ebpf) -> Result<()> {
-        let counters = DatapathCounters::from_ebpf(bpf)?;
+    pub fn set_datapath(&self, bpf: &mut Ebpf, pin_path: &std::path::Path) -> Result<()> {
+        let counters = DatapathCounters::from_ebpf(bpf)?.with_service_maps(pin_path)?;
         *self.recorded.counters.lock().unwrap_or_else(PoisonError::into_inner) = Some(counters);
         self.state().datapath_loaded = true;
         // The baseline of the drops of the first minute.
@@ -243,6 +245,11 @@ impl Metrics {
         state.service_ports = desired.services.len();
         state.backends = desired.services.values().map(|p| p.backends.len()).sum();
         state.draining = desired.services.values().map(|p| p.draining.len()).sum();
+        state.imports = desired
+            .services
+            .iter()
+            .map(|(k, p)| (ServiceKey::new(k.ip, k.port, k.protocol.number()), (p.namespace.clone(), p.name.clone())))
+            .collect();
         state.skipped = report
             .skipped
             .iter()
@@ -438,6 +445,41 @@ impl Collector for Scrape {
             for stat in Stat::ALL {
                 let count = ConstCounter::new(or_zero(counters.stat(stat)));
                 count.encode(packets.encode_family(&[("kind", stat.name())])?)?;
+            }
+            let rows = counters.per_service().unwrap_or_else(|e| {
+                debug!(error = %format!("{e:#}"), "reading the per-service counters failed");
+                Vec::new()
+            });
+            let imports = self.0.state().imports.clone();
+            let labelled: Vec<_> = rows
+                .iter()
+                .map(|(key, stats)| {
+                    let (namespace, name) = imports.get(key).cloned().unwrap_or_default();
+                    ([namespace, name, key.to_string()], stats)
+                })
+                .collect();
+            let labels =
+                |l: &[String; 3]| [("namespace", l[0].clone()), ("name", l[1].clone()), ("service", l[2].clone())];
+            let help = "Events of one service port: packets translated by the tc programs, new flows, refused \
+                        packets, and connect()/sendmsg() calls translated or refused by the socket programs.";
+            let mut events = encoder.encode_descriptor("mcs_service_events", help, None, MetricType::Counter)?;
+            for (l, s) in &labelled {
+                for (event, value) in [
+                    ("packets", s.packets),
+                    ("new-flows", s.new_flows),
+                    ("rejected", s.rejected),
+                    ("socket-translated", s.socket_translated),
+                    ("socket-refused", s.socket_refused),
+                ] {
+                    let [a, b, c] = labels(l);
+                    let family = [a, b, c, ("event", event.to_owned())];
+                    ConstCounter::new(value).encode(events.encode_family(&family)?)?;
+                }
+            }
+            let help = "Bytes of the packets the tc programs translated for one service port (whole frames).";
+            let mut bytes = encoder.encode_descriptor("mcs_service_bytes", help, None, MetricType::Counter)?;
+            for (l, s) in &labelled {
+                ConstCounter::new(s.bytes).encode(bytes.encode_family(&labels(l))?)?;
             }
         }
         Ok(())

@@ -31,6 +31,7 @@ use crate::{
     events::{self, EventLevel, Events},
     interfaces::{Interfaces, Pattern},
     metrics::{self, Metrics, SyncResult},
+    sockets,
     source::{Snapshot, Source, SourceConfig},
     sync::Syncer,
     translate::{self, Config},
@@ -39,9 +40,26 @@ use crate::{
 /// How often the interface list is rescanned without a link event.
 const INTERFACE_RESCAN: Duration = Duration::from_secs(5);
 
+/// Socket-level load balancing, as `--socket-lb` and `--cgroup-path` decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketLb {
+    /// Attach the socket programs to this cgroup v2 directory.
+    On {
+        /// The cgroup.
+        cgroup: PathBuf,
+    },
+    /// Not attached (links a previous agent pinned are removed).
+    Off {
+        /// Why, when it was not asked for: logged as a warning.
+        note: Option<String>,
+    },
+}
+
 /// The configuration of `mcs-agent run`: what its flags ask for, checked.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
+    /// Socket-level load balancing.
+    pub socket_lb: SocketLb,
     /// Where ServiceImports and EndpointSlices come from.
     pub source: SourceConfig,
     /// Pod-facing interfaces: names and glob patterns.
@@ -298,10 +316,19 @@ pub async fn run(options: RunConfig) -> Result<()> {
 
     let mut bpf = ebpf::load(&options.datapath.load_options(Some(options.pin_path.clone())))?;
     let mut dataplane = AyaDataplane::from_ebpf(&mut bpf)?;
-    metrics.set_datapath(&mut bpf)?;
+    metrics.set_datapath(&mut bpf, &options.pin_path)?;
     let events = events::start(&mut bpf, options.datapath_events, options.monitor_socket.as_deref())?;
     let mode = AttachMode::detect();
     info!(pin_path = %options.pin_path.display(), ?mode, "datapath loaded");
+    match &options.socket_lb {
+        SocketLb::On { cgroup } => sockets::attach(&mut bpf, cgroup, &options.pin_path)?,
+        SocketLb::Off { note } => {
+            if let Some(note) = note {
+                warn!("{note}");
+            }
+            sockets::cleanup(&options.pin_path)?;
+        }
+    }
 
     // The first rescan also removes the pins of interfaces deleted while no agent ran.
     let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), mode);

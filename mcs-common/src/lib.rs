@@ -48,11 +48,15 @@ pub mod map_names {
     pub const CLUSTERS: &str = "MCS_CLUSTERS";
     /// Per-CPU array: `u32` service id (host) → [`crate::ServiceStats`].
     pub const SERVICE_STATS: &str = "MCS_SVC_STATS";
+    /// [`crate::SockRevKey`] → [`crate::SockRevValue`], LRU: the
+    /// ClusterSetIP:port a socket-translated socket asked for, by socket and
+    /// backend, for `recvmsg` and `getpeername`.
+    pub const SOCK_REV: &str = "MCS_SOCK_REV";
     /// One [`crate::DatapathConfig`] at index 0: the settings the running
     /// programs were loaded with, recorded for `mcs-agent inspect`.
     pub const CONFIG: &str = "MCS_CONFIG";
     /// Every map, in the order the agent reports them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKENDS,
         CONNTRACK_TCP,
@@ -64,6 +68,7 @@ pub mod map_names {
         AFFINITY,
         CLUSTERS,
         SERVICE_STATS,
+        SOCK_REV,
         CONFIG,
     ];
     /// Pins that older layouts made and this one no longer has: `MCS_CT`
@@ -80,6 +85,18 @@ pub mod program_names {
     /// A program that returns `TC_ACT_OK` and does nothing else: the floor
     /// the benchmarks measure the others against.
     pub const NOOP: &str = "mcs_noop";
+    /// cgroup `connect4`: a TCP or UDP `connect()` to a ClusterSetIP:port
+    /// is sent to a backend (socket-level load balancing).
+    pub const CONNECT4: &str = "mcs_connect4";
+    /// cgroup `sendmsg4`: an unconnected UDP `sendto()` to a ClusterSetIP:port.
+    pub const SENDMSG4: &str = "mcs_sendmsg4";
+    /// cgroup `recvmsg4`: answers of a translated UDP socket's backend come
+    /// from the ClusterSetIP:port.
+    pub const RECVMSG4: &str = "mcs_recvmsg4";
+    /// cgroup `getpeername4`: a translated socket's peer is the ClusterSetIP:port.
+    pub const GETPEERNAME4: &str = "mcs_getpeername4";
+    /// The socket programs, in the order the agent attaches them.
+    pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
 
 /// Name of the load-time global ([`DatapathConfig`]) in the object's `.rodata`.
@@ -107,6 +124,9 @@ pub mod limits {
     pub const AFFINITY_MAX: u32 = 65_536;
     /// Entries of `MCS_CLUSTERS`.
     pub const CLUSTERS_MAX: u32 = 4096;
+    /// Entries of `MCS_SOCK_REV` (LRU): one per socket and backend that a
+    /// socket program translated.
+    pub const SOCK_REV_MAX: u32 = 131_072;
     /// Default Maglev table size (slots per service port), a prime. Chosen by
     /// measurement: see docs/datapath.md.
     pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
@@ -183,8 +203,9 @@ pub mod icmp {
 
 /// The version of the map layouts: recorded in `MCS_CONFIG`, so an agent can
 /// tell pins of another layout from its own. Layout 1 (one conntrack map,
-/// destination-only NAT) had no record.
-pub const LAYOUT_VERSION: u32 = 2;
+/// destination-only NAT) had no record; layout 2 had an address-only
+/// [`AffinityKey`] and no socket counters or `MCS_SOCK_REV`.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Converts an IPv4 address into the NBO `u32` the maps store.
 #[must_use]
@@ -510,14 +531,65 @@ pub struct FragValue {
     pub dport: u16,
 }
 
+/// `AffinityKey::kind`: the client is an address (the tc path: the packet's source).
+pub const AFFINITY_BY_ADDR: u32 = 0;
+/// `AffinityKey::kind`: the client is a network namespace, by its cookie
+/// (the socket path: at `connect()` a socket has no source address yet).
+pub const AFFINITY_BY_NETNS: u32 = 1;
+
 /// Key of `MCS_AFFINITY`: a client and a service port with `ClientIP` affinity.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AffinityKey {
-    /// Client address. NBO.
-    pub client_addr: u32,
+    /// The client: with [`AFFINITY_BY_ADDR`] its IPv4 address (NBO) widened
+    /// with `u64::from`; with [`AFFINITY_BY_NETNS`] its network namespace's
+    /// cookie (host).
+    pub client: u64,
     /// Service port. host.
     pub service_id: u32,
+    /// [`AFFINITY_BY_ADDR`] or [`AFFINITY_BY_NETNS`]. host.
+    pub kind: u32,
+}
+
+impl AffinityKey {
+    /// The tc path's key: the client's address (NBO).
+    #[must_use]
+    pub const fn by_addr(addr: u32, service_id: u32) -> Self {
+        Self { client: addr as u64, service_id, kind: AFFINITY_BY_ADDR }
+    }
+
+    /// The socket path's key: the client's network namespace cookie.
+    #[must_use]
+    pub const fn by_netns(cookie: u64, service_id: u32) -> Self {
+        Self { client: cookie, service_id, kind: AFFINITY_BY_NETNS }
+    }
+}
+
+/// Key of `MCS_SOCK_REV`: a socket (by cookie) and the backend a socket
+/// program sent it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie`. host.
+    pub cookie: u64,
+    /// Backend address. NBO.
+    pub addr: u32,
+    /// Backend port. NBO.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// Value of `MCS_SOCK_REV`: the ClusterSetIP:port the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevValue {
+    /// ClusterSetIP. NBO.
+    pub addr: u32,
+    /// Service port. NBO.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
 }
 
 /// Value of `MCS_AFFINITY`.
@@ -573,6 +645,12 @@ pub struct ServiceStats {
     pub new_flows: u64,
     /// Packets answered with a TCP RST or ICMP unreachable. host.
     pub rejected: u64,
+    /// `connect()` and `sendmsg()` calls sent to a backend by the socket
+    /// programs. host.
+    pub socket_translated: u64,
+    /// `connect()` and `sendmsg()` calls refused with `ECONNREFUSED` (no
+    /// usable backend). host.
+    pub socket_refused: u64,
 }
 
 /// The datapath's settings, a load-time global (`MCS_CFG`) of the programs
@@ -605,9 +683,17 @@ pub struct DatapathConfig {
     pub nat_port_max: u16,
     /// [`LAYOUT_VERSION`] of the maps these settings were written into. host.
     pub layout_version: u32,
-    /// Zero.
-    pub pad: u32,
+    /// `SOCKET_F_*`: how the socket programs behave. host.
+    pub socket_flags: u32,
+    /// The cookie of the node's own network namespace (the agent's), for
+    /// [`SOCKET_F_HOST_ONLY`]. host.
+    pub host_netns_cookie: u64,
 }
+
+/// `DatapathConfig::socket_flags`: the socket programs translate only the
+/// sockets of the node's own network namespace (`--socket-lb-host-only`),
+/// and leave pods to the tc programs.
+pub const SOCKET_F_HOST_ONLY: u32 = 1;
 
 /// The default hairpin address, 169.254.16.45: link-local, so it is never
 /// a pod's or a node's address, and never leaves the node (hairpinned
@@ -631,7 +717,8 @@ impl DatapathConfig {
         nat_port_min: limits::NAT_PORT_MIN,
         nat_port_max: limits::NAT_PORT_MAX,
         layout_version: LAYOUT_VERSION,
-        pad: 0,
+        socket_flags: 0,
+        host_netns_cookie: 0,
     };
 
     /// The idle timeout of a flow in `state` (`CT_STATE_*`), in ns. The one
@@ -795,11 +882,19 @@ pub enum Stat {
     NatPortReused = 14,
     /// A new flow did not get the first source port it tried (another flow holds it).
     NatPortProbed = 15,
+    /// A `connect()` or `sendmsg()` to a service port was sent to a backend.
+    SocketTranslated = 16,
+    /// A `connect()` or `sendmsg()` to a service port without a usable
+    /// backend was refused with `ECONNREFUSED`.
+    SocketRefused = 17,
+    /// A `recvmsg()` or `getpeername()` of a translated socket got the
+    /// ClusterSetIP:port back.
+    SocketReverse = 18,
 }
 
 impl Stat {
     /// Every stat, in number order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 19] = [
         Self::ForwardNew,
         Self::ForwardEstablished,
         Self::ReverseNat,
@@ -816,6 +911,9 @@ impl Stat {
         Self::CtRebuilt,
         Self::NatPortReused,
         Self::NatPortProbed,
+        Self::SocketTranslated,
+        Self::SocketRefused,
+        Self::SocketReverse,
     ];
 
     /// The stable name used in metrics and command output.
@@ -838,6 +936,9 @@ impl Stat {
             Self::CtRebuilt => "ct-rebuilt",
             Self::NatPortReused => "nat-port-reused",
             Self::NatPortProbed => "nat-port-probed",
+            Self::SocketTranslated => "socket-translated",
+            Self::SocketRefused => "socket-refused",
+            Self::SocketReverse => "socket-reverse",
         }
     }
 }
@@ -873,6 +974,22 @@ pub const fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8
 #[inline(always)]
 pub const fn nat_port_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
     fmix(mix(flow_hash(saddr, daddr, sport, dport, proto), 0x6d63_736e))
+}
+
+/// The hash that picks a Maglev slot for a socket the socket programs
+/// translate: its cookie, which differs for every socket (the source port a
+/// flow will have is not known at `connect()`). Like [`flow_hash`], one
+/// function on both sides, so a test that reads a socket's cookie
+/// (`SO_COOKIE`) can predict its backend.
+#[must_use]
+#[expect(clippy::inline_always, reason = "called per connect() by the eBPF programs")]
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "the cookie's two halves")]
+pub const fn socket_hash(cookie: u64) -> u32 {
+    let mut h: u32 = 0x9e37_79b9;
+    h = mix(h, cookie as u32);
+    h = mix(h, (cookie >> 32) as u32);
+    fmix(mix(h, 0x736f_636b))
 }
 
 #[expect(clippy::inline_always, reason = "part of flow_hash, see there")]
@@ -944,6 +1061,10 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevValue {}
 }
 
 /// Compile-time layout checks: the sizes the eBPF side and BTF rely on.
@@ -953,13 +1074,15 @@ const _: () = {
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtValue>() == 40);
-    assert!(size_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityKey>() == 16);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ClusterName>() == limits::CLUSTER_NAME_MAX);
-    assert!(size_of::<ServiceStats>() == 32);
-    assert!(size_of::<DatapathConfig>() == 64);
+    assert!(size_of::<ServiceStats>() == 48);
+    assert!(size_of::<DatapathConfig>() == 72);
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<FragValue>() == 4);
+    assert!(size_of::<SockRevKey>() == 16);
+    assert!(size_of::<SockRevValue>() == 8);
 };
 
 #[cfg(test)]
@@ -1049,6 +1172,20 @@ mod tests {
         assert_ne!(base, flow_hash(1, 2, 9, 4, 6));
         assert_ne!(base, flow_hash(1, 2, 3, 9, 6));
         assert_ne!(base, flow_hash(1, 2, 3, 4, 17));
+    }
+
+    #[test]
+    fn socket_hashes_of_consecutive_cookies_spread_and_use_both_halves() {
+        // Socket cookies are a counter: consecutive values must spread.
+        let mut hits = [0u32; 7];
+        for cookie in 4096..11_096u64 {
+            hits[maglev_slot(socket_hash(cookie), 7) as usize] += 1;
+        }
+        for (slot, n) in hits.iter().enumerate() {
+            assert!((800..1200).contains(n), "slot {slot} got {n} of 7000 sockets");
+        }
+        assert_ne!(socket_hash(1), socket_hash(1 << 32), "the high half is mixed in");
+        assert_ne!(socket_hash(7), flow_hash(7, 0, 0, 0, 0), "not the flow hash");
     }
 
     #[test]

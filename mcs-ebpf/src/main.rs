@@ -11,6 +11,11 @@
 //!   and ICMP errors about them, get the ClusterSetIP:port and the client's
 //!   own port back.
 //!
+//! - `mcs_connect4`, `mcs_sendmsg4` (cgroup): a `connect()` or `sendto()` to
+//!   a ClusterSetIP:port gets a backend's address before the kernel routes
+//!   it (module `sock`), so its packets pass the tc programs as direct ones;
+//!   `mcs_recvmsg4`, `mcs_getpeername4` show the ClusterSetIP:port again.
+//!
 //! A translated packet goes on with `TCX_NEXT`, so a program after ours on
 //! the interface (a CNI's policy, say) sees it; everything that is not ours
 //! goes on untouched. Entry points are thin; each concern has its module.
@@ -32,9 +37,14 @@ mod nat;
 mod parse;
 mod reject;
 mod service;
+mod sock;
 mod stats;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use mcs_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, DropReason, ServiceValue, Stat,
     event::{EVENT_FROM_POD, EVENT_TO_POD},
@@ -174,7 +184,7 @@ fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
 /// Selects a backend for a new flow, tracks it and translates the packet.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
-    let selected = match service::select_backend(flow, svc, now) {
+    let selected = match service::select_backend(&service::Choice::of_flow(flow, svc), svc, now) {
         Ok(selected) => selected,
         Err(SelectError::NoBackend) => return refuse(ctx, flow, svc.service_id, DropReason::NoBackend),
         Err(SelectError::Missing) => return drop_flow(ctx, flow, DropReason::BackendMissing),
@@ -357,6 +367,35 @@ pub fn mcs_to_pod(ctx: TcContext) -> i32 {
         },
         Packet::Other | Packet::Untranslatable { .. } => VERDICT_NEXT,
     }
+}
+
+/// `connect()` of a TCP or UDP socket: a ClusterSetIP:port becomes a backend.
+#[cgroup_sock_addr(connect4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro fixes the signature")]
+pub fn mcs_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// `sendto()`/`sendmsg()` with an address, of an unconnected UDP socket.
+#[cgroup_sock_addr(sendmsg4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro fixes the signature")]
+pub fn mcs_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// `recvmsg()`/`recvfrom()` of a UDP socket: a translated socket's answers
+/// come from the ClusterSetIP:port.
+#[cgroup_sock_addr(recvmsg4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro fixes the signature")]
+pub fn mcs_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+/// `getpeername()`: a translated socket's peer is the ClusterSetIP:port.
+#[cgroup_sock_addr(getpeername4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro fixes the signature")]
+pub fn mcs_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 /// Does nothing: the floor the benchmarks compare the other programs with.

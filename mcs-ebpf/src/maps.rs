@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue,
-    MAGLEV_TABLE_FLAGS, MaglevPair, ServiceKey, ServiceStats, ServiceValue, limits, maglev_elements,
+    MAGLEV_TABLE_FLAGS, MaglevPair, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, limits,
+    maglev_elements,
 };
 
 /// `BPF_F_NO_PREALLOC`: the service map is sized for the largest fleet but
@@ -57,6 +58,11 @@ pub static MCS_FRAGS: LruHashMap<FragKey, FragValue, { limits::FRAGMENTS_MAX as 
 /// `ClientIP` session affinity: (client, service) → backend.
 #[btf_map]
 pub static MCS_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { limits::AFFINITY_MAX as usize }> = LruHashMap::new();
+
+/// The ClusterSetIP:port each socket-translated socket asked for, by socket
+/// cookie and backend: `recvmsg` and `getpeername` show it.
+#[btf_map]
+pub static MCS_SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { limits::SOCK_REV_MAX as usize }> = LruHashMap::new();
 
 /// Cluster names by id; written by the agent, read by `inspect`.
 #[btf_map]

@@ -1,9 +1,11 @@
 //! Service lookup, backend selection (session affinity, then Maglev), and
-//! the check that a tracked flow's backend still exists.
+//! the check that a tracked flow's backend still exists. The tc programs and
+//! the socket programs select with the same code from the same maps; they
+//! differ only in what they hash and who the client is ([`Choice`]).
 use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
     AffinityKey, AffinityValue, BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CtValue, NS_PER_SEC,
-    SERVICE_F_FALLBACK, ServiceKey, ServiceValue, flow_hash, maglev_slot,
+    SERVICE_F_FALLBACK, ServiceKey, ServiceValue, flow_hash, maglev_slot, socket_hash,
 };
 
 use crate::{
@@ -20,7 +22,13 @@ pub fn is_cluster_set_ip(daddr: u32) -> bool {
 /// The service port the flow is addressed to.
 #[inline(always)]
 pub fn lookup(flow: &Flow) -> Option<ServiceValue> {
-    let key = ServiceKey::from_nbo(flow.daddr, flow.dport, flow.proto);
+    lookup_port(flow.daddr, flow.dport, flow.proto)
+}
+
+/// The service port at `addr:port` (NBO) for protocol `proto`.
+#[inline(always)]
+pub fn lookup_port(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
+    let key = ServiceKey::from_nbo(addr, port, proto);
     // SAFETY: the value is copied out at once; the pointer is not kept.
     MCS_SERVICES.get_ptr(key).map(|v| unsafe { *v })
 }
@@ -86,19 +94,46 @@ fn affinity_backend(key: &AffinityKey, svc: &ServiceValue, now: u64) -> Option<(
     Some((entry.backend_id, b))
 }
 
-/// Picks the backend for a new flow of the service port `svc`.
+/// What a new connection is balanced by: the hash that picks its Maglev
+/// slot, and the client its session affinity belongs to.
+pub struct Choice {
+    /// Picks the slot.
+    pub hash: u32,
+    /// The client's affinity entry, for service ports with `ClientIP` affinity.
+    pub affinity: AffinityKey,
+}
+
+impl Choice {
+    /// A packet's flow (tc): the 5-tuple, and the source address as client.
+    #[inline(always)]
+    pub const fn of_flow(flow: &Flow, svc: &ServiceValue) -> Self {
+        Self {
+            hash: flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto),
+            affinity: AffinityKey::by_addr(flow.saddr, svc.service_id),
+        }
+    }
+
+    /// A socket (cgroup programs): its cookie, and its network namespace as
+    /// client (a socket has no source address before it connects).
+    #[inline(always)]
+    pub const fn of_socket(cookie: u64, netns_cookie: u64, svc: &ServiceValue) -> Self {
+        Self { hash: socket_hash(cookie), affinity: AffinityKey::by_netns(netns_cookie, svc.service_id) }
+    }
+}
+
+/// Picks the backend for a new connection of the service port `svc`.
 #[inline(always)]
-pub fn select_backend(flow: &Flow, svc: &ServiceValue, now: u64) -> Result<Selected, SelectError> {
+pub fn select_backend(choice: &Choice, svc: &ServiceValue, now: u64) -> Result<Selected, SelectError> {
     if svc.table_size == 0 {
         return Err(SelectError::NoBackend);
     }
-    let affinity_key = AffinityKey { client_addr: flow.saddr, service_id: svc.service_id };
+    let affinity_key = choice.affinity;
     if svc.affinity_timeout != 0
         && let Some((id, backend)) = affinity_backend(&affinity_key, svc, now)
     {
         return Ok(Selected { id, backend, by_affinity: true });
     }
-    let slot = maglev_slot(flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto), svc.table_size);
+    let slot = maglev_slot(choice.hash, svc.table_size);
     // SAFETY: the inner map is an array: its elements never move or alias;
     // the id is copied out at once.
     let pair = unsafe { MCS_MAGLEV.get_value(&svc.service_id, &(slot / 2)) }.copied().ok_or(SelectError::Missing)?;

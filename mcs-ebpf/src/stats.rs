@@ -31,6 +31,10 @@ pub enum ServiceEvent {
     Forwarded { bytes: u32, new: bool },
     /// The packet was answered with an RST or ICMP error.
     Rejected,
+    /// A `connect()` or `sendmsg()` was sent to a backend.
+    SocketTranslated,
+    /// A `connect()` or `sendmsg()` was refused (no usable backend).
+    SocketRefused,
 }
 
 /// Counts an event of service port `service_id` (an index of the per-CPU array).
@@ -51,6 +55,8 @@ pub fn service(service_id: u32, event: ServiceEvent) {
                 }
             }
             ServiceEvent::Rejected => (*counters).rejected += 1,
+            ServiceEvent::SocketTranslated => (*counters).socket_translated += 1,
+            ServiceEvent::SocketRefused => (*counters).socket_refused += 1,
         }
     }
 }

@@ -166,6 +166,9 @@ impl AgentGuard {
             .args(["--interfaces", &self.interfaces, "--cluster-id", &self.cluster_id, "--pin-path"])
             .arg(&self.pin_path)
             .args(["--poll-interval-ms", "50"])
+            // The socket programs attach only where a test asks (a child
+            // cgroup it made), never to this machine's cgroup root.
+            .args(socket_lb_off(&self.extra))
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -223,6 +226,16 @@ impl AgentGuard {
     /// When one is still running or it cannot start.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the agent before restarting it");
+        self.spawn();
+    }
+
+    /// Starts the agent again with `extra` instead of the extra arguments it had.
+    ///
+    /// # Panics
+    /// When one is still running or it cannot start.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "stop the agent before restarting it");
+        self.extra = extra.iter().map(|a| (*a).to_owned()).collect();
         self.spawn();
     }
 
@@ -350,4 +363,13 @@ impl Drop for AgentGuard {
         // The agent removes its monitor socket when it stops; not after a SIGKILL.
         let _ = fs::remove_file(mcs_agent::events::socket_path(&self.pin_path));
     }
+}
+
+/// `--socket-lb=false`, unless `extra` (the agent's other arguments) says
+/// where the socket programs go: tests and benchmarks attach them only to a
+/// child cgroup they make, never to the machine's cgroup root, which is the
+/// agent's default.
+pub fn socket_lb_off<S: AsRef<str>>(extra: &[S]) -> Option<&'static str> {
+    let chosen = extra.iter().any(|a| a.as_ref().starts_with("--socket-lb") || a.as_ref().starts_with("--cgroup-path"));
+    (!chosen).then_some("--socket-lb=false")
 }

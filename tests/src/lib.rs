@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod cgroup;
 pub mod client;
 pub mod datapath;
 pub mod fakeapi;

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, mem::offset_of, process::Command};
 
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue, ServiceKey,
-    ServiceStats, ServiceValue, event::Event,
+    ServiceStats, ServiceValue, SockRevKey, SockRevValue, event::Event,
 };
 
 /// A struct's size in bytes and its fields as (name, bit offset).
@@ -91,10 +91,12 @@ fn shared_map_types_match_the_object_btf() {
         ),
         layout!(FragKey, [saddr, daddr, id, proto, pad]),
         layout!(FragValue, [sport, dport]),
-        layout!(AffinityKey, [client_addr, service_id]),
+        layout!(AffinityKey, [client, service_id, kind]),
+        layout!(SockRevKey, [cookie, addr, port, pad]),
+        layout!(SockRevValue, [addr, port, pad]),
         layout!(AffinityValue, [backend_id, pad, last_seen_ns]),
         layout!(ClusterName, [name]),
-        layout!(ServiceStats, [packets, bytes, new_flows, rejected]),
+        layout!(ServiceStats, [packets, bytes, new_flows, rejected, socket_translated, socket_refused]),
         layout!(
             Event,
             [
@@ -131,7 +133,8 @@ fn shared_map_types_match_the_object_btf() {
                 nat_port_min,
                 nat_port_max,
                 layout_version,
-                pad
+                socket_flags,
+                host_netns_cookie
             ]
         ),
     ];

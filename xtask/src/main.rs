@@ -153,6 +153,30 @@ pub(crate) fn leftovers(netns: impl Fn(&str) -> bool, pin_prefixes: &[&str]) -> 
                 .map(|n| format!("pin /sys/fs/bpf/{n}")),
         );
     }
+    // Child cgroups of the socket tests (`mcs…-cg`), and any program of ours on the cgroup root.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let cgroup2 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    });
+    if let Some(root) = cgroup2 {
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            found.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("mcs") && n.ends_with("-cg"))
+                    .map(|n| format!("cgroup {}/{n}", root.display())),
+            );
+        }
+        if let Ok(show) = cmd_output(Command::new("bpftool").arg("cgroup").arg("show").arg(&root)) {
+            found.extend(
+                show.lines()
+                    .filter(|l| l.contains(" mcs_"))
+                    .map(|l| format!("a program on the cgroup root {}: {}", root.display(), l.trim())),
+            );
+        }
+    }
     found
 }
 

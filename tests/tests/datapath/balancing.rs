@@ -134,7 +134,7 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_expires() {
     assert_eq!(dp.stat(Stat::AffinityHit), 1);
 
     // Idle past the timeout: the next connection goes by Maglev again.
-    let key = AffinityKey { client_addr: ipv4_to_nbo(CLIENT), service_id: dp.service_id(VIP, 80, TCP) };
+    let key = AffinityKey::by_addr(ipv4_to_nbo(CLIENT), dp.service_id(VIP, 80, TCP));
     let mut entry = dp.affinity().get(&key, 0).expect("affinity entry");
     entry.last_seen_ns = monotonic_ns() - 11 * NS_PER_SEC;
     dp.affinity().insert(key, entry, 0).expect("age affinity");
@@ -149,7 +149,7 @@ fn an_affinity_hit_refreshes_the_entry_in_place() {
     dp.program(ServicePort::tcp(VIP, 80).ready(&BACKENDS).affinity(10));
     let first = destination(&dp, &syn((CLIENT, 30_000), (VIP, 80)));
     // Seen 5 s ago: still valid (timeout 10 s).
-    let key = AffinityKey { client_addr: ipv4_to_nbo(CLIENT), service_id: dp.service_id(VIP, 80, TCP) };
+    let key = AffinityKey::by_addr(ipv4_to_nbo(CLIENT), dp.service_id(VIP, 80, TCP));
     let mut entry = dp.affinity().get(&key, 0).expect("affinity entry");
     let aged = monotonic_ns() - 5 * NS_PER_SEC;
     entry.last_seen_ns = aged;
@@ -166,7 +166,7 @@ fn an_affinity_to_a_backend_that_left_or_is_terminating_is_replaced() {
     let mut dp = Datapath::load();
     dp.program(ServicePort::tcp(VIP, 80).ready(&BACKENDS).affinity(60));
     let first = destination(&dp, &syn((CLIENT, 30_000), (VIP, 80)));
-    let key = AffinityKey { client_addr: ipv4_to_nbo(CLIENT), service_id: dp.service_id(VIP, 80, TCP) };
+    let key = AffinityKey::by_addr(ipv4_to_nbo(CLIENT), dp.service_id(VIP, 80, TCP));
 
     // The affinity backend turns terminating while ready ones exist: ignored.
     let rest: Vec<_> = BACKENDS.iter().copied().filter(|b| *b != first).collect();

@@ -112,8 +112,24 @@ fn daemonset_arguments_are_accepted_by_the_agent() {
     assert_eq!((host_path.path.as_str(), mount.mount_path.as_str()), ("/sys/fs/bpf", "/sys/fs/bpf"), "{at}");
     assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"), "{at}");
 
-    // The monitor socket's directory is writable although the root filesystem is not.
+    // Socket-level load balancing: on, at the node's cgroup v2 root, mounted read-only (the
+    // container's own /sys/fs/cgroup would be its cgroup namespace's root, not the node's).
     let config = run.config().unwrap_or_else(|e| panic!("{at}: the arguments do not combine: {e}"));
+    let mcs_agent::run::SocketLb::On { cgroup } = &config.socket_lb else {
+        panic!("{at}: socket load balancing must be on: {:?}", config.socket_lb)
+    };
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| Path::new(&m.mount_path) == cgroup.as_path())
+        .unwrap_or_else(|| panic!("{at}: no volume mounted at --cgroup-path {}", cgroup.display()));
+    assert_eq!(mount.read_only, Some(true), "{at}: the cgroup mount is read-only");
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("the mounted volume exists");
+    let host_path = volume.host_path.as_ref().unwrap_or_else(|| panic!("{at}: {} is not a hostPath", volume.name));
+    assert_eq!(host_path.path, "/sys/fs/cgroup", "{at}: the node's cgroup v2 root");
+
+    // The monitor socket's directory is writable although the root filesystem is not.
     let socket = config.monitor_socket.as_ref().expect("a monitor socket by default");
     let mount = container
         .volume_mounts

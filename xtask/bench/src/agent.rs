@@ -108,6 +108,8 @@ impl Agent {
             .args(["--interfaces", interfaces, "--cluster-id", "local", "--pin-path"])
             .arg(&pin_path)
             .args(["--poll-interval-ms", "10", "--metrics-addr", ""])
+            // The socket programs attach only to a child cgroup a bench makes, never to the root.
+            .args(mcs_tests::agent::socket_lb_off(extra))
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -7,7 +7,14 @@
 //! into the next. The paths:
 //! - direct: the backend's pod IP, nothing loaded on the node;
 //! - ours: the ClusterSetIP, with the real `mcs-agent` attached to the client
-//!   pod's interface on the node, programmed from N ServiceImports on disk;
+//!   pod's interface on the node, programmed from N ServiceImports on disk,
+//!   socket load balancing off (the tc path);
+//! - socket: the same agent with its socket programs attached to a child cgroup
+//!   the bench makes (`--cgroup-path`), and the bench process inside it while
+//!   it measures, so every client `connect()` of the row runs the hook (the
+//!   direct runs beside it included). It also measures the cost of one UDP
+//!   `connect()` without the hook, with it for an address that is no service,
+//!   and with it translating a ClusterSetIP;
 //! - iptables / nftables: the ClusterSetIP, with kube-proxy's rule shape for N
 //!   services loaded in the node namespace in one go (`iptables-restore`, `nft -f`).
 //!
@@ -29,6 +36,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use mcs_tests::{
+    cgroup::ChildCgroup,
     client::{HeldStream, tcp_ask},
     netns::{NetNs, unique_prefix},
     topology::{ClusterSpec, Topology, TopologySpec},
@@ -44,6 +52,9 @@ use crate::{
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const HTTP: u16 = 8080;
 const IPERF: u16 = 5201;
+const DNS: u16 = 5353;
+/// The socket path's UDP service (53 -> 5353 on the backend pod), for the `connect()` cost.
+const UDP_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
 
 /// How much to measure.
 #[derive(Clone, Debug)]
@@ -67,6 +78,8 @@ pub enum PathKind {
     Direct,
     /// Our tc programs.
     Ours,
+    /// Our socket programs (and the tc programs beside them, which then see direct flows).
+    Socket,
     /// kube-proxy's iptables shape.
     Iptables,
     /// kube-proxy's nftables shape.
@@ -75,7 +88,7 @@ pub enum PathKind {
 
 impl PathKind {
     /// Every path, direct first.
-    pub const ALL: [Self; 4] = [Self::Direct, Self::Ours, Self::Iptables, Self::Nftables];
+    pub const ALL: [Self; 5] = [Self::Direct, Self::Ours, Self::Socket, Self::Iptables, Self::Nftables];
 
     /// Its name in tables and plots.
     #[must_use]
@@ -83,6 +96,7 @@ impl PathKind {
         match self {
             Self::Direct => "direct",
             Self::Ours => "ours",
+            Self::Socket => "socket",
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
         }
@@ -120,6 +134,50 @@ pub struct Sample {
     pub conn_direct_errors: u64,
     /// Seconds from starting to load the path's state to a first answer.
     pub load_secs: f64,
+    /// The cost of one `connect()` (the socket path only).
+    pub connect: Option<ConnectCost>,
+}
+
+/// The cost of one UDP `connect()` on one socket, ns, median over batches: no packet is sent,
+/// so this is the system call (route lookup, and the hook where it runs) alone.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectCost {
+    /// To the pod IP, the process outside the cgroup the hook is attached to.
+    pub no_hook: f64,
+    /// To the pod IP, inside the cgroup: the hook runs and finds no service.
+    pub hook_not_a_service: f64,
+    /// To the ClusterSetIP's UDP port, inside the cgroup: the hook selects a backend and
+    /// rewrites the address (and records the reverse entry).
+    pub hook_translated: f64,
+}
+
+/// The three `connect()` costs; leaves the process inside `cgroup` for the rest of the row.
+fn measure_connect(topo: &Topology, cgroup: &mut ChildCgroup, s: &Settings) -> Result<ConnectCost> {
+    let direct = SocketAddrV4::new(topo.pod_ip(1, 0), DNS);
+    let (batches, batch) = (9, s.pings.max(100) * 10);
+    let no_hook = topo.client().enter(|| connect_cost(direct, batches, batch))?;
+    cgroup.enter();
+    let (hook_not_a_service, hook_translated) = topo.client().enter(|| {
+        Ok::<_, anyhow::Error>((
+            connect_cost(direct, batches, batch)?,
+            connect_cost(SocketAddrV4::new(UDP_VIP, 53), batches, batch)?,
+        ))
+    })?;
+    Ok(ConnectCost { no_hook, hook_not_a_service, hook_translated })
+}
+
+/// Calls `connect()` on one UDP socket `batch` times, `batches` times; ns per call, median.
+fn connect_cost(addr: SocketAddrV4, batches: u32, batch: u32) -> Result<f64> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("a UDP socket")?;
+    let mut per_call = Vec::new();
+    for _ in 0..batches {
+        let t = Instant::now();
+        for _ in 0..batch {
+            socket.connect(addr).with_context(|| format!("connect() to {addr}"))?;
+        }
+        per_call.push(t.elapsed().as_secs_f64() * 1e9 / f64::from(batch));
+    }
+    Ok(stats::median(&per_call))
 }
 
 impl Sample {
@@ -310,7 +368,7 @@ fn one(path: PathKind, n: u32, s: &Settings) -> Result<Sample> {
     let prefix = unique_prefix("bench");
     let spec = TopologySpec { clusters: vec![ClusterSpec::new("local", 0), ClusterSpec::new("east", 1)] };
     let mut topo = Topology::build(&prefix, &spec);
-    topo.start_servers(HTTP, 5353);
+    topo.start_servers(HTTP, DNS);
     let pod = topo.pod(1, 0);
     let mut server = pod.nsenter_command("iperf3");
     server.args(["-s", "-p", &IPERF.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -320,18 +378,38 @@ fn one(path: PathKind, n: u32, s: &Settings) -> Result<Sample> {
     let list = services(n);
 
     let started = Instant::now();
-    // Declared in this order so the agent stops before its manifests go.
+    // Dropped in reverse: the agent stops (its links go) before its manifests, and the
+    // process leaves the cgroup (which is then removed) last.
+    let mut cgroup = None;
     let mut _dir = None;
     let mut _agent = None;
     match path {
         PathKind::Direct => {}
-        PathKind::Ours => {
+        PathKind::Ours | PathKind::Socket => {
             let dir = TempDir::new(&format!("{prefix}-manifests"))?;
             let (fillers, measured) = list.split_at(list.len() - 1);
             mgen::write_services(&dir.0, fillers.iter().cloned(), 1000)?;
             mgen::write_list(&dir.0.join("zz-measured.json"), &measured[0].objects())?;
-            let mut agent = Agent::start(topo.node(0), &dir.0, topo.client_iface(), &prefix)?;
-            let expected = u64::from(n - 1) + 2;
+            let socket_arg;
+            let extra: &[String] = if path == PathKind::Socket {
+                let child = ChildCgroup::new(&prefix, "");
+                socket_arg = vec![child.arg()];
+                cgroup = Some(child);
+                &socket_arg
+            } else {
+                &[]
+            };
+            let mut agent = Agent::start_with(topo.node(0), &dir.0, topo.client_iface(), &prefix, extra)?;
+            if path == PathKind::Socket {
+                // A UDP service for the connect() cost, beside the measured one.
+                let import = mcs_tests::manifest::import("bench", "udp-probe").ip(UDP_VIP).udp("dns", 53);
+                let slice = mcs_tests::manifest::slice("bench", "udp-probe", "east")
+                    .udp("dns", DNS)
+                    .ready(mcs_tests::topology::backend_ip(1, 0));
+                mcs_tests::manifest::write(&dir.0, "zz-udp-probe-import.json", &import);
+                mcs_tests::manifest::write(&dir.0, "zz-udp-probe-slice.json", &slice);
+            }
+            let expected = u64::from(n - 1) + 2 + u64::from(path == PathKind::Socket);
             agent.wait_synced(Duration::from_mins(5), |l| {
                 l.number("service_ports") == Some(expected) && l.number("errors") == Some(0)
             })?;
@@ -353,6 +431,8 @@ fn one(path: PathKind, n: u32, s: &Settings) -> Result<Sample> {
         thread::sleep(Duration::from_millis(50));
     }
     let load_secs = started.elapsed().as_secs_f64();
+
+    let connect = cgroup.as_mut().map(|cgroup| measure_connect(&topo, cgroup, s)).transpose()?;
 
     let lat = topo.client().enter(|| latency(http, s.pings))?;
     let gbps = iperf(topo.client(), iperf_addr, s.iperf_secs)?;
@@ -376,6 +456,7 @@ fn one(path: PathKind, n: u32, s: &Settings) -> Result<Sample> {
         conn_errors: conn.errors,
         conn_direct_errors: conn.direct_errors,
         load_secs,
+        connect,
     })
 }
 

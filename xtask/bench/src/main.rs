@@ -99,7 +99,7 @@ fn main() -> Result<()> {
         results.datapath = Some(datapath::run(s)?);
     }
     if want("e2e") {
-        println!("== end to end: direct, ours, iptables, nftables");
+        println!("== end to end: direct, ours, socket, iptables, nftables");
         let s = if args.quick {
             e2e::Settings {
                 counts: vec![1, 100],
