@@ -528,7 +528,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the datapath and keep it in sync with the source.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the dataplane the agent would program from manifests, without
     /// touching the kernel.
     Plan(PlanArgs),
@@ -718,7 +718,7 @@ mod tests {
             ["mcs-agent", "run", "--interfaces", "veth*", "--cluster-id", "c1"].iter().chain(args),
         )?;
         let Command::Run(run) = cli.command else { panic!("parsed {args:?} as another command") };
-        Ok(run)
+        Ok(*run)
     }
 
     #[test]
