@@ -78,6 +78,8 @@ struct State {
     attached: BTreeMap<String, u32>,
     /// How the programs are attached (`tcx`, `clsact`).
     attach_mode: Option<&'static str>,
+    /// The cgroup the socket programs are attached to, when socket load balancing is on.
+    socket_cgroup: Option<String>,
     /// What the last sync could not write (empty after a complete one).
     sync_errors: Vec<String>,
     source_problems: usize,
@@ -154,6 +156,11 @@ impl Metrics {
         state.attach_mode = Some(mode);
     }
 
+    /// Records the cgroup the socket programs are attached to (`None`: socket load balancing off).
+    pub fn set_socket_cgroup(&self, cgroup: Option<&std::path::Path>) {
+        self.state().socket_cgroup = cgroup.map(|c| c.display().to_string());
+    }
+
     /// Records what the last sync could not write (nothing after a complete one).
     pub fn set_sync_errors(&self, errors: Vec<String>) {
         self.state().sync_errors = errors;
@@ -214,6 +221,7 @@ impl Metrics {
             backends: s.backends,
             draining: s.draining,
             attach_mode: s.attach_mode.map(str::to_owned),
+            socket_cgroup: s.socket_cgroup.clone(),
             interfaces: s
                 .attached
                 .iter()
@@ -336,6 +344,9 @@ pub struct AgentStatus {
     pub attach_mode: Option<String>,
     /// The interfaces the programs are attached to.
     pub interfaces: Vec<AttachedInterface>,
+    /// The cgroup v2 directory the socket programs are attached to; `None`
+    /// when socket load balancing is off.
+    pub socket_cgroup: Option<String>,
     /// Imports the translation skipped.
     pub skipped_imports: Vec<SkippedImport>,
     /// Exporting clusters left out of imports (by the cap).

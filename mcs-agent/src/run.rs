@@ -321,7 +321,10 @@ pub async fn run(options: RunConfig) -> Result<()> {
     let mode = AttachMode::detect();
     info!(pin_path = %options.pin_path.display(), ?mode, "datapath loaded");
     match &options.socket_lb {
-        SocketLb::On { cgroup } => sockets::attach(&mut bpf, cgroup, &options.pin_path)?,
+        SocketLb::On { cgroup } => {
+            sockets::attach(&mut bpf, cgroup, &options.pin_path)?;
+            metrics.set_socket_cgroup(Some(cgroup));
+        }
         SocketLb::Off { note } => {
             if let Some(note) = note {
                 warn!("{note}");

@@ -8,7 +8,7 @@
 //!   drops of the last minute, which only a process that has been watching
 //!   the counters can tell;
 //! - the pins: the service ports and their backends (as `inspect` reads
-//!   them), the pinned TCX links, the drop counters since load and how full
+//!   them), the pinned TCX and cgroup links, the drop counters since load and how full
 //!   each map is against its capacity, with a warning above 90%.
 //!
 //! An agent that does not answer (its metrics server is off, or it is not
@@ -67,6 +67,8 @@ pub struct Status {
     /// Every interface the programs are attached to, from the agent's
     /// account and from the pinned links.
     pub interfaces: Vec<InterfaceView>,
+    /// The cgroup the socket programs are attached to, with their pinned links.
+    pub cgroups: Vec<CgroupView>,
     /// The service ports and their backends, as `inspect` shows them.
     pub services: Vec<ServiceView>,
     /// The drop counters.
@@ -102,6 +104,20 @@ pub struct InterfaceView {
     /// The directions whose link is pinned (`ingress`, `egress`); empty with clsact.
     pub pinned_links: Vec<String>,
     /// Whether the running agent lists it as attached.
+    pub attached_by_agent: bool,
+}
+
+/// The cgroup of the socket programs (`--socket-lb`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CgroupView {
+    /// The cgroup v2 directory, as the agent reports it; `None` without its answer.
+    pub path: Option<String>,
+    /// `cgroup-link`: pinned `BPF_LINK_CREATE` links, one per program.
+    pub mode: &'static str,
+    /// The socket programs whose link is pinned (`connect4`, `sendmsg4`, ...).
+    pub pinned_links: Vec<String>,
+    /// Whether the running agent reports socket load balancing on.
     pub attached_by_agent: bool,
 }
 
@@ -162,6 +178,21 @@ fn map_view(fill: &MapFill) -> MapView {
     }
 }
 
+/// The socket programs whose cgroup link is pinned under `dir`
+/// (`links/sock_<program>`, see [`crate::sockets::link_pin_path`]).
+fn pinned_socket_links(dir: &Path) -> Result<Vec<String>> {
+    let links = dir.join("links");
+    if !links.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = fs::read_dir(&links)
+        .with_context(|| format!("reading {}", links.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("sock_").map(str::to_owned))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// The interfaces named by the link pins under `dir`, with their directions.
 fn pinned_links(dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     let links = dir.join("links");
@@ -191,7 +222,7 @@ impl Status {
         pin_path: &Path,
         snapshot: &Snapshot,
         fills: &[MapFill],
-        links: &BTreeMap<String, Vec<String>>,
+        (links, socket_links): (&BTreeMap<String, Vec<String>>, &[String]),
         agent: AgentView,
     ) -> Self {
         let inspection = Inspection::of(snapshot);
@@ -245,6 +276,17 @@ impl Status {
             });
             view.pinned_links.clone_from(directions);
         }
+        let socket_cgroup = agent.status.as_ref().and_then(|s| s.socket_cgroup.clone());
+        let cgroups = if socket_cgroup.is_some() || !socket_links.is_empty() {
+            vec![CgroupView {
+                attached_by_agent: socket_cgroup.is_some(),
+                path: socket_cgroup,
+                mode: "cgroup-link",
+                pinned_links: socket_links.to_vec(),
+            }]
+        } else {
+            Vec::new()
+        };
         let drops = DropsView {
             window_seconds: agent.status.as_ref().filter(|s| s.recent_drops.is_some()).map(|s| s.drops_window_seconds),
             recent: agent.status.as_ref().and_then(|s| s.recent_drops.clone()),
@@ -254,6 +296,7 @@ impl Status {
             pin_path: pin_path.display().to_string(),
             agent,
             interfaces: interfaces.into_values().collect(),
+            cgroups,
             services: inspection.services,
             drops,
             maps,
@@ -261,10 +304,8 @@ impl Status {
         }
     }
 
-    /// The table form, for people: one screen.
-    #[must_use]
-    pub fn to_table(&self) -> String {
-        let mut out = String::new();
+    /// The agent's lines of the table.
+    fn agent_lines(&self, out: &mut String) {
         let now_unix =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let address = self.agent.address.as_deref().unwrap_or("not asked");
@@ -303,6 +344,13 @@ impl Status {
                 let _ = writeln!(out, "agent {address}: {}", self.agent.error.as_deref().unwrap_or("no answer"));
             }
         }
+    }
+
+    /// The table form, for people: one screen.
+    #[must_use]
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        self.agent_lines(&mut out);
         let _ = writeln!(out, "\n{} interface(s)", self.interfaces.len());
         for i in &self.interfaces {
             let links = if i.pinned_links.is_empty() {
@@ -312,6 +360,16 @@ impl Status {
             };
             let agent = if i.attached_by_agent { "" } else { "  (not listed by the agent)" };
             let _ = writeln!(out, "  {:<16} {:<7}{links}{agent}", i.name, i.mode);
+        }
+        for c in &self.cgroups {
+            let links = if c.pinned_links.is_empty() { "none".to_owned() } else { c.pinned_links.join("+") };
+            let _ = writeln!(
+                out,
+                "  cgroup {} {}  pinned {links}{}",
+                c.path.as_deref().unwrap_or("(path unknown)"),
+                c.mode,
+                if c.attached_by_agent { "" } else { "  (not listed by the agent)" }
+            );
         }
         let _ = writeln!(out, "\n{} service port(s)", self.services.len());
         for svc in &self.services {
@@ -411,7 +469,8 @@ pub fn collect(config: &StatusConfig) -> Result<Status> {
     let snapshot = Snapshot::from_pins(dir, false).with_context(context)?;
     let fills = fill_levels(dir).with_context(context)?;
     let links = pinned_links(dir)?;
-    Ok(Status::of(dir, &snapshot, &fills, &links, agent_view(config.agent_addr)))
+    let socket_links = pinned_socket_links(dir)?;
+    Ok(Status::of(dir, &snapshot, &fills, (&links, &socket_links), agent_view(config.agent_addr)))
 }
 
 /// Runs `mcs-agent status`.
@@ -447,7 +506,7 @@ mod tests {
             Path::new("/p"),
             &Snapshot::default(),
             &fills,
-            &BTreeMap::new(),
+            (&BTreeMap::new(), &[]),
             AgentView { address: None, status: None, error: None },
         );
         let warned: Vec<(&str, bool)> = status.maps.iter().map(|m| (m.name.as_str(), m.warning)).collect();
@@ -481,12 +540,18 @@ mod tests {
             Path::new("/p"),
             &Snapshot::default(),
             &[],
-            &links,
+            (&links, &["connect4".to_owned()]),
             AgentView { address: Some("127.0.0.1:9464".into()), status: Some(agent), error: None },
         );
         let seen: Vec<(&str, bool, usize)> =
             status.interfaces.iter().map(|i| (i.name.as_str(), i.attached_by_agent, i.pinned_links.len())).collect();
         assert_eq!(seen, [("gone0", false, 1), ("veth0", true, 2)]);
+        let cgroups: Vec<(Option<&str>, bool, &[String])> = status
+            .cgroups
+            .iter()
+            .map(|c| (c.path.as_deref(), c.attached_by_agent, c.pinned_links.as_slice()))
+            .collect();
+        assert_eq!(cgroups, [(None, false, &["connect4".to_owned()][..])], "a pinned link the agent does not report");
         assert_eq!(status.drops.window_seconds, Some(12.0));
         assert!(status.warnings.iter().any(|w| w.contains("not ready: first sync not done")), "{:?}", status.warnings);
         let table = status.to_table();

@@ -3,7 +3,8 @@
 //! client's node with a services map just big enough for the demo (three
 //! entries: two service ports and the ClusterSetIP's wildcard), so that map
 //! is full and must be warned about; a packet to a port the import does not
-//! list must show up in the drops of the last minute.
+//! list must show up in the drops of the last minute. The socket programs
+//! are attached to a child cgroup the test makes (never the machine's root).
 //!
 //! Needs root and the binaries (`cargo build --bins`).
 use std::{
@@ -14,8 +15,8 @@ use std::{
 };
 
 use mcs_tests::{
-    agent::AgentGuard, agent_path, client::tcp_ask, netns::unique_prefix, topology::Topology, wait_table_clusters,
-    wait_until,
+    agent::AgentGuard, agent_path, cgroup::ChildCgroup, client::tcp_ask, netns::unique_prefix, topology::Topology,
+    wait_table_clusters, wait_until,
 };
 use serde_json::Value;
 
@@ -54,13 +55,14 @@ fn status_shows_sync_state_interfaces_backends_recent_drops_and_a_full_map() {
     let prefix = unique_prefix("status");
     let topology = Topology::demo(&prefix);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
+    let cgroup = ChildCgroup::new(&prefix, "");
     let mut agent = AgentGuard::start_with_args(
         topology.node(0),
         &prefix,
         &examples,
         topology.client_iface(),
         "local",
-        &["--services-max", "3"],
+        &["--services-max", "3", &cgroup.arg()],
     );
     wait_table_clusters(&agent.pin_path, VIP, 80, "TCP", &["east", "west"]);
     agent.assert_running();
@@ -101,6 +103,13 @@ fn status_shows_sync_state_interfaces_backends_recent_drops_and_a_full_map() {
     assert_eq!(iface["attachedByAgent"], true);
     assert_eq!(iface["mode"], "tcx", "this kernel has TCX (6.6+)");
     assert_eq!(iface["pinnedLinks"], serde_json::json!(["ingress", "egress"]));
+
+    // The socket programs' cgroup, as the agent reports it, with one pinned link per program.
+    let cgroups = status["cgroups"].as_array().expect("cgroups");
+    assert_eq!(cgroups.len(), 1, "{cgroups:#?}");
+    assert_eq!(cgroups[0]["path"], cgroup.path().display().to_string(), "{cgroups:#?}");
+    assert_eq!(cgroups[0]["attachedByAgent"], true);
+    assert_eq!(cgroups[0]["pinnedLinks"], serde_json::json!(["connect4", "getpeername4", "recvmsg4", "sendmsg4"]));
 
     // Both service ports with their backends: two pods of each exporting cluster.
     let services = status["services"].as_array().expect("services");
