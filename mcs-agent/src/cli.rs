@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{
     CommandFactory as _, Parser, Subcommand,
     builder::{PossibleValuesParser, TypedValueParser as _},
@@ -20,13 +20,16 @@ use mcs_common::{DEFAULT_HAIRPIN_ADDR, limits};
 
 use crate::{
     ebpf::{self, DatapathSettings, PortRange},
+    events::{self, EventLevel},
     inspect::{self, InspectConfig},
     interfaces, maglev,
+    monitor::{self, MonitorConfig},
     output::OutputFormat,
     plan::{self, PlanConfig, PlanSource},
     run::{self, RunConfig, SocketLb},
     sockets::DefaultCgroup,
     source::SourceConfig,
+    status::{self, StatusConfig},
     translate::{self, Locality},
 };
 
@@ -34,6 +37,12 @@ use crate::{
 fn output_format() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
     PossibleValuesParser::new(OutputFormat::ALL.map(OutputFormat::as_str))
         .map(|s| OutputFormat::parse(&s).expect("clap only passes the possible values"))
+}
+
+/// `--datapath-events off|drops|all`.
+fn event_level() -> impl clap::builder::TypedValueParser<Value = EventLevel> {
+    PossibleValuesParser::new(EventLevel::ALL.map(EventLevel::as_str))
+        .map(|s| EventLevel::parse(&s).expect("clap only passes the possible values"))
 }
 
 /// `--locality none|local|remote`.
@@ -247,6 +256,17 @@ pub struct RunArgs {
     /// The datapath's settings.
     #[command(flatten)]
     pub datapath: DatapathFlags,
+    /// Datapath events the agent writes into its log: `off`, `drops`
+    /// (drops with reason and tuple, refused connections, resets of flows
+    /// whose backend is gone; info level) or `all` (also each new
+    /// translation, debug level). Switched in a map the programs read, so
+    /// `mcs-agent monitor` turns them on for itself at run time.
+    #[arg(long, value_parser = event_level(), default_value = "off")]
+    pub datapath_events: EventLevel,
+    /// The Unix socket `mcs-agent monitor` connects to; empty: none.
+    /// Default: `/run/mcs-agent/<name of --pin-path>.monitor.sock`.
+    #[arg(long)]
+    pub monitor_socket: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -304,6 +324,12 @@ impl RunArgs {
             backend_removal_grace: Duration::from_secs(self.backend_removal_grace_seconds),
             metrics_addr,
             datapath: self.datapath.settings(),
+            datapath_events: self.datapath_events,
+            monitor_socket: match &self.monitor_socket {
+                None => Some(events::socket_path(&self.pin_path)),
+                Some(path) if path.as_os_str().is_empty() => None,
+                Some(path) => Some(path.clone()),
+            },
         })
     }
 }
@@ -406,6 +432,89 @@ impl InspectArgs {
     }
 }
 
+/// Arguments of `mcs-agent status`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Directory on bpffs where the agent pinned its maps.
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Where the agent serves /status (its `--metrics-addr`, from this
+    /// host); empty: show only what the pins hold.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub agent_addr: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_parser = output_format(), default_value = "table")]
+    pub output: OutputFormat,
+}
+
+impl StatusArgs {
+    /// The configuration of `status`.
+    ///
+    /// # Errors
+    /// When `--agent-addr` is not an address and port.
+    pub fn config(&self) -> Result<StatusConfig, clap::Error> {
+        let agent_addr = match self.agent_addr.trim() {
+            "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                subcommand_error(
+                    "status",
+                    ErrorKind::ValueValidation,
+                    &format!("--agent-addr {addr:?} is not an address:port: {e}"),
+                )
+            })?),
+        };
+        Ok(StatusConfig { pin_path: self.pin_path.clone(), agent_addr, output: self.output })
+    }
+}
+
+/// Arguments of `mcs-agent monitor`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// Directory on bpffs where the agent pinned its maps: names the agent
+    /// (its socket is `/run/mcs-agent/<name of this directory>.monitor.sock`).
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// The agent's monitor socket, when it was started with `--monitor-socket`.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Only drops, refused connections and resets (no translations).
+    #[arg(long)]
+    pub drops: bool,
+    /// Only events for this import, `NAMESPACE/NAME`.
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_service_name)]
+    pub service: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Output format: `json` is one object per line.
+    #[arg(short = 'o', long = "output", value_parser = output_format(), default_value = "table")]
+    pub output: OutputFormat,
+}
+
+fn parse_service_name(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME (for example demo/whoami)")),
+    }
+}
+
+impl MonitorArgs {
+    /// The configuration of `monitor`.
+    #[must_use]
+    pub fn config(&self) -> MonitorConfig {
+        MonitorConfig {
+            socket: self.socket.clone().unwrap_or_else(|| events::socket_path(&self.pin_path)),
+            drops_only: self.drops,
+            service: self.service.clone(),
+            count: self.count,
+            output: self.output,
+        }
+    }
+}
+
+/// The shells `mcs-agent completions` writes a script for.
+pub type Shell = clap_complete::Shell;
+
 /// `mcs-agent`.
 #[derive(Parser, Debug)]
 #[command(name = "mcs-agent", version, about = "eBPF dataplane agent for Kubernetes Multi-Cluster Services")]
@@ -419,12 +528,33 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the datapath and keep it in sync with the source.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the dataplane the agent would program from manifests, without
     /// touching the kernel.
     Plan(PlanArgs),
     /// Print what a running agent's pinned maps hold.
     Inspect(InspectArgs),
+    /// One screen on a running agent: readiness, source and syncs,
+    /// interfaces, service ports, the last minute's drops, map fill levels.
+    Status(StatusArgs),
+    /// Stream a running agent's datapath events (drops with reason and
+    /// tuple, refusals, resets, new translations) as they happen.
+    Monitor(MonitorArgs),
+    /// Print a shell completion script (for example
+    /// `mcs-agent completions bash > /etc/bash_completion.d/mcs-agent`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff: `mcs-agent man | man -l -`), or write it
+    /// and one page per subcommand into a directory.
+    Man {
+        /// Write `mcs-agent.1` and `mcs-agent-<subcommand>.1` here instead
+        /// (for example `/usr/local/share/man/man1`).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Detach the programs and remove the pinned maps. Tracked connections are lost.
     Cleanup {
         /// Directory on bpffs where maps and links are pinned.
@@ -435,20 +565,85 @@ pub enum Command {
 
 /// A clap error of `run`, with the usage line.
 fn error(kind: ErrorKind, message: &str) -> clap::Error {
+    subcommand_error("run", kind, message)
+}
+
+/// A clap error of the subcommand `name`, with its usage line.
+fn subcommand_error(name: &str, kind: ErrorKind, message: &str) -> clap::Error {
     let mut command = Cli::command();
-    let run = command.find_subcommand_mut("run").expect("the run subcommand exists");
-    run.error(kind, message)
+    let sub = command.find_subcommand_mut(name).expect("the subcommand exists");
+    sub.error(kind, message)
+}
+
+/// The completion script of `shell` for the whole CLI.
+#[must_use]
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let mut command = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut command, "mcs-agent", &mut out);
+    if shell == Shell::Bash {
+        // clap_complete 4.6 spells the state of a subcommand of a hyphenated
+        // binary one way where it sets it (`mcs__agent__subcmd__status`) and
+        // another in the arm that completes its options
+        // (`mcs__subcmd__agent__subcmd__status`), so no option after a
+        // subcommand would ever complete (clap-rs/clap#6421). Spell the arms
+        // as the state is set; a no-op once clap_complete is fixed.
+        let script = String::from_utf8_lossy(&out).replace("mcs__subcmd__agent", "mcs__agent");
+        return script.into_bytes();
+    }
+    out
+}
+
+/// The man page of `mcs-agent` itself (roff): name, synopsis, description,
+/// and the subcommands, each of which has a page of its own ([`man_pages`]).
+///
+/// # Errors
+/// Never in practice: writing into a `Vec` does not fail.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(man_command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// Writes `mcs-agent.1` and a page per subcommand (`mcs-agent-run.1`, ...)
+/// into `dir`; returns their paths.
+///
+/// # Errors
+/// When `dir` cannot be written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    clap_mangen::generate_to(man_command(), dir)?;
+    let mut names: Vec<PathBuf> = std::iter::once("mcs-agent.1".to_owned())
+        .chain(man_command().get_subcommands().map(|s| format!("mcs-agent-{}.1", s.get_name())))
+        .map(|name| dir.join(name))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The command as the man pages show it (no `help` subcommand: `--help` is).
+fn man_command() -> clap::Command {
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    command
 }
 
 /// A command with its configuration, ready to run.
 #[derive(Debug)]
 pub enum Job {
-    /// `run`.
+    /// `run` (boxed: by far the largest configuration).
     Run(Box<RunConfig>),
     /// `plan`.
     Plan(PlanConfig),
     /// `inspect`.
     Inspect(InspectConfig),
+    /// `status`.
+    Status(StatusConfig),
+    /// `monitor`.
+    Monitor(MonitorConfig),
+    /// `completions` for this shell.
+    Completions(Shell),
+    /// `man`, into this directory or to stdout.
+    Man(Option<PathBuf>),
     /// `cleanup` of this pin directory.
     Cleanup(PathBuf),
 }
@@ -463,6 +658,10 @@ impl Command {
             Self::Run(args) => Job::Run(Box::new(args.config()?)),
             Self::Plan(args) => Job::Plan(args.config()),
             Self::Inspect(args) => Job::Inspect(args.config()),
+            Self::Status(args) => Job::Status(args.config()?),
+            Self::Monitor(args) => Job::Monitor(args.config()),
+            Self::Completions { shell } => Job::Completions(*shell),
+            Self::Man { out_dir } => Job::Man(out_dir.clone()),
             Self::Cleanup { pin_path } => Job::Cleanup(pin_path.clone()),
         })
     }
@@ -481,6 +680,16 @@ impl Job {
             }
             Self::Plan(config) => plan::execute(&config),
             Self::Inspect(config) => inspect::execute(&config),
+            Self::Status(config) => status::execute(&config),
+            Self::Monitor(config) => monitor::execute(&config),
+            Self::Completions(shell) => Ok(std::io::Write::write_all(&mut std::io::stdout(), &completions(shell))?),
+            Self::Man(None) => Ok(std::io::Write::write_all(&mut std::io::stdout(), &man_page()?)?),
+            Self::Man(Some(dir)) => {
+                for page in man_pages(&dir).with_context(|| format!("writing the man pages into {}", dir.display()))? {
+                    println!("{}", page.display());
+                }
+                Ok(())
+            }
             Self::Cleanup(pin_path) => ebpf::cleanup(&pin_path),
         }
     }
@@ -509,7 +718,7 @@ mod tests {
             ["mcs-agent", "run", "--interfaces", "veth*", "--cluster-id", "c1"].iter().chain(args),
         )?;
         let Command::Run(run) = cli.command else { panic!("parsed {args:?} as another command") };
-        Ok(run)
+        Ok(*run)
     }
 
     #[test]

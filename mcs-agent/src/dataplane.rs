@@ -331,6 +331,80 @@ impl DatapathCounters {
     }
 }
 
+/// How full one pinned map is: its entries against the capacity it was
+/// created with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    /// The map's name (its pin).
+    pub name: &'static str,
+    /// Entries it holds now (elements that hold a backend, for the array).
+    pub entries: u64,
+    /// Entries it was created for (`max_entries`).
+    pub capacity: u64,
+    /// Whether the kernel evicts its oldest entries when it is full (an LRU
+    /// hash) rather than refusing new ones.
+    pub evicts: bool,
+}
+
+/// Counts the keys of a hash map, at most `limit` (an LRU map changes while
+/// it is walked; a key that vanished mid-walk is skipped).
+fn count_keys<K: aya::Pod>(keys: impl Iterator<Item = Result<K, MapError>>, limit: u64) -> u64 {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    keys.take(limit).flatten().count() as u64
+}
+
+/// The fill level of every map that holds entries (the counter and config
+/// arrays are always full and left out), read from the pins under `dir`.
+///
+/// # Errors
+/// When a pin is missing or cannot be read.
+pub fn fill_levels(dir: &Path) -> Result<Vec<MapFill>> {
+    use mcs_common::{CtKey, CtValue, FragKey, FragValue};
+    let capacity = |name: &str| -> Result<u64> {
+        let path = dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(u64::from(info.max_entries()))
+    };
+    let mut out = Vec::new();
+    let mut hash = |name: &'static str, evicts: bool, count: &dyn Fn(Map, u64) -> Result<u64>| -> Result<()> {
+        let capacity = capacity(name)?;
+        let entries = count(open_pinned(dir, name)?, capacity)?;
+        out.push(MapFill { name, entries, capacity, evicts });
+        Ok(())
+    };
+    hash(map_names::SERVICES, false, &|map, cap| {
+        let map: HashMap<MapData, ServiceKey, ServiceValue> = typed(map, map_names::SERVICES)?;
+        Ok(count_keys(map.keys(), cap))
+    })?;
+    hash(map_names::BACKENDS, false, &|map, _| {
+        let array = BackendArray::new(typed(map, map_names::BACKENDS)?)?;
+        Ok(array.slots().iter().filter(|b| b.is_present()).count() as u64)
+    })?;
+    hash(map_names::MAGLEV, false, &|map, cap| {
+        let map: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>> = typed(map, map_names::MAGLEV)?;
+        Ok(count_keys(map.keys(), cap))
+    })?;
+    hash(map_names::CLUSTERS, false, &|map, cap| {
+        let map: HashMap<MapData, u32, ClusterName> = typed(map, map_names::CLUSTERS)?;
+        Ok(count_keys(map.keys(), cap))
+    })?;
+    for name in [map_names::CONNTRACK_TCP, map_names::CONNTRACK_ANY] {
+        hash(name, true, &|map, cap| {
+            let map: HashMap<MapData, CtKey, CtValue> = typed(map, name)?;
+            Ok(count_keys(map.keys(), cap))
+        })?;
+    }
+    hash(map_names::FRAGMENTS, true, &|map, cap| {
+        let map: HashMap<MapData, FragKey, FragValue> = typed(map, map_names::FRAGMENTS)?;
+        Ok(count_keys(map.keys(), cap))
+    })?;
+    hash(map_names::AFFINITY, true, &|map, cap| {
+        let map: HashMap<MapData, AffinityKey, AffinityValue> = typed(map, map_names::AFFINITY)?;
+        Ok(count_keys(map.keys(), cap))
+    })?;
+    Ok(out)
+}
+
 /// Entry `index` of a per-CPU counter array, summed over CPUs (wrapping, as
 /// the counters themselves do).
 fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32, name: &str) -> Result<u64> {

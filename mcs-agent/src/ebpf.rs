@@ -389,6 +389,15 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    /// Its name, as `mcs-agent status` shows it: `tcx` or `clsact`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        }
+    }
+
     /// TCX when the kernel has it, clsact otherwise.
     #[must_use]
     pub fn detect() -> Self {

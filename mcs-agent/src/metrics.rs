@@ -6,14 +6,16 @@
 //! The run loop records what it did in [`Metrics`]; a collector reads that
 //! record, and the datapath's per-CPU counters `MCS_DROPS` and `MCS_STATS`
 //! (summed over CPUs), at each scrape. Metric names are documented in
-//! `docs/metrics.md`.
+//! `docs/metrics.md`. The same record, with the attached interfaces and the
+//! drops of the last minute, is served as JSON on `/status` ([`AgentStatus`],
+//! what `mcs-agent status` shows).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     convert::Infallible,
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -29,6 +31,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -71,12 +74,26 @@ struct State {
     backends: usize,
     draining: usize,
     interfaces: usize,
+    /// The attached interfaces by name, with their ifindex.
+    attached: BTreeMap<String, u32>,
+    /// How the programs are attached (`tcx`, `clsact`).
+    attach_mode: Option<&'static str>,
+    /// The cgroup the socket programs are attached to, when socket load balancing is on.
+    socket_cgroup: Option<String>,
+    /// What the last sync could not write (empty after a complete one).
+    sync_errors: Vec<String>,
     source_problems: usize,
     skipped: Vec<[String; 3]>,
     excluded: Vec<[String; 4]>,
     /// The import (namespace, name) of each service port desired.
     imports: BTreeMap<ServiceKey, (String, String)>,
+    /// Drop counters (in [`DropReason::ALL`] order) sampled over the last
+    /// [`DROP_WINDOW`], oldest first.
+    drop_samples: VecDeque<(Instant, Vec<u64>)>,
 }
+
+/// The span of `/status`'s `recentDrops`.
+pub const DROP_WINDOW: Duration = Duration::from_mins(1);
 
 /// What the run loop recorded, and the datapath's counters.
 #[derive(Default)]
@@ -121,6 +138,8 @@ impl Metrics {
         let counters = DatapathCounters::from_ebpf(bpf)?.with_service_maps(pin_path)?;
         *self.recorded.counters.lock().unwrap_or_else(PoisonError::into_inner) = Some(counters);
         self.state().datapath_loaded = true;
+        // The baseline of the drops of the first minute.
+        self.sample_drops();
         Ok(())
     }
 
@@ -129,9 +148,98 @@ impl Metrics {
         self.state().sources_synced = synced;
     }
 
-    /// Records the number of attached interfaces.
-    pub fn set_interfaces(&self, attached: usize) {
-        self.state().interfaces = attached;
+    /// Records the attached interfaces (name to ifindex) and how they are attached.
+    pub fn set_interfaces(&self, attached: &BTreeMap<String, u32>, mode: &'static str) {
+        let mut state = self.state();
+        state.interfaces = attached.len();
+        state.attached.clone_from(attached);
+        state.attach_mode = Some(mode);
+    }
+
+    /// Records the cgroup the socket programs are attached to (`None`: socket load balancing off).
+    pub fn set_socket_cgroup(&self, cgroup: Option<&std::path::Path>) {
+        self.state().socket_cgroup = cgroup.map(|c| c.display().to_string());
+    }
+
+    /// Records what the last sync could not write (nothing after a complete one).
+    pub fn set_sync_errors(&self, errors: Vec<String>) {
+        self.state().sync_errors = errors;
+    }
+
+    /// Reads the drop counters and keeps the sample, with the older ones
+    /// back to [`DROP_WINDOW`] ago (the newest sample at least that old is
+    /// the baseline of `recentDrops`). The run loop calls it every few
+    /// seconds; does nothing before the datapath is loaded.
+    pub fn sample_drops(&self) {
+        let Some(totals) = self.drop_totals() else { return };
+        let now = Instant::now();
+        let mut state = self.state();
+        state.drop_samples.push_back((now, totals));
+        while state.drop_samples.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= DROP_WINDOW) {
+            state.drop_samples.pop_front();
+        }
+    }
+
+    fn drop_totals(&self) -> Option<Vec<u64>> {
+        let counters = self.recorded.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        counters.as_ref().map(|c| DropReason::ALL.iter().map(|r| or_zero(c.drops(*r))).collect())
+    }
+
+    /// What `/status` answers, read now.
+    #[must_use]
+    pub fn status(&self) -> AgentStatus {
+        let totals = self.drop_totals();
+        let not_ready = self.not_ready();
+        let s = self.state();
+        let (drops_window_seconds, recent_drops) = match (s.drop_samples.front(), totals) {
+            (Some((since, base)), Some(now)) => (
+                (since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                Some(
+                    DropReason::ALL
+                        .iter()
+                        .zip(now.iter().zip(base))
+                        .map(|(r, (n, b))| (r.name().to_owned(), n.wrapping_sub(*b)))
+                        .collect(),
+                ),
+            ),
+            _ => (0.0, None),
+        };
+        AgentStatus {
+            ready: not_ready.is_none(),
+            not_ready,
+            datapath_loaded: s.datapath_loaded,
+            sources_synced: s.sources_synced,
+            source_problems: s.source_problems,
+            syncs: [SyncResult::Success, SyncResult::Partial, SyncResult::Error]
+                .into_iter()
+                .map(|r| (r.as_str().to_owned(), s.syncs.get(&r).copied().unwrap_or(0)))
+                .collect(),
+            last_sync_duration_seconds: s.last_sync_seconds,
+            last_success_unix_seconds: (s.last_success_unix > 0.0).then_some(s.last_success_unix),
+            sync_errors: s.sync_errors.clone(),
+            service_ports: s.service_ports,
+            backends: s.backends,
+            draining: s.draining,
+            attach_mode: s.attach_mode.map(str::to_owned),
+            socket_cgroup: s.socket_cgroup.clone(),
+            interfaces: s
+                .attached
+                .iter()
+                .map(|(name, index)| AttachedInterface { name: name.clone(), ifindex: *index })
+                .collect(),
+            skipped_imports: s
+                .skipped
+                .iter()
+                .map(|[namespace, name, reason]| SkippedImport {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            excluded_clusters: s.excluded.len(),
+            drops_window_seconds,
+            recent_drops,
+        }
     }
 
     /// Records the objects the source could not read.
@@ -201,6 +309,74 @@ impl Metrics {
         text::encode(&mut out, &self.registry).expect("encoding into a String does not fail");
         out
     }
+}
+
+/// What `/status` answers: the run loop's record (the same the metrics
+/// are made of), in the JSON `mcs-agent status` reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Whether `/readyz` answers 200.
+    pub ready: bool,
+    /// What is missing when not ready.
+    pub not_ready: Option<String>,
+    /// The programs are loaded and the maps open.
+    pub datapath_loaded: bool,
+    /// Every source has completed its first list.
+    pub sources_synced: bool,
+    /// Objects the source could not read.
+    pub source_problems: usize,
+    /// Syncs by result (`success`, `partial`, `error`).
+    pub syncs: BTreeMap<String, u64>,
+    /// Duration of the last sync.
+    pub last_sync_duration_seconds: f64,
+    /// Unix time of the last sync that was not an error.
+    pub last_success_unix_seconds: Option<f64>,
+    /// What the last sync could not write.
+    pub sync_errors: Vec<String>,
+    /// Service ports desired.
+    pub service_ports: usize,
+    /// Backends new connections may use.
+    pub backends: usize,
+    /// Terminating backends kept for established connections.
+    pub draining: usize,
+    /// `tcx` or `clsact`; `None` before the datapath is loaded.
+    pub attach_mode: Option<String>,
+    /// The interfaces the programs are attached to.
+    pub interfaces: Vec<AttachedInterface>,
+    /// The cgroup v2 directory the socket programs are attached to; `None`
+    /// when socket load balancing is off.
+    pub socket_cgroup: Option<String>,
+    /// Imports the translation skipped.
+    pub skipped_imports: Vec<SkippedImport>,
+    /// Exporting clusters left out of imports (by the cap).
+    pub excluded_clusters: usize,
+    /// The span `recentDrops` covers: up to a minute (less while the agent is younger).
+    pub drops_window_seconds: f64,
+    /// Drops by reason over that span; `None` before the datapath is loaded.
+    pub recent_drops: Option<BTreeMap<String, u64>>,
+}
+
+/// An interface the programs are attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedInterface {
+    /// Its name.
+    pub name: String,
+    /// Its index.
+    pub ifindex: u32,
+}
+
+/// An import the translation skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedImport {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Why (`headless`, `no-ips`, `invalid`).
+    pub reason: String,
 }
 
 /// The collector: reads the record and the counters at each scrape.
@@ -337,7 +513,7 @@ fn or_zero(value: Result<u64>) -> u64 {
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the metrics server to {addr}"))?;
     let local = listener.local_addr()?;
-    info!(addr = %local, "serving /metrics, /healthz and /readyz");
+    info!(addr = %local, "serving /metrics, /status, /healthz and /readyz");
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -370,12 +546,17 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The answer to one request (hyper leaves out the body of a HEAD answer).
 fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, OPENMETRICS, metrics.render()),
+        (&Method::GET | &Method::HEAD, "/status") => {
+            let body = serde_json::to_string(&metrics.status()).expect("a status always serializes");
+            (StatusCode::OK, JSON, body)
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, TEXT, "ok\n".to_owned()),
         (&Method::GET | &Method::HEAD, "/readyz") => match metrics.not_ready() {
             None => (StatusCode::OK, TEXT, "ready\n".to_owned()),

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     dataplane::AyaDataplane,
     ebpf::{self, AttachMode, DatapathSettings},
+    events::{self, EventLevel, Events},
     interfaces::{Interfaces, Pattern},
     metrics::{self, Metrics, SyncResult},
     sockets,
@@ -77,6 +78,10 @@ pub struct RunConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// The datapath's settings.
     pub datapath: DatapathSettings,
+    /// Which datapath events the agent logs.
+    pub datapath_events: EventLevel,
+    /// Where `mcs-agent monitor` connects; `None`: nowhere.
+    pub monitor_socket: Option<PathBuf>,
 }
 
 /// When the next sync is due, and whether it is a full one.
@@ -208,6 +213,7 @@ struct Syncing {
     schedule: Schedule,
     logged: Logged,
     metrics: Arc<Metrics>,
+    events: Events,
 }
 
 impl Syncing {
@@ -234,9 +240,15 @@ impl Syncing {
         // Let the source take its objects back without copying them.
         drop(snapshot);
         self.metrics.set_translation(&desired, &report);
+        self.events.names().set_services(&desired);
         let sync_started = Instant::now();
         let synced = self.syncer.sync(dataplane, &desired);
         let sync_ms = sync_started.elapsed().as_secs_f64() * 1e3;
+        let errors = match &synced {
+            Ok(outcome) => outcome.errors.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![format!("{e:#}")],
+        };
+        self.metrics.set_sync_errors(errors);
         let (result, ok, was_full) = match synced {
             Ok(outcome) if outcome.errors.is_empty() => {
                 let fields = (desired.services.len(), outcome.writes, outcome.full, outcome.tables_written);
@@ -305,10 +317,14 @@ pub async fn run(options: RunConfig) -> Result<()> {
     let mut bpf = ebpf::load(&options.datapath.load_options(Some(options.pin_path.clone())))?;
     let mut dataplane = AyaDataplane::from_ebpf(&mut bpf)?;
     metrics.set_datapath(&mut bpf, &options.pin_path)?;
+    let events = events::start(&mut bpf, options.datapath_events, options.monitor_socket.as_deref())?;
     let mode = AttachMode::detect();
     info!(pin_path = %options.pin_path.display(), ?mode, "datapath loaded");
     match &options.socket_lb {
-        SocketLb::On { cgroup } => sockets::attach(&mut bpf, cgroup, &options.pin_path)?,
+        SocketLb::On { cgroup } => {
+            sockets::attach(&mut bpf, cgroup, &options.pin_path)?;
+            metrics.set_socket_cgroup(Some(cgroup));
+        }
         SocketLb::Off { note } => {
             if let Some(note) = note {
                 warn!("{note}");
@@ -320,7 +336,8 @@ pub async fn run(options: RunConfig) -> Result<()> {
     // The first rescan also removes the pins of interfaces deleted while no agent ran.
     let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), mode);
     interfaces.rescan(&mut bpf);
-    metrics.set_interfaces(interfaces.attached().len());
+    metrics.set_interfaces(interfaces.attached(), mode.as_str());
+    events.names().set_interfaces(interfaces.attached());
 
     let mut syncing = Syncing {
         config: options.translate.clone(),
@@ -328,6 +345,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
         schedule: Schedule::new(options.min_sync_interval, options.max_sync_interval),
         logged: Logged::default(),
         metrics: Arc::clone(&metrics),
+        events: events.clone(),
     };
     // The interfaces were just listed: the first periodic rescan is one period away.
     let mut rescan = tokio::time::interval_at(Instant::now() + INTERFACE_RESCAN, INTERFACE_RESCAN);
@@ -348,12 +366,16 @@ pub async fn run(options: RunConfig) -> Result<()> {
                 syncing.schedule.changed();
             }
             () = interfaces.changed() => relist = true,
-            _ = rescan.tick() => relist = true,
+            _ = rescan.tick() => {
+                relist = true;
+                metrics.sample_drops();
+            }
             () = sleep_until(deadline) => {}
         }
         if relist {
             interfaces.rescan(&mut bpf);
-            metrics.set_interfaces(interfaces.attached().len());
+            metrics.set_interfaces(interfaces.attached(), mode.as_str());
+            events.names().set_interfaces(interfaces.attached());
         }
         let synced = source.synced();
         metrics.set_sources_synced(synced);
@@ -369,6 +391,9 @@ pub async fn run(options: RunConfig) -> Result<()> {
         if synced && now >= syncing.due(now) {
             syncing.sync(&source, &mut dataplane);
         }
+    }
+    if let Some(socket) = &options.monitor_socket {
+        events::remove_socket(socket);
     }
     Ok(())
 }

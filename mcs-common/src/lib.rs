@@ -17,6 +17,8 @@
 
 use core::net::Ipv4Addr;
 
+pub mod event;
+
 /// Names of the maps in the eBPF object. They are also the file names of the
 /// pins under the agent's pin directory.
 pub mod map_names {

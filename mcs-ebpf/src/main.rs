@@ -29,6 +29,7 @@
 mod config;
 mod conntrack;
 mod csum;
+mod events;
 mod frag;
 mod icmp;
 mod maps;
@@ -44,10 +45,15 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
-use mcs_common::{CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, DropReason, ServiceValue, Stat, proto};
+use mcs_common::{
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, DropReason, ServiceValue, Stat,
+    event::{EVENT_FROM_POD, EVENT_TO_POD},
+    proto,
+};
 
 use crate::{
     conntrack::{CreateError, Lookup, nat_tuple},
+    events::Tuple,
     parse::{Flow, Fragment, IcmpError, Packet, TCP_RST, Untranslatable},
     service::SelectError,
     stats::ServiceEvent,
@@ -59,10 +65,19 @@ const VERDICT_NEXT: i32 = -1;
 /// Dropped, and counted under a reason.
 const VERDICT_DROP: i32 = TC_ACT_SHOT;
 
+/// Drops a packet seen in `direction` (`EVENT_FROM_POD`, `EVENT_TO_POD`):
+/// counted under `reason`, and reported with its tuple when drop events are on.
 #[inline(always)]
-fn drop_packet(reason: DropReason) -> i32 {
+fn drop_packet(ctx: &TcContext, direction: u8, reason: DropReason, tuple: &Tuple) -> i32 {
     stats::drop(reason);
+    events::dropped(ctx, direction, reason, tuple);
     VERDICT_DROP
+}
+
+/// [`drop_packet`] of a TCP or UDP packet from a pod.
+#[inline(always)]
+fn drop_flow(ctx: &TcContext, flow: &Flow, reason: DropReason) -> i32 {
+    drop_packet(ctx, EVENT_FROM_POD, reason, &Tuple::of(flow))
 }
 
 /// Ingress of pod-facing interfaces: DNAT to a backend.
@@ -75,10 +90,11 @@ pub fn mcs_from_pod(ctx: TcContext) -> i32 {
             if !service::is_cluster_set_ip(daddr) {
                 return VERDICT_NEXT;
             }
-            drop_packet(match why {
+            let reason = match why {
                 Untranslatable::Malformed => DropReason::Malformed,
                 Untranslatable::OtherProtocol => DropReason::UnknownPort,
-            })
+            };
+            drop_packet(&ctx, EVENT_FROM_POD, reason, &Tuple::addrs(0, daddr, 0))
         }
         Packet::Flow(flow) => {
             if service::is_cluster_set_ip(flow.daddr) {
@@ -91,7 +107,14 @@ pub fn mcs_from_pod(ctx: TcContext) -> i32 {
         }
         Packet::Fragment(frag) => {
             if service::is_cluster_set_ip(frag.daddr) {
-                return fragment(&ctx, &frag, CT_DIR_FORWARD).unwrap_or_else(|| drop_packet(DropReason::Fragment));
+                return fragment(&ctx, &frag, CT_DIR_FORWARD).unwrap_or_else(|| {
+                    drop_packet(
+                        &ctx,
+                        EVENT_FROM_POD,
+                        DropReason::Fragment,
+                        &Tuple::addrs(frag.saddr, frag.daddr, frag.proto),
+                    )
+                });
             }
             if is_hairpin_addr(frag.daddr) {
                 return fragment(&ctx, &frag, CT_DIR_REPLY).unwrap_or(VERDICT_NEXT);
@@ -100,7 +123,14 @@ pub fn mcs_from_pod(ctx: TcContext) -> i32 {
         }
         Packet::IcmpError(err) => {
             if service::is_cluster_set_ip(err.daddr) {
-                return icmp_error(&ctx, &err, CT_DIR_FORWARD).unwrap_or_else(|| drop_packet(DropReason::IcmpNoFlow));
+                return icmp_error(&ctx, &err, CT_DIR_FORWARD).unwrap_or_else(|| {
+                    drop_packet(
+                        &ctx,
+                        EVENT_FROM_POD,
+                        DropReason::IcmpNoFlow,
+                        &Tuple::addrs(err.saddr, err.daddr, proto::ICMP),
+                    )
+                });
             }
             if is_hairpin_addr(err.daddr) {
                 return icmp_error(&ctx, &err, CT_DIR_REPLY).unwrap_or(VERDICT_NEXT);
@@ -143,7 +173,7 @@ fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
         Lookup::Miss => (conntrack::now(), None),
     };
     let Some(svc) = service::lookup(flow) else {
-        return drop_packet(DropReason::UnknownPort);
+        return drop_flow(ctx, flow, DropReason::UnknownPort);
     };
     if let Some(stat) = replaced {
         stats::stat(stat);
@@ -157,7 +187,7 @@ fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
     let selected = match service::select_backend(&service::Choice::of_flow(flow, svc), svc, now) {
         Ok(selected) => selected,
         Err(SelectError::NoBackend) => return refuse(ctx, flow, svc.service_id, DropReason::NoBackend),
-        Err(SelectError::Missing) => return drop_packet(DropReason::BackendMissing),
+        Err(SelectError::Missing) => return drop_flow(ctx, flow, DropReason::BackendMissing),
     };
     if selected.by_affinity {
         stats::stat(Stat::AffinityHit);
@@ -169,10 +199,11 @@ fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
     let nat_saddr = if hairpinned { hairpin } else { flow.saddr };
     let created = match conntrack::create(flow, (selected.id, &selected.backend), svc.service_id, nat_saddr, now) {
         Ok(created) => created,
-        Err(CreateError::PortsExhausted) => return drop_packet(DropReason::NatPortsExhausted),
-        Err(CreateError::InsertFailed) => return drop_packet(DropReason::CtInsertFailed),
+        Err(CreateError::PortsExhausted) => return drop_flow(ctx, flow, DropReason::NatPortsExhausted),
+        Err(CreateError::InsertFailed) => return drop_flow(ctx, flow, DropReason::CtInsertFailed),
     };
     stats::stat(Stat::ForwardNew);
+    events::translated(ctx, EVENT_FROM_POD, &Tuple::of(flow), svc.service_id, (selected.id, &selected.backend));
     if created.probed {
         stats::stat(Stat::NatPortProbed);
     }
@@ -191,21 +222,21 @@ fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
 #[inline(always)]
 fn translate(ctx: &TcContext, flow: &Flow, entry: &CtValue) -> i32 {
     if nat::rewrite(ctx, flow, &nat_tuple(entry)).is_err() {
-        return drop_packet(DropReason::RewriteFailed);
+        return drop_flow(ctx, flow, DropReason::RewriteFailed);
     }
     if flow.first_fragment {
         frag::remember(flow);
     }
     if entry.nat_saddr != flow.saddr {
-        return bounce(ctx);
+        return bounce(ctx, &Tuple::of(flow));
     }
     VERDICT_NEXT
 }
 
-/// Sends a rewritten packet back to the pod it came from.
+/// Sends a rewritten packet (`tuple` before the rewrite) back to the pod it came from.
 #[inline(always)]
-fn bounce(ctx: &TcContext) -> i32 {
-    nat::bounce(ctx).unwrap_or_else(|_| drop_packet(DropReason::RewriteFailed))
+fn bounce(ctx: &TcContext, tuple: &Tuple) -> i32 {
+    nat::bounce(ctx).unwrap_or_else(|_| drop_packet(ctx, EVENT_FROM_POD, DropReason::RewriteFailed, tuple))
 }
 
 /// Refuses a packet of service port `service_id` for `reason`: answers the
@@ -215,7 +246,7 @@ fn bounce(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn refuse(ctx: &TcContext, flow: &Flow, service_id: u32, reason: DropReason) -> i32 {
     if flow.has(TCP_RST) {
-        return drop_packet(reason);
+        return drop_flow(ctx, flow, reason);
     }
     let (result, stat) = if flow.proto == proto::TCP {
         (reject::tcp_rst(ctx, flow), Stat::RejectTcp)
@@ -227,9 +258,10 @@ fn refuse(ctx: &TcContext, flow: &Flow, service_id: u32, reason: DropReason) -> 
             stats::drop(reason);
             stats::stat(stat);
             stats::service(service_id, ServiceEvent::Rejected);
+            events::refused(ctx, EVENT_FROM_POD, reason, &Tuple::of(flow), service_id);
             verdict
         }
-        Err(()) => drop_packet(DropReason::RejectFailed),
+        Err(()) => drop_flow(ctx, flow, DropReason::RejectFailed),
     }
 }
 
@@ -242,13 +274,13 @@ fn hairpin_reply(ctx: &TcContext, flow: &Flow) -> i32 {
         return VERDICT_NEXT;
     };
     if nat::rewrite(ctx, flow, &nat_tuple(&entry)).is_err() {
-        return drop_packet(DropReason::RewriteFailed);
+        return drop_flow(ctx, flow, DropReason::RewriteFailed);
     }
     if flow.first_fragment {
         frag::remember(flow);
     }
     stats::stat(Stat::ReverseNat);
-    bounce(ctx)
+    bounce(ctx, &Tuple::of(flow))
 }
 
 /// A later fragment of a datagram whose flow's entry in direction `dir`
@@ -258,14 +290,15 @@ fn hairpin_reply(ctx: &TcContext, flow: &Flow) -> i32 {
 fn fragment(ctx: &TcContext, frag: &Fragment, dir: u8) -> Option<i32> {
     let tuple = frag::tuple(frag)?;
     let entry = conntrack::peek(&conntrack::key(&tuple, frag.proto, dir))?;
+    let reported = Tuple::addrs(frag.saddr, frag.daddr, frag.proto);
     if nat::rewrite_fragment(ctx, frag.l3_off, &tuple, &nat_tuple(&entry)).is_err() {
-        return Some(drop_packet(DropReason::RewriteFailed));
+        return Some(drop_packet(ctx, EVENT_FROM_POD, DropReason::RewriteFailed, &reported));
     }
     stats::stat(Stat::FragmentTranslated);
     // Forward: a hairpinned (source-NATed) flow's fragment goes back to the
     // pod; reply at ingress: only hairpinned flows' replies arrive there.
     if dir == CT_DIR_REPLY || entry.nat_saddr != tuple.saddr {
-        return Some(bounce(ctx));
+        return Some(bounce(ctx, &reported));
     }
     Some(VERDICT_NEXT)
 }
@@ -275,9 +308,10 @@ fn fragment(ctx: &TcContext, frag: &Fragment, dir: u8) -> Option<i32> {
 /// flow matches.
 #[inline(always)]
 fn icmp_error(ctx: &TcContext, err: &IcmpError, dir: u8) -> Option<i32> {
+    let reported = Tuple::addrs(err.saddr, err.daddr, proto::ICMP);
     let entry = match icmp::translate(ctx, err, dir) {
         Ok(entry) => entry?,
-        Err(_) => return Some(drop_packet(DropReason::RewriteFailed)),
+        Err(_) => return Some(drop_packet(ctx, EVENT_FROM_POD, DropReason::RewriteFailed, &reported)),
     };
     let to_backend = dir == CT_DIR_FORWARD;
     stats::stat(if to_backend { Stat::IcmpToBackend } else { Stat::IcmpToClient });
@@ -285,7 +319,7 @@ fn icmp_error(ctx: &TcContext, err: &IcmpError, dir: u8) -> Option<i32> {
     // error at ingress about a hairpinned flow's reply: back to the pod.
     let client = err.quoted.tuple.daddr;
     if !to_backend || entry.nat_saddr != client {
-        return Some(bounce(ctx));
+        return Some(bounce(ctx, &reported));
     }
     Some(VERDICT_NEXT)
 }
@@ -300,7 +334,7 @@ pub fn mcs_to_pod(ctx: TcContext) -> i32 {
                 return VERDICT_NEXT;
             };
             if nat::rewrite(&ctx, &flow, &nat_tuple(&entry)).is_err() {
-                return drop_packet(DropReason::RewriteFailed);
+                return drop_packet(&ctx, EVENT_TO_POD, DropReason::RewriteFailed, &Tuple::of(&flow));
             }
             if flow.first_fragment {
                 frag::remember(&flow);
@@ -314,7 +348,8 @@ pub fn mcs_to_pod(ctx: TcContext) -> i32 {
                 return VERDICT_NEXT;
             };
             if nat::rewrite_fragment(&ctx, frag.l3_off, &tuple, &nat_tuple(&entry)).is_err() {
-                return drop_packet(DropReason::RewriteFailed);
+                let reported = Tuple::addrs(frag.saddr, frag.daddr, frag.proto);
+                return drop_packet(&ctx, EVENT_TO_POD, DropReason::RewriteFailed, &reported);
             }
             stats::stat(Stat::FragmentTranslated);
             VERDICT_NEXT
@@ -325,7 +360,10 @@ pub fn mcs_to_pod(ctx: TcContext) -> i32 {
                 VERDICT_NEXT
             }
             Ok(None) => VERDICT_NEXT,
-            Err(_) => drop_packet(DropReason::RewriteFailed),
+            Err(_) => {
+                let reported = Tuple::addrs(err.saddr, err.daddr, proto::ICMP);
+                drop_packet(&ctx, EVENT_TO_POD, DropReason::RewriteFailed, &reported)
+            }
         },
         Packet::Other | Packet::Untranslatable { .. } => VERDICT_NEXT,
     }

@@ -360,6 +360,8 @@ impl Drop for AgentGuard {
             eprintln!("removing {}: {e}", self.pin_path.display());
         }
         let _ = fs::remove_dir_all(&self.manifests);
+        // The agent removes its monitor socket when it stops; not after a SIGKILL.
+        let _ = fs::remove_file(mcs_agent::events::socket_path(&self.pin_path));
     }
 }
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, mem::offset_of, process::Command};
 
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue, ServiceKey,
-    ServiceStats, ServiceValue, SockRevKey, SockRevValue,
+    ServiceStats, ServiceValue, SockRevKey, SockRevValue, event::Event,
 };
 
 /// A struct's size in bytes and its fields as (name, bit offset).
@@ -97,6 +97,27 @@ fn shared_map_types_match_the_object_btf() {
         layout!(AffinityValue, [backend_id, pad, last_seen_ns]),
         layout!(ClusterName, [name]),
         layout!(ServiceStats, [packets, bytes, new_flows, rejected, socket_translated, socket_refused]),
+        layout!(
+            Event,
+            [
+                kind,
+                reason,
+                proto,
+                direction,
+                ifindex,
+                saddr,
+                daddr,
+                sport,
+                dport,
+                backend_addr,
+                backend_port,
+                pad,
+                service_id,
+                backend_id,
+                pad2,
+                time_ns
+            ]
+        ),
         layout!(
             DatapathConfig,
             [

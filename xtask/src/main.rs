@@ -5,8 +5,10 @@
 //! - `build-ebpf`: build the eBPF object on its own, for bpftool and llvm-objdump;
 //! - `test`: lint, then run every test (unit, packet, integration);
 //! - `demo`: a demo ClusterSet in network namespaces, driven by deploy/examples;
-//! - `bench`: the benchmarks (datapath cost, end to end, control plane) and their report.
+//! - `bench`: the benchmarks (datapath cost, end to end, control plane) and their report;
+//! - `image`: the agent's OCI image, from Debian packages (no registry needed), checked with podman.
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -46,6 +48,16 @@ enum Cmd {
         /// Keep the demo running this many seconds after the traffic, to look around with bpftool.
         #[arg(long, default_value_t = 0)]
         hold: u64,
+    },
+    /// Build the agent's OCI image (mmdebstrap base, buildah layer) and check it with podman:
+    /// `--version` and `plan` on deploy/examples/mcs-basic, as the host's build answers.
+    Image {
+        /// The image's name (default `localhost/mcs-agent:<version>`).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Make the Debian base again (for security updates) instead of reusing it.
+        #[arg(long)]
+        rebuild_base: bool,
     },
     /// Benchmarks: datapath cost (`test_run`), end to end against direct, iptables and nftables, control plane.
     /// Writes docs/bench/REPORT.md and charts (target/bench/ with --quick).
@@ -251,6 +263,11 @@ fn main() -> Result<()> {
                 "--hold",
                 &hold.to_string(),
             ]))
+        }
+        Cmd::Image { tag, rebuild_base } => {
+            require_root()?;
+            setup::setup()?;
+            image::image(tag.as_deref(), rebuild_base)
         }
         Cmd::Bench { quick, only } => {
             require_root()?;

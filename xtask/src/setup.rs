@@ -97,7 +97,16 @@ fn ensure_bpf_linker() -> Result<()> {
 }
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, bin)| !have(bin)).map(|(pkg, _)| *pkg).collect();
+    ensure(PACKAGES)
+}
+
+/// Installs those of `packages` (each with a command that shows it is
+/// installed) that are missing.
+///
+/// # Errors
+/// When apt-get fails.
+pub fn ensure(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().filter(|(_, bin)| !have(bin)).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -129,6 +129,17 @@ fn daemonset_arguments_are_accepted_by_the_agent() {
     let host_path = volume.host_path.as_ref().unwrap_or_else(|| panic!("{at}: {} is not a hostPath", volume.name));
     assert_eq!(host_path.path, "/sys/fs/cgroup", "{at}: the node's cgroup v2 root");
 
+    // The monitor socket's directory is writable although the root filesystem is not.
+    let socket = config.monitor_socket.as_ref().expect("a monitor socket by default");
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| socket.starts_with(&m.mount_path))
+        .unwrap_or_else(|| panic!("{at}: no volume mounted over {}", socket.display()));
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("the mounted volume exists");
+    assert!(volume.empty_dir.is_some(), "{at}: {} is a pod-local emptyDir", volume.name);
+
     // Metrics, probes and scrape annotations agree on the port.
     let metrics_port: u16 = run.metrics_addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("metrics port");
     let named: BTreeMap<&str, i32> =

@@ -23,6 +23,13 @@
 //! address and port, with the kernel's own timing of that single run; the
 //! floor and the established packet are measured the same single-shot way, so
 //! the ratio compares like with like.
+//!
+//! Datapath events: the drop path (a packet to a port `PING` does not list)
+//! is measured with drop events off, as they are by default, and on. With
+//! them on, every repetition writes an event into the ring buffer, so those
+//! runs repeat fewer times than the buffer holds ([`EVENT_REPEAT`]) and the
+//! buffer is drained, and its events counted, after each run; the events-off
+//! runs repeat as many times, so the two rows differ only in the flag.
 use std::{
     net::Ipv4Addr,
     path::Path,
@@ -32,7 +39,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use mcs_agent::dataplane::Dataplane as _;
@@ -44,8 +51,9 @@ use mcs_agent::{
     translate::{self, Config},
 };
 use mcs_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SEEN_REPLY, CtKey, CtValue, DatapathConfig, Stat, ipv4_to_nbo, map_names,
-    program_names, proto,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SEEN_REPLY, CtKey, CtValue, DatapathConfig, DropReason, Stat,
+    event::{EVENT_DROP, EVENT_FLAGS_MAP, EVENTS_BYTES, EVENTS_DROPS, EVENTS_MAP, Event},
+    ipv4_to_nbo, map_names, program_names, proto,
 };
 use mcs_tests::packet::{ACK, PacketSpec, SYN};
 use serde_json::json;
@@ -70,6 +78,12 @@ const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 5);
 /// `TC_ACT_UNSPEC` (`TCX_NEXT`) as `test_run` reports it: translated, or
 /// passed on untouched.
 const NEXT: u32 = u32::MAX;
+/// `TC_ACT_SHOT`: dropped.
+const SHOT: u32 = 2;
+/// Repetitions of a drop-path run: fewer than the ring buffer holds events
+/// (each takes its 48 bytes and an 8-byte header), so with events on none is lost.
+const EVENT_REPEAT: u32 = 4000;
+const _: () = assert!((EVENT_REPEAT as usize) < EVENTS_BYTES as usize / (size_of::<Event>() + 8));
 
 /// How much to measure.
 #[derive(Clone, Copy, Debug)]
@@ -158,6 +172,52 @@ fn repeated(
         }
         per_run.push(ns);
     }
+    Ok(per_run)
+}
+
+/// Switches the drop events of the loaded object on or off.
+fn set_drop_events(ebpf: &mut Ebpf, on: bool) -> Result<()> {
+    let mut flags: Array<&mut MapData, u32> =
+        Array::try_from(ebpf.map_mut(EVENT_FLAGS_MAP).context("the event flags map")?).context("an array of u32")?;
+    flags.set(0, if on { EVENTS_DROPS } else { 0 }, 0).context("writing the event flags")?;
+    Ok(())
+}
+
+/// Takes every event out of the ring buffer; returns how many drop events of `reason` it held.
+fn drain_events(ebpf: &mut Ebpf, reason: DropReason) -> Result<u64> {
+    let mut ring = RingBuf::try_from(ebpf.map_mut(EVENTS_MAP).context("the events map")?).context("a ring buffer")?;
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        ensure!(item.len() >= size_of::<Event>(), "an event of {} bytes", item.len());
+        // SAFETY: the programs write whole `Event`s (checked above); plain integers.
+        let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        if event.kind == EVENT_DROP && u32::from(event.reason) == reason as u32 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The drop path of `frame` (dropped as `reason`), `runs` runs of
+/// [`EVENT_REPEAT`], with drop events off or on; checks that each run wrote
+/// one event per repetition (on) or none (off).
+fn drops_with_events(ebpf: &mut Ebpf, frame: &[u8], reason: DropReason, on: bool, runs: usize) -> Result<Vec<f64>> {
+    set_drop_events(ebpf, on)?;
+    drain_events(ebpf, reason)?;
+    let mut per_run = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let (got, _, ns) = test_run(program(ebpf, program_names::FROM_POD)?, frame, EVENT_REPEAT)?;
+        ensure!(got == SHOT, "drop path: verdict {got}, expected {SHOT} (run {run})");
+        let events = drain_events(ebpf, reason)?;
+        let want = if on { u64::from(EVENT_REPEAT) } else { 0 };
+        ensure!(
+            events == want,
+            "drop path, events {}: {events} events, expected {want}",
+            if on { "on" } else { "off" }
+        );
+        per_run.push(ns);
+    }
+    set_drop_events(ebpf, false)?;
     Ok(per_run)
 }
 
@@ -312,6 +372,16 @@ pub fn run(s: Settings) -> Result<Report> {
     let plain = repeated(&ebpf, program_names::FROM_POD, &other, NEXT, None, s)?;
     let est = repeated(&ebpf, program_names::FROM_POD, &established, NEXT, Some(Stat::ForwardEstablished), s)?;
     let rev = repeated(&ebpf, program_names::TO_POD, &reply, NEXT, Some(Stat::ReverseNat), s)?;
+    // A SYN to a port PING does not list: dropped as unknown-port, unchanged, so it repeats.
+    let unlisted = PacketSpec::tcp((CLIENT, CLIENT_PORT), (PING, 81), SYN).build();
+    let event_runs = s.runs * 6;
+    let mut drops_off = Vec::new();
+    let mut drops_on = Vec::new();
+    // Interleaved, so a change of the machine's load falls on both alike.
+    for _ in 0..event_runs / 2 {
+        drops_off.extend(drops_with_events(&mut ebpf, &unlisted, DropReason::UnknownPort, false, 2)?);
+        drops_on.extend(drops_with_events(&mut ebpf, &unlisted, DropReason::UnknownPort, true, 2)?);
+    }
 
     let floor1 = single_shots(&ebpf, program_names::NOOP, s.single, |_| established.clone())?;
     // Single shots: each alone, so the ping-pong needs no even count.
@@ -352,6 +422,8 @@ pub fn run(s: Settings) -> Result<Report> {
         repeat_case("non-service packet", &plain),
         repeat_case("established flow (DNAT and source-port rewrite)", &est),
         repeat_case("reply (reverse NAT rewrite)", &rev),
+        repeat_case("drop, unlisted port, events off", &drops_off),
+        repeat_case("drop, unlisted port, events on (one per packet)", &drops_on),
         single_case("no-op program (single-shot floor)", &floor1),
         single_case("established flow (single-shot)", &est1),
         single_case("first packet of a new flow", &new1),
@@ -359,9 +431,13 @@ pub fn run(s: Settings) -> Result<Report> {
     Ok(Report {
         cases,
         setup: format!(
-            "{setup}. repeat = {} x {} runs (median); single-shot = {} packets, one per BPF_PROG_TEST_RUN, \
+            "{setup}. repeat = {} x {} runs (median); the drop rows {EVENT_REPEAT} x {} runs, events off and on \
+             interleaved, the ring buffer drained after each; single-shot = {} packets, one per BPF_PROG_TEST_RUN, \
              the kernel's timing of each (median)",
-            s.repeat, s.runs, s.single
+            s.repeat,
+            s.runs,
+            s.runs * 6,
+            s.single
         ),
     })
 }
