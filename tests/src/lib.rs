@@ -13,6 +13,7 @@ pub mod apps;
 pub mod client;
 pub mod datapath;
 pub mod fakeapi;
+pub mod fuzz;
 pub mod manifest;
 pub mod netns;
 pub mod packet;

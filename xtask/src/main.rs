@@ -5,7 +5,8 @@
 //! - `build-ebpf`: build the eBPF object on its own, for bpftool and llvm-objdump;
 //! - `test`: lint, then run every test (unit, packet, integration);
 //! - `demo`: a demo ClusterSet in network namespaces, driven by deploy/examples;
-//! - `bench`: the benchmarks (datapath cost, end to end, control plane) and their report.
+//! - `bench`: the benchmarks (datapath cost, end to end, control plane) and their report;
+//! - `fuzz`: the long reliability runs (packet fuzzing of both tc programs).
 mod bench;
 mod setup;
 
@@ -56,6 +57,16 @@ enum Cmd {
         /// Only these sections, comma separated: datapath, e2e, flows, control.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Packet fuzzing: generated and mutated frames through both tc programs (`test_run`),
+    /// every invariant checked on each; prints the verdict mix, or the seed and frame that broke one.
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 100_000)]
+        frames: u64,
+        /// The generator's seed (default: from the clock, printed).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -227,6 +238,18 @@ fn main() -> Result<()> {
                 "--hold",
                 &hold.to_string(),
             ]))
+        }
+        Cmd::Fuzz { frames, seed } => {
+            require_root()?;
+            setup::setup()?;
+            // The fuzzer links the test kit (see the demo): a binary of the tests crate.
+            run(cargo().args(["build", "--bins"]))?;
+            let mut cmd = Command::new(workspace().join("target/debug/mcs-fuzz"));
+            cmd.args(["--frames", &frames.to_string()]);
+            if let Some(seed) = seed {
+                cmd.args(["--seed", &seed.to_string()]);
+            }
+            run(&mut cmd)
         }
         Cmd::Bench { quick, only } => {
             require_root()?;
