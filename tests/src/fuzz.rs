@@ -36,8 +36,8 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use aya::maps::{HashMap, MapData};
 use mcs_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue, DEFAULT_HAIRPIN_ADDR, FragKey, FragValue, ipv4_from_nbo,
-    map_names, program_names, proto,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue, DEFAULT_HAIRPIN_ADDR, FragKey, FragValue, ipv4_from_nbo, map_names,
+    program_names, proto,
 };
 
 use crate::{
@@ -97,7 +97,11 @@ impl Report {
     /// Frames of `program` with `verdict` (rewritten or not).
     #[must_use]
     pub fn count(&self, program: &str, verdict: &str, rewritten: bool) -> u64 {
-        self.verdicts.iter().filter(|((p, v, r), _)| *p == program && *v == verdict && *r == rewritten).map(|(_, n)| n).sum()
+        self.verdicts
+            .iter()
+            .filter(|((p, v, r), _)| *p == program && *v == verdict && *r == rewritten)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The verdict mix as a table.
@@ -176,7 +180,7 @@ fn verdict_name(verdict: u32) -> &'static str {
 
 // The address plan (198.18.0.0/15 only, besides the link-local hairpin address).
 const CLIENTS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 3)];
-/// A ClusterSetIP with backends on TCP/80 and UDP/53 (ClientIP affinity).
+/// A ClusterSetIP with backends on TCP/80 and UDP/53 (`ClientIP` affinity).
 const VIP_LB: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 /// A ClusterSetIP whose ports have no backend: fail-fast.
 const VIP_EMPTY: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
@@ -190,11 +194,15 @@ const TCP_BACKENDS: [(Ipv4Addr, u16); 3] = [
     (Ipv4Addr::new(198, 18, 1, 11), 8080),
     (Ipv4Addr::new(198, 18, 2, 10), 9090),
 ];
-const UDP_BACKENDS: [(Ipv4Addr, u16); 2] = [(Ipv4Addr::new(198, 18, 1, 10), 5353), (Ipv4Addr::new(198, 18, 2, 10), 5354)];
+const UDP_BACKENDS: [(Ipv4Addr, u16); 2] =
+    [(Ipv4Addr::new(198, 18, 1, 10), 5353), (Ipv4Addr::new(198, 18, 2, 10), 5354)];
 const SELF_BACKEND: (Ipv4Addr, u16) = (CLIENTS[0], 7000);
 
+/// Service ports (ClusterSetIP, port, protocol) with their backends.
+type PortTable = Vec<((Ipv4Addr, u16, u8), Vec<(Ipv4Addr, u16)>)>;
+
 /// The service ports programmed, with their backends.
-fn service_ports() -> Vec<((Ipv4Addr, u16, u8), Vec<(Ipv4Addr, u16)>)> {
+fn service_ports() -> PortTable {
     vec![
         ((VIP_LB, 80, TCP), TCP_BACKENDS.to_vec()),
         ((VIP_LB, 53, UDP), UDP_BACKENDS.to_vec()),
@@ -234,6 +242,7 @@ struct Seen {
 
 /// What the oracle reads from a frame, byte by byte.
 #[derive(Clone, Copy, Debug, Default)]
+#[expect(clippy::struct_excessive_bools, reason = "the oracle's answers about one frame, each a yes or no")]
 struct Facts {
     /// Ethernet type IPv4, and an IPv4 header of version 4 is there (20 bytes).
     ipv4: bool,
@@ -270,8 +279,8 @@ fn ne32(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The IPv4 header at `off` of `b`, within `end`: (hlen, tot_len, proto,
-/// frag field) when its version is 4 and 20 bytes are there.
+/// The IPv4 header at `off` of `b`, within `end`: (header length, total
+/// length, protocol, fragment field) when its version is 4 and 20 bytes are there.
 fn ip_at(b: &[u8], off: usize, end: usize) -> Option<(usize, usize, u8, u16)> {
     if off + 20 > end || b[off] >> 4 != 4 {
         return None;
@@ -324,7 +333,7 @@ fn facts(b: &[u8]) -> Facts {
                 f.well_formed = quote.is_some();
                 if let Some((qh, _, qp, qfrag)) = quote
                     && matches!(qp, TCP | UDP)
-                    && qfrag & 0x1fff == 0
+                    && qfrag.trailing_zeros() >= 13
                 {
                     f.quote = Some((qp, ne32(b, q + 12), ne32(b, q + 16), be16(b, q + qh), be16(b, q + qh + 2)));
                 }
@@ -367,6 +376,7 @@ struct Residuals {
 }
 
 impl Residuals {
+    #[cfg(test)]
     const fn all_valid(&self) -> bool {
         self.ip == 0xffff
             && matches!(self.l4, None | Some(0xffff))
@@ -414,7 +424,7 @@ struct Fuzzer {
     dp: Datapath,
     rng: fastrand::Rng,
     options: Options,
-    ports: Vec<((Ipv4Addr, u16, u8), Vec<(Ipv4Addr, u16)>)>,
+    ports: PortTable,
     seen: Vec<Seen>,
     /// Recent generated frames, mutated later.
     pool: Vec<(Prog, Vec<u8>)>,
@@ -490,7 +500,15 @@ impl Fuzzer {
         }
     }
 
-    fn fail(&self, prog: Prog, kind: &'static str, input: &[u8], output: Option<(u32, &[u8])>, what: String) -> Box<Failure> {
+    #[expect(clippy::unnecessary_box_returns, reason = "a failure holds two frames: boxed, the Ok path stays small")]
+    fn fail(
+        &self,
+        prog: Prog,
+        kind: &'static str,
+        input: &[u8],
+        output: Option<(u32, &[u8])>,
+        what: String,
+    ) -> Box<Failure> {
         Box::new(Failure {
             seed: self.options.seed,
             index: self.index,
@@ -753,8 +771,16 @@ impl Fuzzer {
         }
         let ctx = |what: String| (verdict, out.clone(), what);
         let result = if changed {
-            if may_change { self.check_rewrite(prog, &f, frame, verdict, &out, before_reply) } else { Err("rewrote a frame it must leave alone (not for a ClusterSetIP, an untracked reply, or malformed)".to_string()) }
-        } else if !may_change && verdict != NEXT && !(prog == Prog::Ingress && f.ipv4 && VIPS.contains(&ipv4_from_nbo(f.dst))) {
+            if may_change {
+                self.check_rewrite(prog, &f, frame, verdict, &out, before_reply)
+            } else {
+                Err("rewrote a frame it must leave alone (not for a ClusterSetIP, an untracked reply, or malformed)"
+                    .to_string())
+            }
+        } else if !may_change
+            && verdict != NEXT
+            && !(prog == Prog::Ingress && f.ipv4 && VIPS.contains(&ipv4_from_nbo(f.dst)))
+        {
             Err(format!("verdict {} for a frame that is not the datapath's", verdict_name(verdict)))
         } else {
             Ok(())
@@ -830,7 +856,9 @@ impl Fuzzer {
             // verify; an ICMP one quotes the original header as it came.
             let quoted_ip = r_out.quoted_ip.map(|_| r_in.ip);
             if (r_out.ip, r_out.l4, r_out.quoted_ip) != (0xffff, Some(0xffff), quoted_ip) {
-                return Err(format!("a fail-fast answer's checksums do not verify: {r_out:?} (the original's: {r_in:?})"));
+                return Err(format!(
+                    "a fail-fast answer's checksums do not verify: {r_out:?} (the original's: {r_in:?})"
+                ));
             }
             let is_rst = o.proto == TCP && out[ETH_LEN + o.hlen + 13] & RST != 0;
             let is_unreachable = o.proto == ICMP && out[ETH_LEN + o.hlen..ETH_LEN + o.hlen + 2] == [3, 3];
@@ -850,16 +878,25 @@ impl Fuzzer {
         if o.proto == UDP && !o.later_fragment {
             let (ci, co) = (be16(frame, ETH_LEN + f.hlen + 6), be16(out, ETH_LEN + o.hlen + 6));
             if (ci == 0) != (co == 0) {
-                return Err(format!("UDP checksum {ci:#06x} became {co:#06x}: a zero one stays zero, no other becomes zero"));
+                return Err(format!(
+                    "UDP checksum {ci:#06x} became {co:#06x}: a zero one stays zero, no other becomes zero"
+                ));
             }
         }
         self.check_tuple(prog, f, &o, verdict, before_reply)
     }
 
     /// A translated TCP or UDP packet has the tuple its conntrack entry names.
-    fn check_tuple(&mut self, prog: Prog, f: &Facts, o: &Facts, verdict: u32, before_reply: Option<CtValue>) -> Result<(), String> {
-        let (Some((sport, dport)), Some((osport, odport))) = (f.ports, o.ports) else { return Ok(()) };
-        let out_tuple = (o.src, osport.to_be(), o.dst, odport.to_be());
+    fn check_tuple(
+        &mut self,
+        prog: Prog,
+        f: &Facts,
+        o: &Facts,
+        verdict: u32,
+        before_reply: Option<CtValue>,
+    ) -> Result<(), String> {
+        let (Some((sport, dport)), Some((out_src_port, out_dst_port))) = (f.ports, o.ports) else { return Ok(()) };
+        let out_tuple = (o.src, out_src_port.to_be(), o.dst, out_dst_port.to_be());
         let dst = ipv4_from_nbo(f.dst);
         if prog == Prog::Ingress && VIPS.contains(&dst) {
             let key = ct_key(f.proto, (f.src, sport), (f.dst, dport), CT_DIR_FORWARD);
@@ -868,7 +905,7 @@ impl Fuzzer {
                 return Err(format!("the packet's tuple is not its forward entry's: {entry:?}"));
             }
             let service = (dst, dport, f.proto);
-            let backend = (ipv4_from_nbo(o.dst), odport);
+            let backend = (ipv4_from_nbo(o.dst), out_dst_port);
             let backends = self.ports.iter().find(|(k, _)| *k == service).map(|(_, b)| b.clone()).unwrap_or_default();
             if !backends.contains(&backend) {
                 return Err(format!("translated to {backend:?}, not a backend of {service:?}"));
@@ -882,7 +919,7 @@ impl Fuzzer {
                     proto: f.proto,
                     client: (ipv4_from_nbo(f.src), sport),
                     vip: (dst, dport),
-                    from: (ipv4_from_nbo(o.src), osport),
+                    from: (ipv4_from_nbo(o.src), out_src_port),
                     to: backend,
                 });
             }
@@ -907,7 +944,9 @@ impl Fuzzer {
             let peer_key = key.peer(value);
             let problem = match by_key.get(&peer_key) {
                 None => Some("its peer entry is missing".to_string()),
-                Some(peer) if peer_key.peer(peer) != *key => Some(format!("its peer {peer_key:?} points elsewhere: {peer:?}")),
+                Some(peer) if peer_key.peer(peer) != *key => {
+                    Some(format!("its peer {peer_key:?} points elsewhere: {peer:?}"))
+                }
                 Some(peer) if (peer.service_id, peer.backend_id) != (value.service_id, value.backend_id) => {
                     Some(format!("its peer {peer:?} names another service or backend"))
                 }
@@ -924,7 +963,7 @@ impl Fuzzer {
     /// Each dropped or refused packet is counted under one reason.
     fn check_drop_counters(&mut self) -> Result<(), Box<Failure>> {
         let mut total = 0;
-        for reason in mcs_common::DropReason::ALL.iter() {
+        for reason in &mcs_common::DropReason::ALL {
             let n = self.dp.drops(*reason);
             total += n;
             if n > 0 {
@@ -932,7 +971,10 @@ impl Fuzzer {
             }
         }
         if total != self.counted_drops {
-            let what = format!("{total} drops counted by the datapath, {} dropped or refused packets seen", self.counted_drops);
+            let what = format!(
+                "{total} drops counted by the datapath, {} dropped or refused packets seen",
+                self.counted_drops
+            );
             return Err(self.fail(Prog::Ingress, "counters", &[], None, what));
         }
         Ok(())

@@ -7,7 +7,8 @@ use mcs_tests::fuzz::{self, Options};
 
 #[test]
 fn ten_thousand_fuzzed_frames_keep_every_datapath_invariant() {
-    let seed = std::env::var("MCS_FUZZ_SEED").map_or(0x6d63_735f_667a_0001, |s| s.parse().expect("MCS_FUZZ_SEED is a u64"));
+    let seed =
+        std::env::var("MCS_FUZZ_SEED").map_or(0x6d63_735f_667a_0001, |s| s.parse().expect("MCS_FUZZ_SEED is a u64"));
     let report = fuzz::run(Options::new(10_000, seed)).unwrap_or_else(|failure| panic!("{failure}"));
     println!("{}", report.table());
     assert_eq!(report.frames, 10_000);
@@ -15,7 +16,11 @@ fn ten_thousand_fuzzed_frames_keep_every_datapath_invariant() {
     // answers and hairpin, drops, untouched frames, malformed ones, pairs.
     let at_least = |program, verdict, rewritten, n| {
         let got = report.count(program, verdict, rewritten);
-        assert!(got >= n, "only {got} frames through {program} were {verdict} (rewritten: {rewritten}):\n{}", report.table());
+        assert!(
+            got >= n,
+            "only {got} frames through {program} were {verdict} (rewritten: {rewritten}):\n{}",
+            report.table()
+        );
     };
     at_least(FROM_POD, "next", true, 500);
     at_least(FROM_POD, "next", false, 500);
