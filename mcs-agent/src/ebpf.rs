@@ -14,7 +14,7 @@
 use std::{
     ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -46,6 +46,9 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mcs";
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The mode of the pin directory and its `links` directory: root's only.
+pub const PIN_DIR_MODE: u32 = 0o700;
 
 /// The expected shape of each map (type, key size, value size), checked
 /// against existing pins before they are adopted: an agent must never write
@@ -286,6 +289,12 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
         }
     }
     fs::create_dir_all(dir.join("links")).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    // Root's only: the pins (0600 from the kernel) give whoever can open them
+    // the maps and links, so not even their names are shown to others.
+    for d in [dir.to_path_buf(), dir.join("links")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(PIN_DIR_MODE))
+            .with_context(|| format!("making {} mode {PIN_DIR_MODE:o}", d.display()))?;
+    }
     if !is_bpffs(dir) {
         bail!("pin directory {} is not on a bpf filesystem", dir.display());
     }
