@@ -15,6 +15,7 @@
 //! remove namespaces, processes and pins on drop.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     thread,
@@ -88,6 +89,21 @@ fn programmed(state: &Value) -> Result<Programmed, String> {
     Ok(got)
 }
 
+/// `/readyz` of the agent (in the node namespace, on its default metrics
+/// port): loaded, sources synced and its first sync done.
+fn ready(topology: &Topology) -> Result<(), String> {
+    topology.node(0).enter(|| {
+        let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 9464));
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("/readyz: {e}"))?;
+        stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        write!(stream, "GET /readyz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).map_err(|e| format!("/readyz: {e}"))?;
+        if response.starts_with("HTTP/1.1 200") { Ok(()) } else { Err(format!("/readyz: {response}")) }
+    })
+}
+
 /// One manifest file holding `items` as a `List`: the agent reads a change
 /// written this way all at once.
 fn write_list(agent: &AgentGuard, name: &str, items: &[Value]) {
@@ -157,6 +173,8 @@ fn twenty_sigkills_mid_sync_and_in_cold_starts_break_no_flow_and_leave_no_half_w
     let converge = |agent: &mut AgentGuard, when: &str| {
         wait_until(Duration::from_secs(20), Duration::from_millis(50), when, || {
             agent.assert_running();
+            // The restarted agent itself has synced, not only its predecessor.
+            ready(&topology)?;
             let got = programmed(&try_inspect_json(&agent.pin_path, &[])?)?;
             let want = planned(&agent.manifests);
             if got == want { Ok(()) } else { Err(format!("inspect {got:?}\nplan {want:?}")) }
