@@ -58,8 +58,9 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Packet fuzzing: generated and mutated frames through both tc programs (`test_run`),
-    /// every invariant checked on each; prints the verdict mix, or the seed and frame that broke one.
+    /// Long reliability runs: packet fuzzing (generated and mutated frames through both tc
+    /// programs, every invariant checked on each; the verdict mix, or the seed and frame that
+    /// broke one), then the API-fault test with the server down for 60 s and the 20 kills.
     Fuzz {
         /// Frames to run.
         #[arg(long, default_value_t = 100_000)]
@@ -249,7 +250,17 @@ fn main() -> Result<()> {
             if let Some(seed) = seed {
                 cmd.args(["--seed", &seed.to_string()]);
             }
-            run(&mut cmd)
+            run(&mut cmd)?;
+            // The long versions of the agent's reliability tests: the API
+            // server down for 60 s (5 s in CI) among its other faults, and
+            // the 20 kills with their own seed when one is given.
+            let mut tests = cargo();
+            tests.args(["test", "-p", "mcs-tests", "--test", "api_faults", "--test", "kills"]);
+            tests.args(["--", "--test-threads=1", "--nocapture"]).env("MCS_API_DOWN_SECONDS", "60");
+            if let Some(seed) = seed {
+                tests.env("MCS_KILL_SEED", seed.to_string());
+            }
+            run(&mut tests)
         }
         Cmd::Bench { quick, only } => {
             require_root()?;
