@@ -188,7 +188,11 @@ struct BackendArray {
 
 impl BackendArray {
     fn new(map: Array<MapData, Backend>) -> Result<Self> {
-        let len = map.len();
+        // The kernel's size, not the object's: a pinned array adopted from an
+        // agent started with another --backends-max keeps its own, and
+        // elements past it are no backends to the datapath.
+        let len =
+            map.map().info().with_context(|| format!("reading the size of {}", map_names::BACKENDS))?.max_entries();
         let bytes = len as usize * size_of::<Backend>();
         let mapping = Mapping::new_bytes(map.map().fd().as_fd(), bytes, true)
             .with_context(|| format!("mapping {} (is it BPF_F_MMAPABLE?)", map_names::BACKENDS))?;

@@ -17,7 +17,7 @@
 use std::{
     ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -49,6 +49,9 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/mcs";
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The mode of the pin directory and its `links` directory: root's only.
+pub const PIN_DIR_MODE: u32 = 0o700;
 
 /// The expected shape of each map (type, key size, value size), checked
 /// against existing pins before they are adopted: an agent must never write
@@ -245,9 +248,21 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
     let mut pins = Vec::new();
     if let Some(dir) = &options.pin_path {
         prepare_pin_dir(dir)?;
+        let requested = |name: &str| match name {
+            map_names::CONNTRACK_TCP => Some(config.conntrack_max),
+            map_names::CONNTRACK_ANY => Some(config.conntrack_max_non_tcp),
+            map_names::AFFINITY => Some(config.affinity_max),
+            map_names::BACKENDS => Some(options.backends_max),
+            map_names::SERVICES => Some(options.services_max),
+            map_names::MAGLEV | map_names::SERVICE_STATS => Some(options.service_ports_max),
+            _ => None,
+        };
         for (name, map_type, key_size, value_size) in MAP_SHAPES {
             let path = dir.join(name);
             check_pinned_shape(&path, name, (map_type, key_size, value_size))?;
+            if let Some(wanted) = requested(name) {
+                note_pinned_size(&path, name, wanted);
+            }
             pins.push((name, path));
         }
         remove_obsolete_pins(dir)?;
@@ -289,6 +304,12 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
         }
     }
     fs::create_dir_all(dir.join("links")).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    // Root's only: the pins (0600 from the kernel) give whoever can open them
+    // the maps and links, so not even their names are shown to others.
+    for d in [dir.to_path_buf(), dir.join("links")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(PIN_DIR_MODE))
+            .with_context(|| format!("making {} mode {PIN_DIR_MODE:o}", d.display()))?;
+    }
     if !is_bpffs(dir) {
         bail!("pin directory {} is not on a bpf filesystem", dir.display());
     }
@@ -361,6 +382,21 @@ fn check_pinned_shape(
     }
     debug!(map = name, pin = %path.display(), "adopting pinned map");
     Ok(())
+}
+
+/// Warns when an adopted pin's size is not the one the flags ask for: the
+/// pin is adopted as it is (its entries, conntrack included, are what
+/// restarts keep), so a new size takes effect only after `mcs-agent cleanup`.
+fn note_pinned_size(path: &Path, name: &str, wanted: u32) {
+    let Ok(info) = MapInfo::from_pin(path) else { return };
+    if info.max_entries() != wanted {
+        warn!(
+            map = name,
+            pinned = info.max_entries(),
+            requested = wanted,
+            "the pinned map keeps its size; the flag's takes effect after `mcs-agent cleanup` (which drops tracked flows)"
+        );
+    }
 }
 
 /// Removes the pins of maps an older layout had and this one does not: no

@@ -258,6 +258,8 @@ mod l3 {
         pub id: u16,
         /// The header checksum, as in the packet.
         pub csum: u16,
+        /// The total length field, host order.
+        pub tot_len: usize,
     }
 
     /// What reading the header at `off` gave.
@@ -292,7 +294,24 @@ mod l3 {
             later_fragment: frag & IP_OFFSET != 0,
             id: u16::from_ne_bytes(ip.id),
             csum: u16::from_ne_bytes(ip.check),
+            tot_len: usize::from(u16::from_be_bytes(ip.tot_len)),
         })
+    }
+
+    /// Where the outer IPv4 packet `ip` ends: its total length, which must
+    /// cover its header and lie within the skb (what follows is padding).
+    /// `None` when it does not: the packet is malformed. A total length of 0
+    /// is a GSO packet above 64 KiB (BIG TCP): it ends with the skb.
+    #[inline(always)]
+    pub fn packet_end(ctx: &TcContext, ip: &Header) -> Option<usize> {
+        let skb_len = ctx.len() as usize;
+        if ip.tot_len == 0 {
+            // SAFETY: the program's own `__sk_buff`, valid while it runs.
+            let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+            return (gso_size != 0).then_some(skb_len);
+        }
+        let end = OUTER + ip.tot_len;
+        (ip.l4_off <= end && end <= skb_len).then_some(end)
     }
 
     /// The offset of the outer L3 header: after Ethernet.
@@ -300,12 +319,14 @@ mod l3 {
 }
 
 /// The two ports of a TCP or UDP header at `l4_off`, and (TCP) its flags;
-/// `None` when the header is cut short or invalid.
+/// `None` when the header is cut short or invalid: a TCP header must lie
+/// within the packet (`end`), a UDP length must hold its header and (but in
+/// a first fragment, whose UDP length is the datagram's) fit the packet.
 #[inline(always)]
-fn ports(ctx: &TcContext, protocol: u8, l4_off: usize) -> Option<(u16, u16, u8)> {
+fn ports(ctx: &TcContext, protocol: u8, l4_off: usize, end: usize, fragmented: bool) -> Option<(u16, u16, u8)> {
     if protocol == proto::TCP {
         let tcp = read::<TcpHdr>(ctx, l4_off)?;
-        if tcp.doff() < 5 {
+        if tcp.doff() < 5 || l4_off + usize::from(tcp.doff()) * 4 > end {
             return None;
         }
         let mut flags = 0;
@@ -317,13 +338,18 @@ fn ports(ctx: &TcContext, protocol: u8, l4_off: usize) -> Option<(u16, u16, u8)>
         Some((u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest), flags))
     } else {
         let udp = read::<UdpHdr>(ctx, l4_off)?;
+        let udp_len = usize::from(u16::from_be_bytes(udp.len));
+        if l4_off + UdpHdr::LEN > end || udp_len < UdpHdr::LEN || (!fragmented && l4_off + udp_len > end) {
+            return None;
+        }
         Some((u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0))
     }
 }
 
-/// The ICMP type and code and the header an ICMP error at `icmp_off` quotes.
+/// The header an ICMP error at `icmp_off` quotes, when the quote (within
+/// the packet, which ends at `end`) holds it and 8 bytes of L4 (RFC 792).
 #[inline(always)]
-fn quoted(ctx: &TcContext, icmp_off: usize) -> Option<Quoted> {
+fn quoted(ctx: &TcContext, icmp_off: usize, end: usize) -> Option<Quoted> {
     let l3::Read::Ok(inner) = l3::read_header(ctx, icmp_off + ICMP_HDR_LEN) else { return None };
     // A quoted later fragment carries no ports.
     if inner.later_fragment || !matches!(inner.proto, proto::TCP | proto::UDP) {
@@ -331,6 +357,9 @@ fn quoted(ctx: &TcContext, icmp_off: usize) -> Option<Quoted> {
     }
     // The quote holds at least 8 bytes of L4: both ports (not the TCP flags
     // word necessarily, so the header is read as two ports).
+    if inner.l4_off + 8 > end {
+        return None;
+    }
     let (sport, dport) = read::<[u16; 2]>(ctx, inner.l4_off).map(|p| (p[0], p[1]))?;
     let csum_end = l4_csum_off(inner.proto, inner.l4_off) + 2;
     Some(Quoted {
@@ -338,7 +367,7 @@ fn quoted(ctx: &TcContext, icmp_off: usize) -> Option<Quoted> {
         l4_off: inner.l4_off,
         tuple: Tuple { saddr: inner.saddr, daddr: inner.daddr, sport, dport },
         proto: inner.proto,
-        has_l4_csum: ctx.len() as usize >= csum_end,
+        has_l4_csum: end >= csum_end,
     })
 }
 
@@ -358,12 +387,13 @@ pub fn parse(ctx: &TcContext) -> Packet {
     };
     let daddr = ip.daddr;
     let untranslatable = |why| Packet::Untranslatable { daddr, why };
+    let Some(end) = l3::packet_end(ctx, &ip) else { return untranslatable(Untranslatable::Malformed) };
     match ip.proto {
         proto::TCP | proto::UDP if ip.later_fragment => {
             Packet::Fragment(Fragment { l3_off: l3::OUTER, saddr: ip.saddr, daddr, proto: ip.proto, ip_id: ip.id })
         }
         proto::TCP | proto::UDP => {
-            let Some((sport, dport, tcp_flags)) = ports(ctx, ip.proto, ip.l4_off) else {
+            let Some((sport, dport, tcp_flags)) = ports(ctx, ip.proto, ip.l4_off, end, ip.fragmented) else {
                 return untranslatable(Untranslatable::Malformed);
             };
             Packet::Flow(Flow {
@@ -383,13 +413,14 @@ pub fn parse(ctx: &TcContext) -> Packet {
         proto::ICMP if !ip.fragmented => {
             // The whole 8-byte header: a one-byte read at a variable offset
             // compiles to a bounds check the verifier cannot use.
-            let Some(header) = read::<[u8; ICMP_HDR_LEN]>(ctx, ip.l4_off) else {
+            let Some(header) = read::<[u8; ICMP_HDR_LEN]>(ctx, ip.l4_off).filter(|_| ip.l4_off + ICMP_HDR_LEN <= end)
+            else {
                 return untranslatable(Untranslatable::Malformed);
             };
             if !icmp::is_error(header[0]) {
                 return untranslatable(Untranslatable::OtherProtocol);
             }
-            let Some(quoted) = quoted(ctx, ip.l4_off) else {
+            let Some(quoted) = quoted(ctx, ip.l4_off, end) else {
                 return untranslatable(Untranslatable::Malformed);
             };
             Packet::IcmpError(IcmpError { l3_off: l3::OUTER, icmp_off: ip.l4_off, saddr: ip.saddr, daddr, quoted })

@@ -379,9 +379,13 @@ impl Datapath {
     }
 
     fn counter(&self, map: &str, index: u32) -> u64 {
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(map).expect("counter map")).expect("per-cpu array");
-        array.get(&index, 0).expect("read counter").iter().sum()
+        counter_of(&self.ebpf, map, index)
+    }
+
+    /// Packets dropped for `reason` by another loaded object (one with pins, say).
+    #[must_use]
+    pub fn drops_of(ebpf: &Ebpf, reason: DropReason) -> u64 {
+        counter_of(ebpf, map_names::DROPS, reason as u32)
     }
 
     /// Packets dropped for `reason`.
@@ -401,6 +405,12 @@ impl Datapath {
     pub fn total_drops(&self) -> u64 {
         DropReason::ALL.iter().map(|r| self.drops(*r)).sum()
     }
+}
+
+fn counter_of(ebpf: &Ebpf, map: &str, index: u32) -> u64 {
+    let array: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(ebpf.map(map).expect("counter map")).expect("per-cpu array");
+    array.get(&index, 0).expect("read counter").iter().sum()
 }
 
 /// Waits for the datapath's coarse clock to move on (it ticks with the

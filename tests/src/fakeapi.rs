@@ -22,6 +22,13 @@
 //! `serviceimports`. Objects are stored as they are applied, without schema
 //! validation, so tests can store malformed objects.
 //!
+//! Faults ([`FakeApi::set_fault`], [`FakeApi::drop_watches`],
+//! [`FakeApi::compact`]): every request answered 500, or 429 with
+//! `Retry-After`; watches left open but silent (stalled); the server down
+//! (connections accepted and closed at once, open ones cut); open watches
+//! cut mid-stream; the history compacted, so a resumed watch gets 410 Gone.
+//! Malformed objects are applied as any other.
+//!
 //! The server runs on its own thread with its own runtime and stops on drop.
 //! It binds wherever the caller's listener is; to serve inside a network
 //! namespace, bind the listener on a thread that has entered it.
@@ -92,6 +99,27 @@ struct Change {
 /// Objects of one resource by (namespace, name).
 type Objects = BTreeMap<(String, String), Value>;
 
+/// A fault the server injects until it is cleared ([`Fault::None`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Serving normally.
+    #[default]
+    None,
+    /// Every request gets a 500 `InternalError` Status.
+    InternalError,
+    /// Every request gets a 429 `TooManyRequests` Status with `Retry-After`.
+    TooManyRequests {
+        /// The `Retry-After` header, in seconds.
+        retry_after_seconds: u32,
+    },
+    /// Open and new watches stay connected and send nothing (no events, no
+    /// bookmarks); lists are answered.
+    StalledWatches,
+    /// The server is down: connections are closed as soon as they are
+    /// accepted, and open ones (watches included) are cut.
+    Down,
+}
+
 #[derive(Debug, Default)]
 struct State {
     rv: u64,
@@ -104,6 +132,7 @@ struct State {
     requests: Vec<String>,
     /// Watches answered with 410 Gone.
     gone: u64,
+    fault: Fault,
 }
 
 struct Shared {
@@ -295,6 +324,37 @@ impl FakeApi {
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv
     }
+
+    /// Injects `fault` (or, with [`Fault::None`], clears it). Entering
+    /// [`Fault::Down`], [`Fault::InternalError`] or
+    /// [`Fault::TooManyRequests`] also cuts every open watch, so clients
+    /// meet the fault at once.
+    pub fn set_fault(&self, fault: Fault) {
+        let mut state = self.shared.lock();
+        state.fault = fault;
+        if !matches!(fault, Fault::None | Fault::StalledWatches) {
+            state.generation += 1;
+        }
+        drop(state);
+        self.shared.wake.send_modify(|n| *n += 1);
+    }
+
+    /// Cuts every open watch mid-stream (the connection ends without an
+    /// error event), as a load balancer or an API server restart does.
+    pub fn drop_watches(&self) {
+        self.shared.lock().generation += 1;
+        self.shared.wake.send_modify(|n| *n += 1);
+    }
+
+    /// Compacts the history up to now and cuts every open watch: a client
+    /// that resumes from its last version gets 410 Gone and must list again.
+    pub fn compact(&self) {
+        let mut state = self.shared.lock();
+        state.compacted = state.rv + 1;
+        state.generation += 1;
+        drop(state);
+        self.shared.wake.send_modify(|n| *n += 1);
+    }
 }
 
 impl Drop for FakeApi {
@@ -320,11 +380,21 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: oneshot:
                 Err(_) => continue,
             },
         };
+        if shared.lock().fault == Fault::Down {
+            drop(stream);
+            continue;
+        }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, &request)) }
+                async move {
+                    // Down: the connection is cut instead of answered.
+                    if shared.lock().fault == Fault::Down {
+                        return Err(std::io::Error::other("the fake API server is down"));
+                    }
+                    Ok(route(&shared, &request))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -456,7 +526,24 @@ impl Target {
 fn route(shared: &Arc<Shared>, request: &Request<hyper::body::Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let query = query(request);
-    shared.lock().requests.push(format!("{} {}", request.method(), request.uri()));
+    let fault = {
+        let mut state = shared.lock();
+        state.requests.push(format!("{} {}", request.method(), request.uri()));
+        state.fault
+    };
+    match fault {
+        Fault::InternalError => {
+            let body = status(500, "InternalError", "an error on the server (injected) has prevented the request");
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, &body);
+        }
+        Fault::TooManyRequests { retry_after_seconds } => {
+            let body = status(429, "TooManyRequests", "the server has received too many requests (injected)");
+            let mut response = respond(StatusCode::TOO_MANY_REQUESTS, &body);
+            response.headers_mut().insert("retry-after", retry_after_seconds.into());
+            return response;
+        }
+        Fault::None | Fault::StalledWatches | Fault::Down => {}
+    }
     if request.method() != hyper::Method::GET {
         let body = status(405, "MethodNotAllowed", "the fake API server is read-only over HTTP");
         return respond(StatusCode::METHOD_NOT_ALLOWED, &body);
@@ -634,7 +721,13 @@ fn watch_response(shared: &Arc<Shared>, target: Target, query: &BTreeMap<String,
                 if state.generation != generation {
                     return;
                 }
-                pending(&state, &target, cursor)
+                if state.fault == Fault::StalledWatches {
+                    // Connected, and silent: nothing until the stall ends.
+                    mark_due = false;
+                    (Vec::new(), cursor)
+                } else {
+                    pending(&state, &target, cursor)
+                }
             };
             cursor = next;
             for line in lines {

@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod client;
 pub mod datapath;
 pub mod fakeapi;
+pub mod fuzz;
 pub mod manifest;
 pub mod netns;
 pub mod packet;

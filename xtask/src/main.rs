@@ -6,7 +6,8 @@
 //! - `test`: lint, then run every test (unit, packet, integration);
 //! - `demo`: a demo ClusterSet in network namespaces, driven by deploy/examples;
 //! - `bench`: the benchmarks (datapath cost, end to end, control plane) and their report;
-//! - `image`: the agent's OCI image, from Debian packages (no registry needed), checked with podman.
+//! - `image`: the agent's OCI image, from Debian packages (no registry needed), checked with podman;
+//! - `fuzz`: the long reliability runs (packet fuzzing of both tc programs).
 mod bench;
 mod image;
 mod setup;
@@ -68,6 +69,17 @@ enum Cmd {
         /// Only these sections, comma separated: datapath, e2e, flows, control.
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Long reliability runs: packet fuzzing (generated and mutated frames through both tc
+    /// programs, every invariant checked on each; the verdict mix, or the seed and frame that
+    /// broke one), then the API-fault test with the server down for 60 s and the 20 kills.
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 100_000)]
+        frames: u64,
+        /// The generator's seed (default: from the clock, printed).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -268,6 +280,28 @@ fn main() -> Result<()> {
             require_root()?;
             setup::setup()?;
             image::image(tag.as_deref(), rebuild_base)
+        }
+        Cmd::Fuzz { frames, seed } => {
+            require_root()?;
+            setup::setup()?;
+            // The fuzzer links the test kit (see the demo): a binary of the tests crate.
+            run(cargo().args(["build", "--bins"]))?;
+            let mut cmd = Command::new(workspace().join("target/debug/mcs-fuzz"));
+            cmd.args(["--frames", &frames.to_string()]);
+            if let Some(seed) = seed {
+                cmd.args(["--seed", &seed.to_string()]);
+            }
+            run(&mut cmd)?;
+            // The long versions of the agent's reliability tests: the API
+            // server down for 60 s (5 s in CI) among its other faults, and
+            // the 20 kills with their own seed when one is given.
+            let mut tests = cargo();
+            tests.args(["test", "-p", "mcs-tests", "--test", "api_faults", "--test", "kills"]);
+            tests.args(["--", "--test-threads=1", "--nocapture"]).env("MCS_API_DOWN_SECONDS", "60");
+            if let Some(seed) = seed {
+                tests.env("MCS_KILL_SEED", seed.to_string());
+            }
+            run(&mut tests)
         }
         Cmd::Bench { quick, only } => {
             require_root()?;

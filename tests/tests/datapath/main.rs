@@ -4,6 +4,7 @@
 //! addresses and ports, checksums verified from scratch, counters and
 //! conntrack.
 mod balancing;
+mod capacity;
 mod conntrack;
 mod failfast;
 mod fragments;

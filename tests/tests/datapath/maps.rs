@@ -163,3 +163,30 @@ fn map_capacities_come_from_the_flags_and_a_full_map_is_a_per_service_error() {
     assert!(!outcome.errors.iter().any(|e| e.contains("demo/fits")), "{outcome:?}");
     assert_eq!(run_syn(&ebpf), NEXT, "the port that fits is live");
 }
+
+#[test]
+fn pins_and_their_directories_are_root_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pins = PinDir::new("modes");
+    let options = LoadOptions { pin_path: Some(pins.0.clone()), ..LoadOptions::default() };
+    let loaded = ebpf::load(&options).expect("load pinned");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("a pin").permissions().mode() & 0o7777;
+    assert_eq!(mode(&pins.0), ebpf::PIN_DIR_MODE, "the pin directory");
+    assert_eq!(mode(&pins.0.join("links")), ebpf::PIN_DIR_MODE, "the links directory");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&pins.0).expect("list pins") {
+        let path = entry.expect("an entry").path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{} is read-write for root only", path.display());
+            seen.push(entry_name(&path));
+        }
+    }
+    for name in [map_names::SERVICES, map_names::BACKENDS, map_names::CONNTRACK_TCP, map_names::AFFINITY] {
+        assert!(seen.iter().any(|s| s == name), "{name} is pinned (and so checked): {seen:?}");
+    }
+    drop(loaded);
+}
+
+fn entry_name(path: &std::path::Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}

@@ -1,8 +1,9 @@
 //! Translation both ways, and what is left alone.
+use etherparse::Ipv4HeaderSlice;
 use mcs_common::{CT_STATE_ESTABLISHED, CT_STATE_SYN, CT_STATE_UDP, DatapathConfig, DropReason, Stat, program_names};
 use mcs_tests::{
     datapath::{DROP, Datapath, NEXT, ServicePort, reply_key},
-    packet::{ACK, PacketSpec, SYN, TCP, UDP, parse_and_verify},
+    packet::{ACK, ETH_LEN, PacketSpec, SYN, TCP, UDP, parse_and_verify},
 };
 
 use super::{BACKENDS, CLIENT, CLIENT_EP, CLIENT_PORT, NOT_A_VIP, OTHER_VIP, VIP, syn, udp};
@@ -184,4 +185,52 @@ fn truncated_packets_are_never_rewritten() {
     assert!((34..54).all(|len| ran.contains(&len)), "every cut inside the L4 header ran: {ran:?}");
     assert_eq!(dp.drops(DropReason::Malformed), (34..54).len() as u64);
     assert!(dp.all_ct_entries().is_empty());
+}
+
+/// Sets the IPv4 total length of `frame` and fixes the header checksum, so
+/// that only the length is wrong.
+fn with_total_length(mut frame: Vec<u8>, total: u16) -> Vec<u8> {
+    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+    frame[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+    let header = Ipv4HeaderSlice::from_slice(&frame[ETH_LEN..]).expect("an IPv4 header").to_header();
+    frame[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
+    frame
+}
+
+#[test]
+fn headers_are_bounded_by_the_ipv4_total_length_and_padding_is_left_alone() {
+    let mut dp = Datapath::load();
+    dp.program(ServicePort::tcp(VIP, 80).ready(&BACKENDS));
+    dp.program(ServicePort::udp(VIP, 53).ready(&BACKENDS));
+    let tcp = PacketSpec::tcp(CLIENT_EP, (VIP, 80), SYN).with_payload(Vec::new()).build();
+    let udp = udp(CLIENT_EP, (VIP, 53));
+    let ip_len = |frame: &[u8]| u16::try_from(frame.len() - ETH_LEN).expect("small");
+    let mut udp_long = udp.clone();
+    let udp_len = u16::try_from(udp.len() - ETH_LEN - 20 + 1).expect("small");
+    udp_long[ETH_LEN + 24..ETH_LEN + 26].copy_from_slice(&udp_len.to_be_bytes());
+    let mut udp_short = udp.clone();
+    udp_short[ETH_LEN + 24..ETH_LEN + 26].copy_from_slice(&4u16.to_be_bytes());
+    let malformed = [
+        ("total length past the frame", with_total_length(tcp.clone(), ip_len(&tcp) + 1)),
+        ("total length below the IPv4 header", with_total_length(tcp.clone(), 19)),
+        ("total length inside the TCP header", with_total_length(tcp.clone(), 30)),
+        ("total length of 0 without GSO", with_total_length(tcp.clone(), 0)),
+        ("UDP length past the datagram", udp_long),
+        ("UDP length below its header", udp_short),
+    ];
+    for (what, frame) in &malformed {
+        let (verdict, out) = dp.run(FROM_POD, frame);
+        assert_eq!((verdict, out.as_slice()), (DROP, frame.as_slice()), "{what}: dropped untouched");
+    }
+    assert_eq!(dp.drops(DropReason::Malformed), malformed.len() as u64);
+    assert!(dp.all_ct_entries().is_empty(), "nothing tracked");
+
+    // Ethernet padding after the total length: translated, the padding untouched.
+    let padding = [0xa5u8; 12];
+    let mut padded = tcp.clone();
+    padded.extend_from_slice(&padding);
+    let (verdict, out) = dp.run(FROM_POD, &padded);
+    assert_eq!(verdict, NEXT);
+    assert_eq!(parse_and_verify(&out).destination(), dp.predicted(CLIENT_EP, (VIP, 80), TCP));
+    assert_eq!(&out[tcp.len()..], &padding, "the padding is not the packet's");
 }
