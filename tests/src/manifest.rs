@@ -56,3 +56,26 @@ impl ManifestDir {
         write(self.dir.path(), name, value);
     }
 }
+
+/// The pods' TCP port of [`web_slice`] (where `mcs-testsrv` answers).
+pub const WEB_TCP_TARGET: u16 = 8080;
+/// The pods' UDP port of [`web_slice`].
+pub const WEB_UDP_TARGET: u16 = 5353;
+
+/// `namespace/name` at `ip` with `http` 80/TCP and `dns` 53/UDP: the web service most netns
+/// tests import.
+#[must_use]
+pub fn web_import(namespace: &str, name: &str, ip: std::net::Ipv4Addr) -> ImportBuilder {
+    import(namespace, name).ip(ip).tcp("http", 80).udp("dns", 53)
+}
+
+/// The slice of `cluster` (topology index) for the [`web_import`] `namespace/service`: every
+/// pod of the cluster ready on [`WEB_TCP_TARGET`]/TCP and [`WEB_UDP_TARGET`]/UDP.
+#[must_use]
+pub fn web_slice(topology: &crate::topology::Topology, namespace: &str, service: &str, cluster: usize) -> SliceBuilder {
+    let ips: Vec<std::net::Ipv4Addr> = (0..topology.pods_in(cluster)).map(|j| topology.pod_ip(cluster, j)).collect();
+    slice(namespace, service, topology.cluster_name(cluster))
+        .tcp("http", WEB_TCP_TARGET)
+        .udp("dns", WEB_UDP_TARGET)
+        .ready_all(ips)
+}

@@ -33,7 +33,7 @@ use mcs_tests::{
     apps::{Ab, AbReport, Iperf3, Iperf3Report, Nginx, http_get_from, iperf3_server, iptables_dnat},
     cgroup::ChildCgroup,
     client::{tcp_info, udp_info},
-    manifest::{self, ImportBuilder, ManifestDir, SliceBuilder},
+    manifest::{self, ManifestDir},
     netns::{NetNs, unique_prefix},
     pair::{Pair, PodListener, exchange_all},
     probe::{Probe, Seen},
@@ -55,20 +55,6 @@ fn build(tag: &str, clusters: &[(&str, usize)]) -> (Topology, String) {
     let prefix = unique_prefix(tag);
     let spec = TopologySpec { clusters: clusters.iter().map(|(name, pods)| ClusterSpec::new(name, *pods)).collect() };
     (Topology::build(&prefix, &spec), prefix)
-}
-
-/// An import with `http` 80/TCP and `dns` 53/UDP.
-fn web_import(name: &str, ip: Ipv4Addr) -> ImportBuilder {
-    manifest::import(NS, name).ip(ip).tcp("http", 80).udp("dns", 53)
-}
-
-/// The slice of `cluster` (topology index) for `service`: its pods ready on 8080/TCP and 5353/UDP.
-fn web_slice(topology: &Topology, service: &str, cluster: usize) -> SliceBuilder {
-    let ips: Vec<Ipv4Addr> = (0..topology.pods_in(cluster)).map(|j| topology.pod_ip(cluster, j)).collect();
-    manifest::slice(NS, service, topology.cluster_name(cluster))
-        .tcp("http", HTTP_TARGET)
-        .udp("dns", DNS_TARGET)
-        .ready_all(ips)
 }
 
 /// Collects failed checks, so a test can print every figure before it fails on the first
@@ -436,8 +422,8 @@ fn a_pod_whose_only_backend_is_itself_is_answered_with_default_flags() {
     topology.start_servers(HTTP_TARGET, DNS_TARGET);
     let ip = Ipv4Addr::new(198, 19, 9, 20);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("self", ip));
-    dir.write("slice-local.json", &web_slice(&topology, "self", 0));
+    dir.write("import.json", &manifest::web_import(NS, "self", ip));
+    dir.write("slice-local.json", &manifest::web_slice(&topology, NS, "self", 0));
     let mut agent = AgentGuard::builder(topology.node(0), &prefix)
         .manifests(dir.path())
         .interface(topology.client_iface())
@@ -529,8 +515,8 @@ fn idle_tcp_streams_survive_udp_churn_of_three_times_the_conntrack_size() {
     let servers = listeners(&topology, &[1]);
     let ip = Ipv4Addr::new(198, 19, 9, 30);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("churn", ip));
-    dir.write("slice-east.json", &web_slice(&topology, "churn", 1));
+    dir.write("import.json", &manifest::web_import(NS, "churn", ip));
+    dir.write("slice-east.json", &manifest::web_slice(&topology, NS, "churn", 1));
     let sources: Vec<Ipv4Addr> = (3..=6).map(|o| topology.add_client_ip(o)).collect();
     let mut agent = AgentGuard::builder(topology.node(0), &prefix)
         .manifests(dir.path())
@@ -606,9 +592,12 @@ impl Grace {
         }
         let servers = listeners(&topology, &[1, 2]);
         let dir = ManifestDir::new(&prefix);
-        dir.write("import.json", &web_import("grace", GRACE_IP));
+        dir.write("import.json", &manifest::web_import(NS, "grace", GRACE_IP));
         for c in [1, 2] {
-            dir.write(&format!("slice-{}.json", topology.cluster_name(c)), &web_slice(&topology, "grace", c));
+            dir.write(
+                &format!("slice-{}.json", topology.cluster_name(c)),
+                &manifest::web_slice(&topology, NS, "grace", c),
+            );
         }
         let mut builder =
             AgentGuard::builder(topology.node(0), &prefix).manifests(dir.path()).interface(topology.client_iface());
@@ -693,7 +682,7 @@ fn a_slice_removed_and_restored_within_the_grace_breaks_no_stream() {
     assert_eq!(grace.udp_answer("east's slice removed"), east, "the UDP flow stays with east during the grace");
     grace.new_connections_go_west("east's slice removed");
 
-    let slice = web_slice(&grace.topology, "grace", 1);
+    let slice = manifest::web_slice(&grace.topology, NS, "grace", 1);
     manifest::write(&grace.agent.manifests, "slice-east.json", &slice);
     grace.agent.wait_table(GRACE_TCP, "TCP", &["east", "west"]);
     grace.exchange_all("east's slice restored");
@@ -779,8 +768,8 @@ fn programs_chained_before_and_after_ours_see_translated_packets() {
     topology.start_servers(HTTP_TARGET, DNS_TARGET);
     let ip = Ipv4Addr::new(198, 19, 9, 50);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("chained", ip));
-    dir.write("slice-east.json", &web_slice(&topology, "chained", 1));
+    dir.write("import.json", &manifest::web_import(NS, "chained", ip));
+    dir.write("slice-east.json", &manifest::web_slice(&topology, NS, "chained", 1));
     let node = topology.node(0);
     let mut before = Probe::attach_ingress(node, topology.client_iface());
     let mut agent = AgentGuard::builder(node, &prefix).manifests(dir.path()).interface(topology.client_iface()).start();

@@ -27,7 +27,7 @@ use mcs_tests::{
     cgroup::{self, ChildCgroup},
     client::{HeldStream, ServerInfo, tcp_info, udp_ask_connected, udp_info},
     inspect_json,
-    manifest::{self, ImportBuilder, ManifestDir, SliceBuilder},
+    manifest::{self, ManifestDir},
     netns::{NetNs, cleanup_stale, unique_prefix},
     topology::{ClusterSpec, Topology, TopologySpec, node_fabric_ip},
     wait_until,
@@ -86,32 +86,20 @@ fn launch(topology: Topology, prefix: String, dir: ManifestDir, interfaces: &[St
 }
 
 /// `local` (no pods) plus `exporters` clusters with servers on 8080/TCP and 5353/UDP in every
-/// pod, the import `web_import(name, VIP)` and each exporter's slice, and the agent.
+/// pod, the import `manifest::web_import(NS, name, VIP)` and each exporter's slice, and the agent.
 fn setup(tag: &str, exporters: &[(&str, usize)], name: &str, affinity: Option<i64>, extra: &[&str]) -> Setup {
     let (mut topology, prefix) = topology(tag, 0, exporters);
     topology.start_servers(HTTP_TARGET, DNS_TARGET);
     let dir = ManifestDir::new(&prefix);
-    let import = web_import(name, VIP);
+    let import = manifest::web_import(NS, name, VIP);
     match affinity {
         Some(timeout) => dir.write("import.json", &import.client_ip_affinity(timeout)),
         None => dir.write("import.json", &import),
     }
     for cluster in 1..=exporters.len() {
-        dir.write(&format!("slice-{cluster}.json"), &web_slice(&topology, name, cluster));
+        dir.write(&format!("slice-{cluster}.json"), &manifest::web_slice(&topology, NS, name, cluster));
     }
     launch(topology, prefix, dir, &[], extra)
-}
-
-fn web_import(name: &str, ip: Ipv4Addr) -> ImportBuilder {
-    manifest::import(NS, name).ip(ip).tcp("http", 80).udp("dns", 53)
-}
-
-fn web_slice(topology: &Topology, service: &str, cluster: usize) -> SliceBuilder {
-    let ips: Vec<Ipv4Addr> = (0..topology.pods_in(cluster)).map(|j| topology.pod_ip(cluster, j)).collect();
-    manifest::slice(NS, service, topology.cluster_name(cluster))
-        .tcp("http", HTTP_TARGET)
-        .udp("dns", DNS_TARGET)
-        .ready_all(ips)
 }
 
 /// Runs `f` in `ns` with the test process inside `cgroup` (so sockets `f` makes, and programs
@@ -320,7 +308,7 @@ fn a_connect_to_a_service_without_backends_is_refused_at_once_and_counted() {
     let metrics = SocketAddrV4::new(node_fabric_ip(0), 9465);
     let metrics_arg = format!("--metrics-addr={metrics}");
     let mut s = setup("sock-refuse", &[("east", 1)], "web", None, &[&metrics_arg]);
-    manifest::write(&s.agent.manifests, "empty.json", &web_import("empty", empty_ip));
+    manifest::write(&s.agent.manifests, "empty.json", &manifest::web_import(NS, "empty", empty_ip));
     s.wait_tables(&["east"]);
     let empty = SocketAddrV4::new(empty_ip, 80);
     mcs_tests::wait_inspect(&s.agent.pin_path, "the service port without backends is programmed", |state| {
@@ -531,8 +519,8 @@ fn a_pod_whose_only_backend_is_itself_is_answered_in_socket_mode() {
     let (mut topology, prefix) = topology("sock-hairpin", 1, &[]);
     topology.start_servers(HTTP_TARGET, DNS_TARGET);
     let dir = ManifestDir::new(&prefix);
-    dir.write("import.json", &web_import("self", VIP));
-    dir.write("slice.json", &web_slice(&topology, "self", 0));
+    dir.write("import.json", &manifest::web_import(NS, "self", VIP));
+    dir.write("slice.json", &manifest::web_slice(&topology, NS, "self", 0));
     let pod_iface = topology.pod_iface(0, 0);
     let mut s = launch(topology, prefix, dir, &[pod_iface], &[]);
     s.wait_tables(&["local"]);
