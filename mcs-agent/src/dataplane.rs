@@ -160,11 +160,17 @@ impl AyaDataplane {
     /// # Errors
     /// When the map cannot be read.
     pub fn service_stats(&self, service_id: u32) -> Result<Option<ServiceStats>> {
-        match self.service_stats.get(&service_id, 0) {
-            Ok(per_cpu) => Ok(Some(sum_stats(per_cpu.iter()))),
-            Err(e) if is_not_found(&e) || matches!(e, MapError::OutOfBounds { .. }) => Ok(None),
-            Err(e) => Err(anyhow!(e).context(format!("reading {} entry {service_id}", map_names::SERVICE_STATS))),
-        }
+        read_service_stats(&self.service_stats, service_id)
+    }
+}
+
+/// Entry `service_id` of `MCS_SVC_STATS`, summed over CPUs; `None` when the
+/// id is beyond the array.
+fn read_service_stats(map: &PerCpuArray<MapData, ServiceStats>, service_id: u32) -> Result<Option<ServiceStats>> {
+    match map.get(&service_id, 0) {
+        Ok(per_cpu) => Ok(Some(sum_stats(per_cpu.iter()))),
+        Err(e) if is_not_found(&e) || matches!(e, MapError::OutOfBounds { .. }) => Ok(None),
+        Err(e) => Err(anyhow!(e).context(format!("reading {} entry {service_id}", map_names::SERVICE_STATS))),
     }
 }
 
@@ -302,16 +308,8 @@ impl DatapathCounters {
             if key.is_wildcard() || value.service_id == 0 {
                 continue;
             }
-            match stats.get(&value.service_id, 0) {
-                Ok(per_cpu) => out.push((key, sum_stats(per_cpu.iter()))),
-                Err(e) if is_not_found(&e) || matches!(e, MapError::OutOfBounds { .. }) => {}
-                Err(e) => {
-                    return Err(anyhow!(e).context(format!(
-                        "reading {} entry {}",
-                        map_names::SERVICE_STATS,
-                        value.service_id
-                    )));
-                }
+            if let Some(counters) = read_service_stats(stats, value.service_id)? {
+                out.push((key, counters));
             }
         }
         out.sort_unstable_by_key(|(key, _)| *key);

@@ -233,7 +233,8 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
         bail!("the Maglev table size {} is not a prime", options.config.maglev_table_size);
     }
     let mut config = options.config;
-    if config.host_netns_cookie == 0 {
+    // Only `--socket-lb-host-only` compares against it.
+    if config.socket_flags & SOCKET_F_HOST_ONLY != 0 && config.host_netns_cookie == 0 {
         config.host_netns_cookie = own_netns_cookie().context("reading this network namespace's cookie")?;
     }
     let mut loader = EbpfLoader::new();

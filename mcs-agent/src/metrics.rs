@@ -461,14 +461,15 @@ impl Collector for Scrape {
                 debug!(error = %format!("{e:#}"), "reading the per-service counters failed");
                 Vec::new()
             });
-            let imports = self.0.state().imports.clone();
-            let labelled: Vec<_> = rows
-                .iter()
-                .map(|(key, stats)| {
-                    let (namespace, name) = imports.get(key).cloned().unwrap_or_default();
-                    ([namespace, name, key.to_string()], stats)
-                })
-                .collect();
+            let labelled: Vec<_> = {
+                let state = self.0.state();
+                rows.iter()
+                    .map(|(key, stats)| {
+                        let (namespace, name) = state.imports.get(key).cloned().unwrap_or_default();
+                        ([namespace, name, key.to_string()], stats)
+                    })
+                    .collect()
+            };
             let labels =
                 |l: &[String; 3]| [("namespace", l[0].clone()), ("name", l[1].clone()), ("service", l[2].clone())];
             let help = "Events of one service port: packets translated by the tc programs, new flows, refused \

@@ -51,11 +51,7 @@ fn target(sa: *const bpf_sock_addr) -> Option<Target> {
     // SAFETY: the kernel passes a valid context; the fields are read as the
     // whole `u32`s the verifier allows.
     let (addr, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
-    let proto = match protocol {
-        6 => proto::TCP,
-        17 => proto::UDP,
-        _ => return None,
-    };
+    let proto = u8::try_from(protocol).ok().filter(|p| *p == proto::TCP || *p == proto::UDP)?;
     #[expect(clippy::cast_possible_truncation, reason = "the NBO port sits in the low 16 bits")]
     let port = port as u16;
     Some(Target { addr, port, proto })

@@ -97,10 +97,11 @@ fn e2e_table(settings: &crate::e2e::Settings, samples: &[Sample]) -> String {
     if !costs.is_empty() {
         let _ = writeln!(
             t,
-            "Cost of one `connect()` on a UDP socket (no packet is sent, so this is the system call alone), ns, \
-             median of 9 batches, in the socket row's topology: without the hook (the process outside the \
-             cgroup the programs are attached to), with it for the pod IP (no service: one lookup), and with it \
-             translating a ClusterSetIP (lookup, Maglev slot, reverse entry, address rewritten).\n"
+            "Cost of one UDP socket opened, `connect()`ed and closed, as a client does per query (no packet is \
+             sent), ns, median of 9 batches, in the socket row's topology: without the hook (the process outside \
+             the cgroup the programs are attached to), with it for the pod IP (no service: one lookup), and with \
+             it translating a ClusterSetIP (lookup, Maglev slot, a reverse entry for the new socket, address \
+             rewritten). The three differ only in the hook.\n"
         );
         let _ = writeln!(t, "| services | no hook | hook, not a service | hook, translated | hook cost (translated) |");
         let _ = writeln!(t, "| ---: | ---: | ---: | ---: | ---: |");
