@@ -213,9 +213,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Pod-facing interfaces: names and glob patterns, comma separated
-    /// (for example `lxc*,veth*`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// (for example `lxc*,veth*`). May be left out (or match nothing) on a
+    /// pure gateway node, one with `--xdp-interfaces`.
+    #[arg(long, value_delimiter = ',', required_unless_present = "xdp_interfaces")]
     pub interfaces: Vec<String>,
+    /// Uplinks that carry the XDP gateway: ClusterSetIP traffic of clients
+    /// that run no agent (VMs, other networks), routed to this node, is
+    /// translated and forwarded in XDP; include the interfaces the backends'
+    /// replies arrive on. Names and glob patterns, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub xdp_interfaces: Vec<String>,
     /// The translation's settings (`--cluster-id` is required).
     #[command(flatten)]
     pub translate: TranslateArgs,
@@ -303,8 +310,14 @@ impl RunArgs {
             }
             (SourceKind::Kubernetes, None) => SourceConfig::Kubernetes { kubeconfig: self.kubeconfig.clone() },
         };
-        let interfaces = interfaces::parse_patterns(&self.interfaces)
-            .map_err(|e| error(ErrorKind::ValueValidation, &format!("--interfaces: {e}")))?;
+        let xdp_interfaces = interfaces::parse_patterns_or_none(&self.xdp_interfaces)
+            .map_err(|e| error(ErrorKind::ValueValidation, &format!("--xdp-interfaces: {e}")))?;
+        let interfaces = if xdp_interfaces.is_empty() {
+            interfaces::parse_patterns(&self.interfaces)
+        } else {
+            interfaces::parse_patterns_or_none(&self.interfaces)
+        }
+        .map_err(|e| error(ErrorKind::ValueValidation, &format!("--interfaces: {e}")))?;
         let metrics_addr = match self.metrics_addr.trim() {
             "" => None,
             addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
@@ -317,6 +330,7 @@ impl RunArgs {
             socket_lb,
             source,
             interfaces,
+            xdp_interfaces,
             translate: self.translate.config(),
             pin_path: self.pin_path.clone(),
             min_sync_interval: Duration::from_millis(self.min_sync_interval_ms),

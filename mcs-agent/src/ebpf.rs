@@ -29,6 +29,7 @@ use aya::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        xdp::{Xdp, XdpLink, XdpMode},
     },
     sys::SyscallError,
 };
@@ -238,6 +239,10 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
         config.host_netns_cookie = own_netns_cookie().context("reading this network namespace's cookie")?;
     }
     let mut loader = EbpfLoader::new();
+    // The whole verifier log in load errors, for whoever debugs a refused program.
+    if std::env::var_os("MCS_VERIFIER_LOG").is_some() {
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
     loader.map_max_entries(map_names::CONNTRACK_TCP, config.conntrack_max);
     loader.map_max_entries(map_names::CONNTRACK_ANY, config.conntrack_max_non_tcp);
     loader.map_max_entries(map_names::AFFINITY, config.affinity_max);
@@ -280,6 +285,15 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
             .with_context(|| format!("program {name} is not a tc classifier"))?;
         program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
     }
+    // The XDP gateway is loaded by `attach_xdp`, only on a node with
+    // `--xdp-interfaces`; the no-op floor costs nothing to load.
+    let name = program_names::XDP_NOOP;
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))?;
+    program.load().with_context(|| format!("loading program {name} (the verifier said no)"))?;
     // The socket programs are loaded by `sockets::attach`, only when socket load balancing is
     // on: they need Linux 5.18 (`bpf_set_retval`), the tc programs do not.
     // Record the settings for `inspect` and for the sync (the table size).
@@ -497,8 +511,112 @@ pub fn attach(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>, mode: A
     Ok(())
 }
 
-/// The directions of the links [`attach`] pins, as in their file names.
-pub const LINK_DIRECTIONS: [&str; 2] = ["ingress", "egress"];
+/// The directions of the links [`attach`] and [`attach_xdp`] pin, as in their file names.
+pub const LINK_DIRECTIONS: [&str; 3] = ["ingress", "egress", "xdp"];
+
+/// How the XDP gateway runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// In the driver, before an skb exists (veth, most 10G+ NICs).
+    Native,
+    /// Generic XDP, after the skb is allocated: drivers without XDP.
+    Generic,
+    /// A pinned link of an earlier agent got the new program (its mode is
+    /// the one it was attached in).
+    Swapped,
+}
+
+impl XdpAttach {
+    /// Its name, as `mcs-agent status` and the log show it.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "xdp-native",
+            Self::Generic => "xdp-generic",
+            Self::Swapped => "xdp",
+        }
+    }
+}
+
+/// Attaches the XDP gateway (`mcs_gateway`) to `interface`: natively where
+/// the driver has XDP, generic XDP otherwise. With a pin directory the link
+/// is pinned (`links/<interface>_xdp`), and a link an earlier agent pinned
+/// gets the new program swapped in atomically.
+///
+/// It never replaces another program: an interface that already has an XDP
+/// program that is not ours is an error naming it (the kernel refuses a
+/// link over an attached program, `EBUSY`, and generic over native, `EEXIST`).
+///
+/// # Errors
+/// When the interface does not exist, already has another XDP program, or
+/// the kernel refuses the attachment.
+pub fn attach_xdp(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>) -> Result<XdpAttach> {
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::GATEWAY)
+        .context("program mcs_gateway is missing")?
+        .try_into()
+        .context("mcs_gateway is not an XDP program")?;
+    if program.fd().is_err() {
+        program.load().context("loading program mcs_gateway (the verifier said no)")?;
+    }
+    let pin = pin_path.map(|dir| link_pin_path(dir, interface, "xdp"));
+    if let Some(pin) = &pin {
+        match PinnedLink::from_pin(pin) {
+            Ok(pinned) => {
+                let link: XdpLink = FdLink::from(pinned).try_into()?;
+                match program.attach_to_link(link) {
+                    Ok(id) => {
+                        drop(program.take_link(id)?);
+                        info!(interface, pin = %pin.display(), "XDP gateway swapped into its pinned link");
+                        return Ok(XdpAttach::Swapped);
+                    }
+                    Err(e) => {
+                        warn!(interface, pin = %pin.display(), error = %e, "pinned XDP link is stale; replacing it");
+                        fs::remove_file(pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
+        }
+    }
+    // Another program on the interface: a link over it is `EBUSY`, native
+    // over generic (or the reverse) `EEXIST`.
+    let busy = |e: &aya::programs::ProgramError| {
+        matches!(e, aya::programs::ProgramError::SyscallError(SyscallError { io_error, .. })
+            if matches!(io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)))
+    };
+    let (id, mode) = match program.attach(interface, XdpMode::Driver) {
+        Ok(id) => (id, XdpAttach::Native),
+        Err(e) if busy(&e) => bail!(
+            "interface {interface} already has an XDP program that is not mcs-agent's; it is left alone:              detach it (`ip link set dev {interface} xdp off`) or leave {interface} out of --xdp-interfaces ({e})"
+        ),
+        Err(native) => match program.attach(interface, XdpMode::Skb) {
+            Ok(id) => {
+                info!(interface, error = %native, "no native XDP on this driver; using generic XDP");
+                (id, XdpAttach::Generic)
+            }
+            Err(e) if busy(&e) => bail!(
+                "interface {interface} already has an XDP program that is not mcs-agent's; it is left alone:                  detach it (`ip link set dev {interface} xdp off`) or leave {interface} out of --xdp-interfaces ({e})"
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("attaching mcs_gateway to {interface} (native: {native})"));
+            }
+        },
+    };
+    if let Some(pin) = &pin {
+        let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
+            format!(
+                "the XDP attachment of {interface} is not a BPF link (a kernel before 5.9?), so it cannot be pinned"
+            )
+        })?;
+        let pinned = link.pin(pin).with_context(|| format!("pinning link at {}", pin.display()))?;
+        drop(pinned);
+    }
+    info!(interface, mode = mode.as_str(), "XDP gateway attached");
+    Ok(mode)
+}
 
 /// Where the link of `interface` in direction `suffix` is pinned.
 ///

@@ -31,8 +31,8 @@ use aya::{
 use mcs_common::{
     DropReason,
     event::{
-        EVENT_DROP, EVENT_FLAGS_MAP, EVENT_FROM_POD, EVENT_REFUSED, EVENT_RESET, EVENT_TRANSLATED, EVENTS_DROPS,
-        EVENTS_MAP, EVENTS_TRANSLATIONS, Event,
+        EVENT_DROP, EVENT_FLAGS_MAP, EVENT_FROM_POD, EVENT_GATEWAY, EVENT_REFUSED, EVENT_RESET, EVENT_TRANSLATED,
+        EVENTS_DROPS, EVENTS_MAP, EVENTS_TRANSLATIONS, Event,
     },
     ipv4_from_nbo,
 };
@@ -194,7 +194,12 @@ impl Names {
             backend: (event.kind == EVENT_TRANSLATED).then(|| endpoint(event.backend_addr, event.backend_port)),
             service: self.service(daddr, u16::from_be(event.dport), event.proto),
             interface: self.interfaces.get(&event.ifindex).cloned().unwrap_or_else(|| format!("#{}", event.ifindex)),
-            direction: if event.direction == EVENT_FROM_POD { "from-pod" } else { "to-pod" }.to_owned(),
+            direction: match event.direction {
+                EVENT_FROM_POD => "from-pod",
+                EVENT_GATEWAY => "gateway",
+                _ => "to-pod",
+            }
+            .to_owned(),
             time_ns: event.time_ns,
         }
     }

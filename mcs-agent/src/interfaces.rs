@@ -22,7 +22,16 @@ use globset::{Glob, GlobMatcher};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
-use crate::ebpf::{self, AttachMode};
+use crate::ebpf::{self, AttachMode, XdpAttach};
+
+/// What an [`Interfaces`] attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The tc programs (`--interfaces`, pod-facing), in this mode.
+    Tc(AttachMode),
+    /// The XDP gateway (`--xdp-interfaces`, uplinks).
+    Xdp,
+}
 
 /// One `--interfaces` entry: a name, or a glob with `*`, `?`, `[...]`
 /// (ranges `a-z`, negation with a leading `!` or `^`) and `{a,b}`, matched
@@ -77,12 +86,20 @@ impl Pattern {
 /// # Errors
 /// When one is invalid, or there are none.
 pub fn parse_patterns(entries: &[String]) -> Result<Vec<Pattern>> {
-    let patterns: Vec<Pattern> =
-        entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).map(Pattern::new).collect::<Result<_>>()?;
+    let patterns = parse_patterns_or_none(entries)?;
     if patterns.is_empty() {
         bail!("--interfaces names no interface");
     }
     Ok(patterns)
+}
+
+/// Parses every entry of a list that may be empty (`--xdp-interfaces`, and
+/// `--interfaces` on a pure gateway node).
+///
+/// # Errors
+/// When one is invalid.
+pub fn parse_patterns_or_none(entries: &[String]) -> Result<Vec<Pattern>> {
+    entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).map(Pattern::new).collect()
 }
 
 /// The interfaces of the caller's network namespace: (index, name).
@@ -209,9 +226,11 @@ fn has_link_message(mut data: &[u8]) -> bool {
 pub struct Interfaces {
     patterns: Vec<Pattern>,
     pin_path: Option<PathBuf>,
-    mode: AttachMode,
+    target: Target,
     /// Attached interfaces: name → index.
     attached: BTreeMap<String, u32>,
+    /// How the XDP gateway runs on each attached interface (XDP only).
+    xdp_modes: BTreeMap<String, XdpAttach>,
     /// Failed attachments already logged: (name, index).
     failed: BTreeSet<(String, u32)>,
     /// Plain names reported missing.
@@ -227,7 +246,7 @@ impl Interfaces {
     /// that fails). The first [`Self::rescan`] removes the pins of interfaces
     /// that no longer exist.
     #[must_use]
-    pub fn new(patterns: Vec<Pattern>, pin_path: Option<PathBuf>, mode: AttachMode) -> Self {
+    pub fn new(patterns: Vec<Pattern>, pin_path: Option<PathBuf>, target: Target) -> Self {
         let events = match LinkEvents::open() {
             Ok(events) => Some(events),
             Err(e) => {
@@ -238,8 +257,9 @@ impl Interfaces {
         Self {
             patterns,
             pin_path,
-            mode,
+            target,
             attached: BTreeMap::new(),
+            xdp_modes: BTreeMap::new(),
             failed: BTreeSet::new(),
             missing: BTreeSet::new(),
             scanned: false,
@@ -264,6 +284,18 @@ impl Interfaces {
     #[must_use]
     pub fn attached(&self) -> &BTreeMap<String, u32> {
         &self.attached
+    }
+
+    /// The XDP mode of each interface the gateway is attached to.
+    #[must_use]
+    pub fn xdp_modes(&self) -> &BTreeMap<String, XdpAttach> {
+        &self.xdp_modes
+    }
+
+    /// Whether no pattern is given (nothing to attach).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
     }
 
     /// Attaches to every matching interface not attached yet (or recreated),
@@ -293,6 +325,7 @@ impl Interfaces {
             self.attached.keys().filter(|name| !present_names.contains_key(name.as_str())).cloned().collect();
         for name in gone {
             self.attached.remove(&name);
+            self.xdp_modes.remove(&name);
             self.remove_pins(&name);
             info!(interface = %name, "interface gone; forgotten");
         }
@@ -301,7 +334,13 @@ impl Interfaces {
             if !self.patterns.iter().any(|p| p.matches(name)) || self.attached.get(name) == Some(index) {
                 continue;
             }
-            match ebpf::attach(bpf, name, self.pin_path.as_deref(), self.mode) {
+            let attached = match self.target {
+                Target::Tc(mode) => ebpf::attach(bpf, name, self.pin_path.as_deref(), mode),
+                Target::Xdp => ebpf::attach_xdp(bpf, name, self.pin_path.as_deref()).map(|mode| {
+                    self.xdp_modes.insert(name.clone(), mode);
+                }),
+            };
+            match attached {
                 Ok(()) => {
                     self.attached.insert(name.clone(), *index);
                     self.failed.remove(&(name.clone(), *index));
@@ -318,9 +357,17 @@ impl Interfaces {
         }
     }
 
+    /// The link pins this kind of attachment makes.
+    const fn suffixes(&self) -> &'static [&'static str] {
+        match self.target {
+            Target::Tc(_) => &["ingress", "egress"],
+            Target::Xdp => &["xdp"],
+        }
+    }
+
     fn remove_pins(&self, name: &str) {
         let Some(dir) = &self.pin_path else { return };
-        for suffix in ebpf::LINK_DIRECTIONS {
+        for suffix in self.suffixes() {
             let pin = ebpf::link_pin_path(dir, name, suffix);
             match fs::remove_file(&pin) {
                 Ok(()) => debug!(pin = %pin.display(), "removed the link pin of a deleted interface"),
@@ -334,7 +381,7 @@ impl Interfaces {
     /// ran); their links are defunct.
     fn remove_stale_pins(&self, present: &BTreeMap<&str, u32>) {
         let Some(dir) = &self.pin_path else { return };
-        for name in pinned_interfaces(&dir.join("links")) {
+        for name in pinned_interfaces(&dir.join("links"), self.suffixes()) {
             if !present.contains_key(name.as_str()) {
                 info!(interface = %name, "removing the link pins of an interface that no longer exists");
                 self.remove_pins(&name);
@@ -343,10 +390,18 @@ impl Interfaces {
     }
 }
 
-/// Interfaces that have link pins under `links`.
-fn pinned_interfaces(links: &Path) -> BTreeSet<String> {
+/// Interfaces that have link pins with one of `suffixes` under `links`.
+fn pinned_interfaces(links: &Path, suffixes: &[&str]) -> BTreeSet<String> {
     let Ok(entries) = fs::read_dir(links) else { return BTreeSet::new() };
-    entries.flatten().filter_map(|e| ebpf::pinned_interface(&e.file_name().to_string_lossy())).collect()
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.rsplit_once('_').is_some_and(|(_, suffix)| suffixes.contains(&suffix))
+        })
+        .filter_map(|e| ebpf::pinned_interface(&e.file_name().to_string_lossy()))
+        .collect()
 }
 
 #[cfg(test)]

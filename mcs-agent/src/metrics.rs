@@ -78,6 +78,8 @@ struct State {
     attached: BTreeMap<String, u32>,
     /// How the programs are attached (`tcx`, `clsact`).
     attach_mode: Option<&'static str>,
+    /// The uplinks the XDP gateway is attached to, with its mode.
+    xdp: BTreeMap<String, &'static str>,
     /// The cgroup the socket programs are attached to, when socket load balancing is on.
     socket_cgroup: Option<String>,
     /// What the last sync could not write (empty after a complete one).
@@ -156,6 +158,11 @@ impl Metrics {
         state.attach_mode = Some(mode);
     }
 
+    /// Records the uplinks the XDP gateway is attached to, with their mode.
+    pub fn set_xdp_interfaces(&self, attached: &BTreeMap<String, crate::ebpf::XdpAttach>) {
+        self.state().xdp = attached.iter().map(|(name, mode)| (name.clone(), mode.as_str())).collect();
+    }
+
     /// Records the cgroup the socket programs are attached to (`None`: socket load balancing off).
     pub fn set_socket_cgroup(&self, cgroup: Option<&std::path::Path>) {
         self.state().socket_cgroup = cgroup.map(|c| c.display().to_string());
@@ -226,6 +233,11 @@ impl Metrics {
                 .attached
                 .iter()
                 .map(|(name, index)| AttachedInterface { name: name.clone(), ifindex: *index })
+                .collect(),
+            xdp_interfaces: s
+                .xdp
+                .iter()
+                .map(|(name, mode)| XdpInterface { name: name.clone(), mode: (*mode).to_owned() })
                 .collect(),
             skipped_imports: s
                 .skipped
@@ -344,6 +356,9 @@ pub struct AgentStatus {
     pub attach_mode: Option<String>,
     /// The interfaces the programs are attached to.
     pub interfaces: Vec<AttachedInterface>,
+    /// The uplinks the XDP gateway is attached to.
+    #[serde(default)]
+    pub xdp_interfaces: Vec<XdpInterface>,
     /// The cgroup v2 directory the socket programs are attached to; `None`
     /// when socket load balancing is off.
     pub socket_cgroup: Option<String>,
@@ -365,6 +380,16 @@ pub struct AttachedInterface {
     pub name: String,
     /// Its index.
     pub ifindex: u32,
+}
+
+/// An uplink the XDP gateway is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct XdpInterface {
+    /// Its name.
+    pub name: String,
+    /// `xdp-native`, `xdp-generic`, or `xdp` (a pinned link of an earlier agent, swapped).
+    pub mode: String,
 }
 
 /// An import the translation skipped.
@@ -395,6 +420,17 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
 ) -> fmt::Result {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// `mcs_xdp_interfaces_attached{interface, mode}`: one per uplink of the XDP gateway.
+fn encode_xdp_interfaces(encoder: &mut DescriptorEncoder<'_>, xdp: &BTreeMap<String, &'static str>) -> fmt::Result {
+    let help =
+        "Uplinks the XDP gateway is attached to, by mode (xdp-native, xdp-generic, xdp: swapped into a pinned link).";
+    let mut family = encoder.encode_descriptor("mcs_xdp_interfaces_attached", help, None, MetricType::Gauge)?;
+    for (name, mode) in xdp {
+        ConstGauge::new(1_u32).encode(family.encode_family(&[("interface", name.as_str()), ("mode", mode)])?)?;
+    }
+    Ok(())
 }
 
 impl Collector for Scrape {
@@ -430,6 +466,7 @@ impl Collector for Scrape {
             gauge(&mut encoder, draining, s.draining)?;
             let interfaces = ("mcs_interfaces_attached", "Interfaces the datapath is attached to.");
             gauge(&mut encoder, interfaces, s.interfaces)?;
+            encode_xdp_interfaces(&mut encoder, &s.xdp)?;
             let help = "ServiceImports skipped by the translation, by reason.";
             let mut skipped = encoder.encode_descriptor("mcs_skipped_imports", help, None, MetricType::Gauge)?;
             for [namespace, name, reason] in &s.skipped {

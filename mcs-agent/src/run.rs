@@ -29,7 +29,7 @@ use crate::{
     dataplane::AyaDataplane,
     ebpf::{self, AttachMode, DatapathSettings},
     events::{self, EventLevel, Events},
-    interfaces::{Interfaces, Pattern},
+    interfaces::{Interfaces, Pattern, Target},
     metrics::{self, Metrics, SyncResult},
     sockets,
     source::{Snapshot, Source, SourceConfig},
@@ -62,8 +62,10 @@ pub struct RunConfig {
     pub socket_lb: SocketLb,
     /// Where ServiceImports and EndpointSlices come from.
     pub source: SourceConfig,
-    /// Pod-facing interfaces: names and glob patterns.
+    /// Pod-facing interfaces: names and glob patterns (empty on a pure gateway node).
     pub interfaces: Vec<Pattern>,
+    /// Uplinks that carry the XDP gateway: names and glob patterns.
+    pub xdp_interfaces: Vec<Pattern>,
     /// The translation's settings.
     pub translate: translate::Config,
     /// Directory on bpffs where maps and links are pinned.
@@ -295,6 +297,41 @@ impl Syncing {
     }
 }
 
+/// The interfaces of both kinds, by name (for the events' interface names).
+fn all_attached(pods: &Interfaces, uplinks: &Interfaces) -> BTreeMap<String, u32> {
+    let mut all = pods.attached().clone();
+    all.extend(uplinks.attached().iter().map(|(name, index)| (name.clone(), *index)));
+    all
+}
+
+/// The settings a gateway node needs, on the interfaces matching the XDP
+/// patterns: `accept_local`, because a translated packet the XDP gateway
+/// hands to the stack (its next hop not resolved yet) carries this node's
+/// own address as its source, which the stack otherwise drops as a martian;
+/// and a warning when forwarding is off (`bpf_fib_lookup` then refuses to
+/// route, and the flows are dropped as `no-route`).
+fn gateway_sysctls(patterns: &[Pattern]) {
+    let Ok(present) = crate::interfaces::list_interfaces() else { return };
+    for (_, name) in present.iter().filter(|(_, n)| patterns.iter().any(|p| p.matches(n))) {
+        let dir = std::path::Path::new("/proc/sys/net/ipv4/conf").join(name);
+        let accept_local = dir.join("accept_local");
+        if std::fs::read_to_string(&accept_local).is_ok_and(|v| v.trim() != "1") {
+            match std::fs::write(&accept_local, "1") {
+                Ok(()) => info!(interface = %name, "set net.ipv4.conf.{name}.accept_local=1 for the XDP gateway"),
+                Err(e) => {
+                    warn!(interface = %name, error = %e, "cannot set accept_local; packets handed to the stack may be dropped");
+                }
+            }
+        }
+        if std::fs::read_to_string(dir.join("forwarding")).is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                interface = %name,
+                "forwarding is off on this uplink: the XDP gateway cannot route (net.ipv4.conf.{name}.forwarding=1)"
+            );
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 ///
 /// # Errors
@@ -334,10 +371,16 @@ pub async fn run(options: RunConfig) -> Result<()> {
     }
 
     // The first rescan also removes the pins of interfaces deleted while no agent ran.
-    let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), mode);
+    let mut interfaces = Interfaces::new(options.interfaces.clone(), Some(options.pin_path.clone()), Target::Tc(mode));
+    let mut uplinks = Interfaces::new(options.xdp_interfaces.clone(), Some(options.pin_path.clone()), Target::Xdp);
+    if !uplinks.is_empty() {
+        gateway_sysctls(&options.xdp_interfaces);
+    }
     interfaces.rescan(&mut bpf);
+    uplinks.rescan(&mut bpf);
     metrics.set_interfaces(interfaces.attached(), mode.as_str());
-    events.names().set_interfaces(interfaces.attached());
+    metrics.set_xdp_interfaces(uplinks.xdp_modes());
+    events.names().set_interfaces(&all_attached(&interfaces, &uplinks));
 
     let mut syncing = Syncing {
         config: options.translate.clone(),
@@ -374,8 +417,13 @@ pub async fn run(options: RunConfig) -> Result<()> {
         }
         if relist {
             interfaces.rescan(&mut bpf);
+            uplinks.rescan(&mut bpf);
+            if !uplinks.is_empty() {
+                gateway_sysctls(&options.xdp_interfaces);
+            }
             metrics.set_interfaces(interfaces.attached(), mode.as_str());
-            events.names().set_interfaces(interfaces.attached());
+            metrics.set_xdp_interfaces(uplinks.xdp_modes());
+            events.names().set_interfaces(&all_attached(&interfaces, &uplinks));
         }
         let synced = source.synced();
         metrics.set_sources_synced(synced);

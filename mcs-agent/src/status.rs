@@ -528,6 +528,7 @@ mod tests {
         let agent = AgentStatus {
             attach_mode: Some("tcx".into()),
             interfaces: vec![AttachedInterface { name: "veth0".into(), ifindex: 4 }],
+            xdp_interfaces: Vec::new(),
             not_ready: Some("first sync not done".into()),
             recent_drops: Some([("unknown-port".to_owned(), 2)].into()),
             drops_window_seconds: 12.0,

@@ -39,6 +39,8 @@ pub const EVENT_TRANSLATED: u8 = 4;
 pub const EVENT_FROM_POD: u8 = 0;
 /// [`Event::direction`]: egress of a pod's interface (to the pod).
 pub const EVENT_TO_POD: u8 = 1;
+/// [`Event::direction`]: the XDP gateway, on an uplink (`--xdp-interfaces`).
+pub const EVENT_GATEWAY: u8 = 2;
 
 /// One datapath event, as the programs write it into [`EVENTS_MAP`].
 #[repr(C)]
@@ -50,7 +52,7 @@ pub struct Event {
     pub reason: u8,
     /// IP protocol number.
     pub proto: u8,
-    /// `EVENT_FROM_POD` or `EVENT_TO_POD`.
+    /// `EVENT_FROM_POD`, `EVENT_TO_POD` or `EVENT_GATEWAY`.
     pub direction: u8,
     /// The interface the packet was seen on. Host.
     pub ifindex: u32,

@@ -97,6 +97,14 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "mcs_getpeername4";
     /// The socket programs, in the order the agent attaches them.
     pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+    /// XDP on uplinks (`--xdp-interfaces`): ClusterSetIP traffic of clients
+    /// that run no agent, translated (DNAT and SNAT) and forwarded in XDP.
+    pub const GATEWAY: &str = "mcs_gateway";
+    /// An XDP program that returns `XDP_PASS` and does nothing else: the
+    /// benchmarks' XDP floor, and what tests attach to the far end of a veth
+    /// so that frames redirected into it are received (a veth delivers
+    /// `XDP_REDIRECT`ed and `XDP_TX`ed frames only to a peer with XDP or GRO on).
+    pub const XDP_NOOP: &str = "mcs_xdp_noop";
 }
 
 /// Name of the load-time global ([`DatapathConfig`]) in the object's `.rodata`.
@@ -744,6 +752,15 @@ impl DatapathConfig {
         if self.nat_port_max < self.nat_port_min { 1 } else { (self.nat_port_max - self.nat_port_min) as u32 + 1 }
     }
 
+    /// Whether `port` (host order) is in the translated-port range: where a
+    /// reply to a source-NATed (gateway) flow is addressed.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per packet by the XDP gateway")]
+    #[inline(always)]
+    pub const fn in_nat_range(&self, port: u16) -> bool {
+        self.nat_port_min <= port && port <= self.nat_port_max
+    }
+
     /// The `attempt`-th source port (host order) a new flow with
     /// [`nat_port_hash`] `hash` tries: consecutive ports from a start the
     /// hash picks, wrapping inside the range.
@@ -807,11 +824,14 @@ pub enum DropReason {
     NatPortsExhausted = 10,
     /// An ICMP error for a ClusterSetIP that quotes no tracked flow.
     IcmpNoFlow = 11,
+    /// The XDP gateway found no route to a flow's backend (or back to its
+    /// client), or forwarding is off on the interface the packet came in on.
+    NoRoute = 12,
 }
 
 impl DropReason {
     /// Every reason, in number order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::UnknownPort,
         Self::NoBackend,
         Self::Malformed,
@@ -823,6 +843,7 @@ impl DropReason {
         Self::RejectFailed,
         Self::NatPortsExhausted,
         Self::IcmpNoFlow,
+        Self::NoRoute,
     ];
 
     /// The stable name used in metrics and command output.
@@ -840,6 +861,7 @@ impl DropReason {
             Self::RejectFailed => "reject-failed",
             Self::NatPortsExhausted => "nat-ports-exhausted",
             Self::IcmpNoFlow => "icmp-no-flow",
+            Self::NoRoute => "no-route",
         }
     }
 }
@@ -890,11 +912,18 @@ pub enum Stat {
     /// A `recvmsg()` or `getpeername()` of a translated socket got the
     /// ClusterSetIP:port back.
     SocketReverse = 18,
+    /// The XDP gateway translated a packet and sent it on itself (`XDP_TX`
+    /// or `XDP_REDIRECT` to the next hop `bpf_fib_lookup` named).
+    GatewayForwarded = 19,
+    /// The XDP gateway translated a packet and handed it to the kernel to
+    /// forward: the next hop's neighbour entry is not resolved yet, or the
+    /// packet is larger than the route's MTU.
+    GatewayToStack = 20,
 }
 
 impl Stat {
     /// Every stat, in number order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::ForwardNew,
         Self::ForwardEstablished,
         Self::ReverseNat,
@@ -914,6 +943,8 @@ impl Stat {
         Self::SocketTranslated,
         Self::SocketRefused,
         Self::SocketReverse,
+        Self::GatewayForwarded,
+        Self::GatewayToStack,
     ];
 
     /// The stable name used in metrics and command output.
@@ -939,6 +970,8 @@ impl Stat {
             Self::SocketTranslated => "socket-translated",
             Self::SocketRefused => "socket-refused",
             Self::SocketReverse => "socket-reverse",
+            Self::GatewayForwarded => "gateway-forwarded",
+            Self::GatewayToStack => "gateway-to-stack",
         }
     }
 }

@@ -10,7 +10,6 @@
 use aya_ebpf::{
     btf_maps::{Array, RingBuf},
     macros::btf_map,
-    programs::TcContext,
 };
 use mcs_common::{
     Backend, DropReason,
@@ -20,7 +19,7 @@ use mcs_common::{
     },
 };
 
-use crate::conntrack;
+use crate::{conntrack, pkt::Pkt};
 
 /// The events, for the agent.
 #[btf_map]
@@ -71,11 +70,10 @@ struct Detail {
 }
 
 #[inline(always)]
-fn emit(ctx: &TcContext, direction: u8, tuple: &Tuple, detail: &Detail) {
+fn emit<C: Pkt>(ctx: &C, direction: u8, tuple: &Tuple, detail: &Detail) {
     // A full ring buffer loses the event (the agent reads it as fast as it can).
     let Some(mut entry) = MCS_EVENTS.reserve(0) else { return };
-    // SAFETY: the context's skb pointer is the program's argument, valid for its whole run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = ctx.ifindex();
     entry.write(Event {
         kind: detail.kind,
         reason: detail.reason,
@@ -99,7 +97,7 @@ fn emit(ctx: &TcContext, direction: u8, tuple: &Tuple, detail: &Detail) {
 
 /// A packet dropped for `reason`.
 #[inline(always)]
-pub fn dropped(ctx: &TcContext, direction: u8, reason: DropReason, tuple: &Tuple) {
+pub fn dropped<C: Pkt>(ctx: &C, direction: u8, reason: DropReason, tuple: &Tuple) {
     if wanted(EVENTS_DROPS) {
         let detail = Detail {
             kind: EVENT_DROP,
@@ -116,7 +114,7 @@ pub fn dropped(ctx: &TcContext, direction: u8, reason: DropReason, tuple: &Tuple
 /// A packet of service port `service_id` answered instead of translated:
 /// a refused new connection, or (`BackendGone`) a reset flow.
 #[inline(always)]
-pub fn refused(ctx: &TcContext, direction: u8, reason: DropReason, tuple: &Tuple, service_id: u32) {
+pub fn refused<C: Pkt>(ctx: &C, direction: u8, reason: DropReason, tuple: &Tuple, service_id: u32) {
     if wanted(EVENTS_DROPS) {
         let kind = if matches!(reason, DropReason::BackendGone) { EVENT_RESET } else { EVENT_REFUSED };
         let detail = Detail { kind, reason: reason as u8, service_id, backend_id: 0, backend_addr: 0, backend_port: 0 };
@@ -126,7 +124,7 @@ pub fn refused(ctx: &TcContext, direction: u8, reason: DropReason, tuple: &Tuple
 
 /// A new flow of service port `service_id` translated to backend `backend_id`.
 #[inline(always)]
-pub fn translated(ctx: &TcContext, direction: u8, tuple: &Tuple, service_id: u32, backend: (u32, &Backend)) {
+pub fn translated<C: Pkt>(ctx: &C, direction: u8, tuple: &Tuple, service_id: u32, backend: (u32, &Backend)) {
     if wanted(EVENTS_TRANSLATIONS) {
         let detail = Detail {
             kind: EVENT_TRANSLATED,

@@ -15,28 +15,41 @@
 //! outer address equal to the entry's key address becomes the entry's: the
 //! error then names the flow as its receiver knows it, and the client's
 //! socket learns its path MTU or its error. A router's address stays.
-use aya_ebpf::programs::TcContext;
-use mcs_common::CtValue;
+use mcs_common::{CtKey, CtValue};
 
 use crate::{
     conntrack::{self, nat_tuple},
     nat::{self, RewriteFailed},
     parse::IcmpError,
+    pkt::Pkt,
 };
 
 /// Translates `err` with the entry of direction `dir` that its quoted
 /// header, seen backwards, is the key of. Returns that entry, or `None`
 /// (nothing rewritten) when no tracked flow matches the quote.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, err: &IcmpError, dir: u8) -> Result<Option<CtValue>, RewriteFailed> {
-    let q = &err.quoted;
-    let key = conntrack::key(&q.tuple.reversed(), q.proto, dir);
-    let Some(entry) = conntrack::peek(&key) else {
+pub fn translate<C: Pkt>(ctx: &C, err: &IcmpError, dir: u8) -> Result<Option<CtValue>, RewriteFailed> {
+    let Some((key, entry)) = find(err, dir) else {
         return Ok(None);
     };
-    let quoted = nat_tuple(&entry).reversed();
+    rewrite(ctx, err, &key, &entry)?;
+    Ok(Some(entry))
+}
+
+/// The entry of direction `dir` whose key is `err`'s quote seen backwards,
+/// with that key; `None` when no tracked flow matches.
+#[inline(always)]
+pub fn find(err: &IcmpError, dir: u8) -> Option<(CtKey, CtValue)> {
+    let q = &err.quoted;
+    let key = conntrack::key(&q.tuple.reversed(), q.proto, dir);
+    conntrack::peek(&key).map(|entry| (key, entry))
+}
+
+/// Rewrites `err` with the entry `entry` at `key` that [`find`] returned.
+#[inline(always)]
+pub fn rewrite<C: Pkt>(ctx: &C, err: &IcmpError, key: &CtKey, entry: &CtValue) -> Result<(), RewriteFailed> {
+    let quoted = nat_tuple(entry).reversed();
     let saddr = if err.saddr == key.saddr { entry.nat_saddr } else { err.saddr };
     let daddr = if err.daddr == key.daddr { entry.nat_daddr } else { err.daddr };
-    nat::rewrite_icmp(ctx, err, &quoted, (saddr, daddr))?;
-    Ok(Some(entry))
+    nat::rewrite_icmp(ctx, err, &quoted, (saddr, daddr))
 }

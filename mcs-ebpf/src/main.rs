@@ -16,6 +16,11 @@
 //!   it (module `sock`), so its packets pass the tc programs as direct ones;
 //!   `mcs_recvmsg4`, `mcs_getpeername4` show the ClusterSetIP:port again.
 //!
+//! - `mcs_gateway` (XDP on uplinks, `--xdp-interfaces`): ClusterSetIP
+//!   traffic of clients that run no agent, translated (DNAT to a backend,
+//!   SNAT to this node's address) and forwarded from XDP, replies reversed
+//!   (module `gateway`).
+//!
 //! A translated packet goes on with `TCX_NEXT`, so a program after ours on
 //! the interface (a CNI's policy, say) sees it; everything that is not ours
 //! goes on untouched. Entry points are thin; each concern has its module.
@@ -31,10 +36,12 @@ mod conntrack;
 mod csum;
 mod events;
 mod frag;
+mod gateway;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod pkt;
 mod reject;
 mod service;
 mod sock;
@@ -42,8 +49,8 @@ mod stats;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use mcs_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, DropReason, ServiceValue, Stat,
@@ -402,6 +409,23 @@ pub fn mcs_getpeername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn mcs_noop(_ctx: TcContext) -> i32 {
     VERDICT_NEXT
+}
+
+/// XDP on uplinks: the gateway for clients that run no agent.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "the xdp macro fixes the signature")]
+pub fn mcs_gateway(ctx: XdpContext) -> u32 {
+    #[expect(clippy::cast_sign_loss, reason = "XDP verdicts are small and non-negative")]
+    let verdict = gateway::run(&ctx) as u32;
+    verdict
+}
+
+/// `XDP_PASS` and nothing else: the XDP floor of the benchmarks, and the
+/// program tests put on the far end of a veth so that it receives
+/// redirected frames.
+#[xdp]
+pub fn mcs_xdp_noop(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -7,23 +7,20 @@
 //! skbs right; a UDP checksum of zero (no checksum) stays zero. Headers
 //! quoted inside an ICMP error are plain bytes to the kernel: their
 //! checksums, and the ICMP checksum over them, are computed here.
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
-    helpers::bpf_redirect,
-    programs::TcContext,
-};
+use aya_ebpf::bindings::BPF_F_RECOMPUTE_CSUM;
 use mcs_common::proto;
 
 use crate::{
     csum::Diff,
     parse::{Flow, ICMP_CSUM_OFF, IP_CSUM_OFF, IP_MIN_LEN, IP_SADDR_OFF, IcmpError, Tuple, UDP_CSUM_OFF, l4_csum_off},
+    pkt::{Pkt, Refused},
 };
 
 /// A rewrite the kernel refused.
 pub struct RewriteFailed;
 
-impl From<i64> for RewriteFailed {
-    fn from(_: i64) -> Self {
+impl From<Refused> for RewriteFailed {
+    fn from(_: Refused) -> Self {
         Self
     }
 }
@@ -43,12 +40,12 @@ const fn port_diff(old: &Tuple, new: &Tuple) -> Diff {
 /// Writes the addresses of `new` into the IPv4 header at `l3_off` (with its
 /// checksum) when they differ from `old`'s; returns their checksum change.
 #[inline(always)]
-fn rewrite_addrs(ctx: &TcContext, l3_off: usize, old: &Tuple, new: &Tuple) -> Result<Diff, RewriteFailed> {
+fn rewrite_addrs<C: Pkt>(ctx: &C, l3_off: usize, old: &Tuple, new: &Tuple) -> Result<Diff, RewriteFailed> {
     if old.saddr == new.saddr && old.daddr == new.daddr {
         return Ok(Diff::NONE);
     }
     let diff = addr_diff(old, new);
-    ctx.l3_csum_replace(l3_off + IP_CSUM_OFF, 0, u64::from(diff.0), 0)?;
+    ctx.l3_csum_update(l3_off + IP_CSUM_OFF, diff)?;
     ctx.store(l3_off + IP_SADDR_OFF, &[new.saddr, new.daddr], 0)?;
     Ok(diff)
 }
@@ -63,9 +60,9 @@ fn rewrite_addrs(ctx: &TcContext, l3_off: usize, old: &Tuple, new: &Tuple) -> Re
 /// to the helper, which knows that state: one call for the pseudo-header's
 /// part, one for the ports'. So a translated packet costs three helper calls.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, flow: &Flow, new: &Tuple) -> Result<(), RewriteFailed> {
+pub fn rewrite<C: Pkt>(ctx: &C, flow: &Flow, new: &Tuple) -> Result<(), RewriteFailed> {
     let old = &flow.tuple();
-    let mangled = if flow.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let udp = flow.proto == proto::UDP;
     let csum_off = l4_csum_off(flow.proto, flow.l4_off);
     let addrs_change = old.saddr != new.saddr || old.daddr != new.daddr;
     let ports_change = old.sport != new.sport || old.dport != new.dport;
@@ -87,10 +84,10 @@ pub fn rewrite(ctx: &TcContext, flow: &Flow, new: &Tuple) -> Result<(), RewriteF
     }
     if addrs_change {
         // The pseudo-header's part of the L4 checksum.
-        ctx.l4_csum_replace(csum_off, 0, u64::from(addrs.0), u64::from(BPF_F_PSEUDO_HDR) | mangled)?;
+        ctx.l4_csum_update(csum_off, addrs, true, udp)?;
     }
     if ports_change {
-        ctx.l4_csum_replace(csum_off, 0, u64::from(port_diff(old, new).0), mangled)?;
+        ctx.l4_csum_update(csum_off, port_diff(old, new), false, udp)?;
     }
     Ok(())
 }
@@ -98,7 +95,7 @@ pub fn rewrite(ctx: &TcContext, flow: &Flow, new: &Tuple) -> Result<(), RewriteF
 /// Rewrites the addresses of a later fragment (no L4 header; the L4
 /// checksum, in the first fragment, was updated with it).
 #[inline(always)]
-pub fn rewrite_fragment(ctx: &TcContext, l3_off: usize, old: &Tuple, new: &Tuple) -> Result<(), RewriteFailed> {
+pub fn rewrite_fragment<C: Pkt>(ctx: &C, l3_off: usize, old: &Tuple, new: &Tuple) -> Result<(), RewriteFailed> {
     rewrite_addrs(ctx, l3_off, old, new).map(|_| ())
 }
 
@@ -107,7 +104,7 @@ pub fn rewrite_fragment(ctx: &TcContext, l3_off: usize, old: &Tuple, new: &Tuple
 /// checksum), then the outer addresses to `outer`, with the ICMP checksum
 /// over all of it.
 #[inline(always)]
-pub fn rewrite_icmp(ctx: &TcContext, err: &IcmpError, quoted: &Tuple, outer: (u32, u32)) -> Result<(), RewriteFailed> {
+pub fn rewrite_icmp<C: Pkt>(ctx: &C, err: &IcmpError, quoted: &Tuple, outer: (u32, u32)) -> Result<(), RewriteFailed> {
     let q = &err.quoted;
     let old = &q.tuple;
     // Every word of the ICMP message that changes, for its checksum.
@@ -148,23 +145,11 @@ pub fn rewrite_icmp(ctx: &TcContext, err: &IcmpError, quoted: &Tuple, outer: (u3
 /// interface the pod sent it to. For hairpinned flows, whose backend is
 /// the client: no route and no `rp_filter` setting is involved.
 #[inline(always)]
-pub fn bounce(ctx: &TcContext) -> Result<i32, RewriteFailed> {
+pub fn bounce<C: Pkt>(ctx: &C) -> Result<i32, RewriteFailed> {
     let macs: [u8; 12] = ctx.load(0)?;
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&macs[6..]);
     swapped[6..].copy_from_slice(&macs[..6]);
     ctx.store(0, &swapped, 0)?;
-    Ok(redirect_back(ctx))
-}
-
-/// Redirects the packet to the egress of the interface it arrived on.
-#[inline(always)]
-pub fn redirect_back(ctx: &TcContext) -> i32 {
-    // SAFETY: the context pointer is the program's own `__sk_buff`.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the helper has no preconditions.
-    let verdict = unsafe { bpf_redirect(ifindex, 0) };
-    #[expect(clippy::cast_possible_truncation, reason = "the helper returns a tc verdict")]
-    let verdict = verdict as i32;
-    verdict
+    Ok(ctx.send_back())
 }

@@ -9,7 +9,7 @@
 //! starts) are confined to [`l3`]; ICMP errors reuse the same L3 and L4 steps
 //! on the quoted header, so a second address family adds an `l3` and an ICMP
 //! type table, not a second parser.
-use aya_ebpf::programs::TcContext;
+use crate::pkt::Pkt;
 use mcs_common::{icmp, proto};
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -206,38 +206,20 @@ pub enum Untranslatable {
     OtherProtocol,
 }
 
-/// A pointer to a `T` at `off` in the packet, when all of it is there.
+/// Copies the `T` at `off` out of the packet ([`Pkt::read`]).
 ///
 /// Headers of a paged skb may lie beyond the linear area: only then, and only
-/// when the packet is long enough, are they pulled in (which costs a copy).
-/// The bounds check is made on the returned pointer itself, so the verifier
-/// ties every read through it to the check. The pointer is valid until the
-/// next call that may pull data: copy the header out before that.
+/// when the packet is long enough, are they pulled in (which costs a copy),
+/// and that invalidates every earlier packet pointer: each header is copied
+/// out before the next read.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let len = off + size_of::<T>();
-    if ctx.data() + len > ctx.data_end() {
-        #[expect(clippy::cast_possible_truncation, reason = "off is a header offset, below 200")]
-        let want = len as u32;
-        if ctx.len() < want || ctx.pull_data(want).is_err() {
-            return None;
-        }
-    }
-    let ptr = ctx.data() + off;
-    if ptr + size_of::<T>() > ctx.data_end() { None } else { Some(ptr as *const T) }
-}
-
-/// Copies the `T` at `off` out of the packet.
-#[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked that the whole `T` is in the packet; the
-    // header types are `repr(C, packed)` byte arrays, read unaligned.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+fn read<T: Copy, C: Pkt>(ctx: &C, off: usize) -> Option<T> {
+    ctx.read::<T>(off)
 }
 
 /// The L3 facts the rest of the parser needs.
 mod l3 {
-    use super::{ETH_LEN, IP_MF, IP_OFFSET, Ipv4Hdr, TcContext, read};
+    use super::{ETH_LEN, IP_MF, IP_OFFSET, Ipv4Hdr, Pkt, read};
 
     /// An IPv4 header, reduced.
     #[derive(Clone, Copy)]
@@ -274,8 +256,8 @@ mod l3 {
 
     /// Reads the IPv4 header at `off`.
     #[inline(always)]
-    pub fn read_header(ctx: &TcContext, off: usize) -> Read {
-        let Some(ip) = read::<Ipv4Hdr>(ctx, off) else { return Read::NotIpv4 };
+    pub fn read_header<C: Pkt>(ctx: &C, off: usize) -> Read {
+        let Some(ip) = read::<Ipv4Hdr, _>(ctx, off) else { return Read::NotIpv4 };
         if ip.vihl >> 4 != 4 {
             return Read::NotIpv4;
         }
@@ -303,12 +285,10 @@ mod l3 {
     /// `None` when it does not: the packet is malformed. A total length of 0
     /// is a GSO packet above 64 KiB (BIG TCP): it ends with the skb.
     #[inline(always)]
-    pub fn packet_end(ctx: &TcContext, ip: &Header) -> Option<usize> {
+    pub fn packet_end<C: Pkt>(ctx: &C, ip: &Header) -> Option<usize> {
         let skb_len = ctx.len() as usize;
         if ip.tot_len == 0 {
-            // SAFETY: the program's own `__sk_buff`, valid while it runs.
-            let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-            return (gso_size != 0).then_some(skb_len);
+            return (ctx.gso_size() != 0).then_some(skb_len);
         }
         let end = OUTER + ip.tot_len;
         (ip.l4_off <= end && end <= skb_len).then_some(end)
@@ -323,9 +303,9 @@ mod l3 {
 /// within the packet (`end`), a UDP length must hold its header and (but in
 /// a first fragment, whose UDP length is the datagram's) fit the packet.
 #[inline(always)]
-fn ports(ctx: &TcContext, protocol: u8, l4_off: usize, end: usize, fragmented: bool) -> Option<(u16, u16, u8)> {
+fn ports<C: Pkt>(ctx: &C, protocol: u8, l4_off: usize, end: usize, fragmented: bool) -> Option<(u16, u16, u8)> {
     if protocol == proto::TCP {
-        let tcp = read::<TcpHdr>(ctx, l4_off)?;
+        let tcp = read::<TcpHdr, _>(ctx, l4_off)?;
         if tcp.doff() < 5 || l4_off + usize::from(tcp.doff()) * 4 > end {
             return None;
         }
@@ -337,7 +317,7 @@ fn ports(ctx: &TcContext, protocol: u8, l4_off: usize, end: usize, fragmented: b
         }
         Some((u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest), flags))
     } else {
-        let udp = read::<UdpHdr>(ctx, l4_off)?;
+        let udp = read::<UdpHdr, _>(ctx, l4_off)?;
         let udp_len = usize::from(u16::from_be_bytes(udp.len));
         if l4_off + UdpHdr::LEN > end || udp_len < UdpHdr::LEN || (!fragmented && l4_off + udp_len > end) {
             return None;
@@ -349,7 +329,7 @@ fn ports(ctx: &TcContext, protocol: u8, l4_off: usize, end: usize, fragmented: b
 /// The header an ICMP error at `icmp_off` quotes, when the quote (within
 /// the packet, which ends at `end`) holds it and 8 bytes of L4 (RFC 792).
 #[inline(always)]
-fn quoted(ctx: &TcContext, icmp_off: usize, end: usize) -> Option<Quoted> {
+fn quoted<C: Pkt>(ctx: &C, icmp_off: usize, end: usize) -> Option<Quoted> {
     let l3::Read::Ok(inner) = l3::read_header(ctx, icmp_off + ICMP_HDR_LEN) else { return None };
     // A quoted later fragment carries no ports.
     if inner.later_fragment || !matches!(inner.proto, proto::TCP | proto::UDP) {
@@ -360,7 +340,7 @@ fn quoted(ctx: &TcContext, icmp_off: usize, end: usize) -> Option<Quoted> {
     if inner.l4_off + 8 > end {
         return None;
     }
-    let (sport, dport) = read::<[u16; 2]>(ctx, inner.l4_off).map(|p| (p[0], p[1]))?;
+    let (sport, dport) = read::<[u16; 2], _>(ctx, inner.l4_off).map(|p| (p[0], p[1]))?;
     let csum_end = l4_csum_off(inner.proto, inner.l4_off) + 2;
     Some(Quoted {
         l3_off: icmp_off + ICMP_HDR_LEN,
@@ -373,10 +353,10 @@ fn quoted(ctx: &TcContext, icmp_off: usize, end: usize) -> Option<Quoted> {
 
 /// Parses the packet in `ctx`.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Packet {
-    // Each header is copied out before the next `ptr_at`, which may pull data
+pub fn parse<C: Pkt>(ctx: &C) -> Packet {
+    // Each header is copied out before the next read, which may pull data
     // and so invalidate every earlier packet pointer.
-    let Some(eth) = read::<EthHdr>(ctx, 0) else { return Packet::Other };
+    let Some(eth) = read::<EthHdr, _>(ctx, 0) else { return Packet::Other };
     if eth.ether_type != EtherType::Ipv4 as u16 {
         return Packet::Other;
     }
@@ -413,7 +393,8 @@ pub fn parse(ctx: &TcContext) -> Packet {
         proto::ICMP if !ip.fragmented => {
             // The whole 8-byte header: a one-byte read at a variable offset
             // compiles to a bounds check the verifier cannot use.
-            let Some(header) = read::<[u8; ICMP_HDR_LEN]>(ctx, ip.l4_off).filter(|_| ip.l4_off + ICMP_HDR_LEN <= end)
+            let Some(header) =
+                read::<[u8; ICMP_HDR_LEN], _>(ctx, ip.l4_off).filter(|_| ip.l4_off + ICMP_HDR_LEN <= end)
             else {
                 return untranslatable(Untranslatable::Malformed);
             };

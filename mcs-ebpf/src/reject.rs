@@ -8,21 +8,15 @@
 //!   quoting the original IPv4 header and the first 8 bytes of its payload.
 //!
 //! The packet is rewritten in place (MAC addresses swapped, headers rebuilt,
-//! checksums computed from scratch) and redirected out of the interface it
-//! came in on, that is back to the pod.
-use aya_ebpf::{
-    bindings::{
-        BPF_F_RECOMPUTE_CSUM,
-        bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
-    },
-    helpers::bpf_skb_change_tail,
-    programs::TcContext,
-};
+//! checksums computed from scratch) and sent back out of the interface it
+//! came in on: back to the pod (tc, `bpf_redirect`), or to the external
+//! client's next hop (the XDP gateway, `XDP_TX`).
+use aya_ebpf::bindings::BPF_F_RECOMPUTE_CSUM;
 use mcs_common::proto;
 
 use crate::{
-    nat,
     parse::{ETH_LEN, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    pkt::Pkt,
 };
 
 const IP_LEN: usize = 20;
@@ -83,7 +77,7 @@ fn answer_headers(out: &mut [u8], macs: &[u8; 12], flow: &Flow, protocol: u8, to
 /// length of the TCP segment of `flow`, read from the packet (only this cold
 /// path needs them, so parsing leaves them).
 #[inline(always)]
-fn tcp_segment(ctx: &TcContext, flow: &Flow) -> Option<(u32, u32, u32)> {
+fn tcp_segment<C: Pkt>(ctx: &C, flow: &Flow) -> Option<(u32, u32, u32)> {
     let total_len: [u8; 2] = ctx.load(ETH_LEN + IP_TOT_LEN_OFF).ok()?;
     // Bytes 4..13 of the TCP header: sequence number, acknowledgement
     // number, data offset.
@@ -97,7 +91,7 @@ fn tcp_segment(ctx: &TcContext, flow: &Flow) -> Option<(u32, u32, u32)> {
 
 /// The Ethernet header with source and destination swapped.
 #[inline(always)]
-fn swapped_eth(ctx: &TcContext) -> Option<[u8; 12]> {
+fn swapped_eth<C: Pkt>(ctx: &C) -> Option<[u8; 12]> {
     let macs: [u8; 12] = ctx.load(0).ok()?;
     let mut out = [0u8; 12];
     out[..6].copy_from_slice(&macs[6..12]);
@@ -107,31 +101,25 @@ fn swapped_eth(ctx: &TcContext) -> Option<[u8; 12]> {
 
 /// Makes the IPv4 header of the packet 20 bytes long, dropping options.
 #[inline(always)]
-fn strip_ip_options(ctx: &TcContext, flow: &Flow) -> Result<(), ()> {
+fn strip_ip_options<C: Pkt>(ctx: &C, flow: &Flow) -> Result<(), ()> {
     let ip_len = flow.l4_off - ETH_LEN;
     if ip_len > IP_LEN {
-        #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "at most 40 bytes of options")]
-        let diff = -((ip_len - IP_LEN) as i32);
-        ctx.adjust_room(diff, BPF_ADJ_ROOM_NET, 0).map_err(|_| ())?;
+        ctx.strip_ip_options(ip_len - IP_LEN).map_err(|_| ())?;
     }
     Ok(())
 }
 
 /// Resizes the packet to `len` bytes.
 #[inline(always)]
-fn set_len(ctx: &TcContext, len: usize) -> Result<(), ()> {
-    #[expect(clippy::cast_possible_truncation, reason = "a few dozen bytes")]
-    let len = len as u32;
-    // SAFETY: the context pointer is the program's own `__sk_buff`.
-    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, len, 0) };
-    if rc == 0 { Ok(()) } else { Err(()) }
+fn set_len<C: Pkt>(ctx: &C, len: usize) -> Result<(), ()> {
+    ctx.resize(len).map_err(|_| ())
 }
 
 /// Turns `flow` (client → ClusterSetIP, not yet translated) into a TCP RST
 /// from the ClusterSetIP and redirects it back. `Err` when the packet could
 /// not be rewritten; then it must be dropped.
 #[inline(always)]
-pub fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
+pub fn tcp_rst<C: Pkt>(ctx: &C, flow: &Flow) -> Result<i32, ()> {
     let eth = swapped_eth(ctx).ok_or(())?;
     let (seg_seq, seg_ack, payload_len) = tcp_segment(ctx, flow).ok_or(())?;
     let (seq, ack, flags) = if flow.has(TCP_ACK) {
@@ -169,14 +157,14 @@ pub fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     strip_ip_options(ctx, flow)?;
     set_len(ctx, out.len())?;
     ctx.store(0, &out, u64::from(BPF_F_RECOMPUTE_CSUM)).map_err(|_| ())?;
-    Ok(nat::redirect_back(ctx))
+    Ok(ctx.send_back())
 }
 
 /// Turns `flow` (a UDP datagram to a ClusterSetIP, not yet translated) into
 /// an ICMP port unreachable from the ClusterSetIP and redirects it back.
 /// `Err` when the packet could not be rewritten; then it must be dropped.
 #[inline(always)]
-pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
+pub fn icmp_port_unreachable<C: Pkt>(ctx: &C, flow: &Flow) -> Result<i32, ()> {
     let eth = swapped_eth(ctx).ok_or(())?;
     let ip_len = flow.l4_off - ETH_LEN;
     // The ICMP checksum covers the quoted datagram: sum it before the
@@ -201,9 +189,7 @@ pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
 
     // Make room for the new IPv4 and ICMP headers in front of the original
     // IPv4 header, and cut what follows the quoted 8 bytes.
-    #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "28 bytes")]
-    let grow = (IP_LEN + ICMP_LEN) as i32;
-    ctx.adjust_room(grow, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    ctx.insert_front(IP_LEN + ICMP_LEN).map_err(|_| ())?;
     set_len(ctx, ETH_LEN + IP_LEN + ICMP_LEN + ip_len + QUOTED_L4)?;
 
     let mut out = [0u8; ETH_LEN + IP_LEN + ICMP_LEN];
@@ -213,5 +199,5 @@ pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     icmp[1] = 3;
     icmp[2..4].copy_from_slice(&icmp_csum.to_be_bytes());
     ctx.store(0, &out, u64::from(BPF_F_RECOMPUTE_CSUM)).map_err(|_| ())?;
-    Ok(nat::redirect_back(ctx))
+    Ok(ctx.send_back())
 }

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use mcs_agent::{
     dataplane::{AyaDataplane, Dataplane as _},
@@ -39,6 +39,15 @@ pub const DROP: u32 = 2;
 /// `TC_ACT_REDIRECT`: sent back out to the pod (a fail-fast answer or a
 /// hairpinned packet).
 pub const REDIRECT: u32 = 7;
+
+/// `XDP_DROP`, as the XDP gateway returns it.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`: to the stack, untouched (or translated, for the stack to forward).
+pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`: back out of the interface it came in on.
+pub const XDP_TX: u32 = 3;
+/// `XDP_REDIRECT`: out of another interface (`test_run` does not follow it).
+pub const XDP_REDIRECT: u32 = 4;
 
 /// Table size of the tests: small keeps setup quick; the algorithm is the same.
 pub const TABLE_SIZE: u32 = 1021;
@@ -297,6 +306,49 @@ impl Datapath {
         })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
+    }
+
+    /// Loads the XDP program `program` (the agent loads the gateway only
+    /// for `--xdp-interfaces`).
+    ///
+    /// # Panics
+    /// When the verifier refuses it.
+    pub fn load_xdp(&mut self, program: &str) {
+        let prog: &mut Xdp = self.ebpf.program_mut(program).expect("program").try_into().expect("an XDP program");
+        if prog.fd().is_err() {
+            prog.load().unwrap_or_else(|e| panic!("load {program}: {e}"));
+        }
+    }
+
+    /// Runs the XDP program `program` on `frame` as if it arrived on the
+    /// interface `ingress_ifindex` of the calling thread's network namespace
+    /// (0: its loopback): the verdict and the frame that came out.
+    ///
+    /// # Panics
+    /// When `test_run` fails or the program is missing.
+    #[must_use]
+    pub fn run_xdp(&self, program: &str, frame: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+        let prog: &Xdp = self.ebpf.program(program).expect("program").try_into().expect("an XDP program");
+        assert!(prog.fd().is_ok(), "{program} is not loaded (load it with `load_xdp`)");
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex (u32 each).
+        let frame_len = u32::try_from(frame.len()).expect("a frame");
+        let mut md = Vec::with_capacity(24);
+        for word in [0, frame_len, 0, ingress_ifindex, 0, 0] {
+            md.extend_from_slice(&word.to_ne_bytes());
+        }
+        // Room for an answer that grows the frame (an ICMP error quoting it).
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run of {program} on a {}-byte frame: {e}", frame.len()));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
     }
 
     fn ct_map(&mut self, protocol: u8) -> HashMap<&mut MapData, CtKey, CtValue> {
