@@ -34,8 +34,8 @@ use aya::{
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, CONFIG_GLOBAL, ClusterName, CtKey, CtValue, DEFAULT_HAIRPIN_ADDR,
-    DatapathConfig, FragKey, FragValue, LAYOUT_VERSION, NS_PER_SEC, SOCKET_F_HOST_ONLY, ServiceKey, ServiceStats,
-    ServiceValue, SockRevKey, SockRevValue, ipv4_to_nbo, limits, map_names, program_names,
+    DatapathConfig, FragKey, FragValue, GUARD_F_SOURCE_FIB, LAYOUT_VERSION, NS_PER_SEC, SOCKET_F_HOST_ONLY, ServiceKey,
+    ServiceStats, ServiceValue, SockRevKey, SockRevValue, ipv4_to_nbo, limits, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
@@ -138,6 +138,17 @@ pub struct DatapathSettings {
     /// The socket programs translate only the node's own network namespace
     /// (`--socket-lb-host-only`).
     pub socket_lb_host_only: bool,
+    /// New flows are accepted only from sources routed back out of their
+    /// interface (`--source-validation=fib`).
+    pub validate_sources: bool,
+    /// Fail-fast answers per second and interface; 0: no limit.
+    pub reject_rate: u32,
+    /// Fail-fast answers at once per interface.
+    pub reject_burst: u32,
+    /// Mid-stream pickups per second and interface; 0: no limit.
+    pub pickup_rate: u32,
+    /// Mid-stream pickups at once per interface.
+    pub pickup_burst: u32,
 }
 
 /// A range of ports, both ends included.
@@ -175,6 +186,11 @@ impl Default for DatapathSettings {
             service_ports_max: limits::SERVICE_PORTS_MAX,
             hairpin_ip: DEFAULT_HAIRPIN_ADDR,
             socket_lb_host_only: false,
+            validate_sources: true,
+            reject_rate: limits::REJECT_RATE,
+            reject_burst: limits::REJECT_BURST,
+            pickup_rate: limits::PICKUP_RATE,
+            pickup_burst: limits::PICKUP_BURST,
         }
     }
 }
@@ -204,6 +220,12 @@ impl DatapathSettings {
                 socket_flags: if self.socket_lb_host_only { SOCKET_F_HOST_ONLY } else { 0 },
                 // Filled in by `load_object`, from the loading process's namespace.
                 host_netns_cookie: 0,
+                guard_flags: if self.validate_sources { GUARD_F_SOURCE_FIB } else { 0 },
+                reject_rate: self.reject_rate,
+                reject_burst: self.reject_burst,
+                pickup_rate: self.pickup_rate,
+                pickup_burst: self.pickup_burst,
+                pad: 0,
             },
         }
     }

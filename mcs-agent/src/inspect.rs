@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use mcs_common::{
     BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CT_DIR_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, SOCKET_F_HOST_ONLY,
-    ServiceKey, ServiceStats, ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
+    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, GUARD_F_SOURCE_FIB, NS_PER_SEC, SERVICE_F_FALLBACK,
+    SOCKET_F_HOST_ONLY, ServiceKey, ServiceStats, ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -182,6 +182,16 @@ pub struct ConfigView {
     pub socket_lb_host_only: bool,
     /// The cookie of the namespace the agent loaded the programs in (the node's).
     pub host_netns_cookie: u64,
+    /// How new flows' sources are checked: `fib` or `off`.
+    pub source_validation: &'static str,
+    /// Fail-fast answers per second and interface; 0: no limit.
+    pub reject_rate: u32,
+    /// Fail-fast answers at once per interface.
+    pub reject_burst: u32,
+    /// Mid-stream pickups per second and interface; 0: no limit.
+    pub pickup_rate: u32,
+    /// Mid-stream pickups at once per interface.
+    pub pickup_burst: u32,
 }
 
 /// One service port and its backends.
@@ -295,6 +305,11 @@ impl Inspection {
             affinity_max: c.affinity_max,
             socket_lb_host_only: c.socket_flags & SOCKET_F_HOST_ONLY != 0,
             host_netns_cookie: c.host_netns_cookie,
+            source_validation: if c.guard_flags & GUARD_F_SOURCE_FIB != 0 { "fib" } else { "off" },
+            reject_rate: c.reject_rate,
+            reject_burst: c.reject_burst,
+            pickup_rate: c.pickup_rate,
+            pickup_burst: c.pickup_burst,
         });
         let services =
             s.services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(k, v)| service_view(s, *k, v)).collect();

@@ -52,11 +52,14 @@ pub mod map_names {
     /// ClusterSetIP:port a socket-translated socket asked for, by socket and
     /// backend, for `recvmsg` and `getpeername`.
     pub const SOCK_REV: &str = "MCS_SOCK_REV";
+    /// [`crate::RateKey`] → [`crate::RateValue`], LRU: the token buckets of
+    /// fail-fast answers and mid-stream pickups, per interface.
+    pub const RATE: &str = "MCS_RATE";
     /// One [`crate::DatapathConfig`] at index 0: the settings the running
     /// programs were loaded with, recorded for `mcs-agent inspect`.
     pub const CONFIG: &str = "MCS_CONFIG";
     /// Every map, in the order the agent reports them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         BACKENDS,
         CONNTRACK_TCP,
@@ -69,6 +72,7 @@ pub mod map_names {
         CLUSTERS,
         SERVICE_STATS,
         SOCK_REV,
+        RATE,
         CONFIG,
     ];
     /// Pins that older layouts made and this one no longer has: `MCS_CT`
@@ -154,6 +158,18 @@ pub mod limits {
     pub const NAT_PORT_MIN: u16 = 1024;
     /// Default last source port translated flows are given.
     pub const NAT_PORT_MAX: u16 = 32_767;
+    /// Default fail-fast answers per second per interface (as Linux's
+    /// `icmp_msgs_per_sec`).
+    pub const REJECT_RATE: u32 = 1000;
+    /// Default fail-fast answers at once per interface (as Linux's
+    /// `icmp_msgs_burst`).
+    pub const REJECT_BURST: u32 = 50;
+    /// Default mid-stream pickups per second per interface.
+    pub const PICKUP_RATE: u32 = 100;
+    /// Default mid-stream pickups at once per interface.
+    pub const PICKUP_BURST: u32 = 200;
+    /// Entries of `MCS_RATE`: two buckets per pod interface.
+    pub const RATE_BUCKETS_MAX: u32 = 16_384;
     /// Source ports a new flow tries before it is refused
     /// ([`crate::DropReason::NatPortsExhausted`]).
     pub const NAT_PORT_PROBES: u32 = 16;
@@ -204,8 +220,10 @@ pub mod icmp {
 /// The version of the map layouts: recorded in `MCS_CONFIG`, so an agent can
 /// tell pins of another layout from its own. Layout 1 (one conntrack map,
 /// destination-only NAT) had no record; layout 2 had an address-only
-/// [`AffinityKey`] and no socket counters or `MCS_SOCK_REV`.
-pub const LAYOUT_VERSION: u32 = 3;
+/// [`AffinityKey`] and no socket counters or `MCS_SOCK_REV`; layout 3 had
+/// no client interface in [`CtValue`], no guard settings in
+/// [`DatapathConfig`] and no `MCS_RATE`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Converts an IPv4 address into the NBO `u32` the maps store.
 #[must_use]
@@ -481,14 +499,33 @@ pub struct CtValue {
     pub own_flags: u8,
     /// The other entry's `own_flags`, as this entry last read them.
     pub peer_flags: u8,
-    /// Zero.
-    pub pad: [u8; 2],
+    /// The interface the client's packets of this flow arrive on (its
+    /// `ifindex` at tc ingress) as [`ifindex_tag`] makes it, the same in
+    /// both entries; 0: any. A forward packet from an interface with another
+    /// tag does not belong to the flow (source validation). A tag, not the
+    /// whole index: a larger entry took the verifier past its limit; two
+    /// live interfaces whose indexes differ by a multiple of 65,535 are told
+    /// apart only by the exact tuple the packet must carry. host.
+    pub client_ifindex: u16,
     /// When the flow was created, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC`,
     /// coarse). host.
     pub created_ns: u64,
     /// When a packet of the flow (either direction) last used the entry,
     /// within [`CT_REFRESH_NS`]. host.
     pub last_seen_ns: u64,
+}
+
+/// What [`CtValue::client_ifindex`] keeps of an interface index: a 16-bit
+/// tag, `1 + ifindex mod 65,535`, never 0 (which means any interface).
+/// Without a branch: a branch here would double the paths the verifier
+/// walks through the translated-port probes.
+#[must_use]
+#[expect(clippy::inline_always, reason = "called per packet by the eBPF programs")]
+#[inline(always)]
+pub const fn ifindex_tag(ifindex: u32) -> u16 {
+    #[expect(clippy::cast_possible_truncation, reason = "at most 65,535")]
+    let tag = (ifindex % 0xffff + 1) as u16;
+    tag
 }
 
 impl CtValue {
@@ -592,6 +629,70 @@ pub struct SockRevValue {
     pub pad: u16,
 }
 
+/// Which of an interface's token buckets a [`RateKey`] names.
+pub mod rate_kind {
+    /// Fail-fast answers (`--reject-rate`).
+    pub const REJECT: u32 = 0;
+    /// Mid-stream pickups of untracked TCP flows (`--pickup-rate`).
+    pub const PICKUP: u32 = 1;
+}
+
+/// Key of `MCS_RATE`: one token bucket of one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RateKey {
+    /// The interface (`ifindex` at tc ingress). host.
+    pub ifindex: u32,
+    /// A [`rate_kind`]. host.
+    pub kind: u32,
+}
+
+/// Value of `MCS_RATE`: a token bucket kept as time. Each event costs
+/// `NS_PER_SEC / rate` ns of credit; credit grows with the time since
+/// `last_ns`, up to `burst` events' worth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RateValue {
+    /// Credit left, in ns. host.
+    pub credit_ns: u64,
+    /// When the credit was last brought up to date, `bpf_ktime_get_coarse_ns`. host.
+    pub last_ns: u64,
+}
+
+impl RateValue {
+    /// Spends one event of a bucket of `rate` events per second and `burst`
+    /// at once at `now`: whether there was credit for it. The one place the
+    /// bucket arithmetic lives, for the programs and the unit tests alike.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per refused packet by the eBPF programs")]
+    #[inline(always)]
+    pub fn spend(&mut self, now: u64, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let cost = NS_PER_SEC / u64::from(rate);
+        let cap = cost * u64::from(burst.max(1));
+        let credit = self.credit_ns.saturating_add(now.saturating_sub(self.last_ns)).min(cap);
+        self.last_ns = now;
+        if credit >= cost {
+            self.credit_ns = credit - cost;
+            true
+        } else {
+            self.credit_ns = credit;
+            false
+        }
+    }
+
+    /// A full bucket of `rate` and `burst` at `now` after spending one event.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called by the eBPF programs")]
+    #[inline(always)]
+    pub fn first(now: u64, rate: u32, burst: u32) -> Self {
+        let cost = if rate == 0 { 0 } else { NS_PER_SEC / u64::from(rate) };
+        Self { credit_ns: cost * u64::from(burst.max(1).saturating_sub(1)), last_ns: now }
+    }
+}
+
 /// Value of `MCS_AFFINITY`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -688,7 +789,26 @@ pub struct DatapathConfig {
     /// The cookie of the node's own network namespace (the agent's), for
     /// [`SOCKET_F_HOST_ONLY`]. host.
     pub host_netns_cookie: u64,
+    /// `GUARD_F_*`: the checks on what pods send. host.
+    pub guard_flags: u32,
+    /// Fail-fast answers (TCP RST, ICMP port unreachable) an interface may
+    /// get per second; 0: no limit. host.
+    pub reject_rate: u32,
+    /// Fail-fast answers an interface may get at once, after a quiet spell. host.
+    pub reject_burst: u32,
+    /// TCP packets other than SYNs an interface may send per second that
+    /// pick up an untracked flow mid-stream; 0: no limit. host.
+    pub pickup_rate: u32,
+    /// Such pickups an interface may make at once. host.
+    pub pickup_burst: u32,
+    /// Zero.
+    pub pad: u32,
 }
+
+/// `DatapathConfig::guard_flags`: a new flow to a ClusterSetIP is accepted
+/// only from a source address the node routes back out of the interface the
+/// packet came in on (a FIB lookup, like strict reverse-path filtering).
+pub const GUARD_F_SOURCE_FIB: u32 = 1;
 
 /// `DatapathConfig::socket_flags`: the socket programs translate only the
 /// sockets of the node's own network namespace (`--socket-lb-host-only`),
@@ -719,6 +839,12 @@ impl DatapathConfig {
         layout_version: LAYOUT_VERSION,
         socket_flags: 0,
         host_netns_cookie: 0,
+        guard_flags: GUARD_F_SOURCE_FIB,
+        reject_rate: limits::REJECT_RATE,
+        reject_burst: limits::REJECT_BURST,
+        pickup_rate: limits::PICKUP_RATE,
+        pickup_burst: limits::PICKUP_BURST,
+        pad: 0,
     };
 
     /// The idle timeout of a flow in `state` (`CT_STATE_*`), in ns. The one
@@ -807,11 +933,25 @@ pub enum DropReason {
     NatPortsExhausted = 10,
     /// An ICMP error for a ClusterSetIP that quotes no tracked flow.
     IcmpNoFlow = 11,
+    /// A packet to a ClusterSetIP whose source address the node does not
+    /// route back out of the interface it came in on (`--source-validation`),
+    /// or a packet of a tracked flow that came in on another interface than
+    /// the flow's client: a pod sending with another pod's address.
+    SourceInvalid = 12,
+    /// A refused packet that got no answer: the fail-fast answers of its
+    /// interface were over their rate (`--reject-rate`, `--reject-burst`).
+    /// Counted under this reason only.
+    RejectLimited = 13,
+    /// A TCP packet other than a SYN that would have picked up an untracked
+    /// flow mid-stream, over its interface's rate of such pickups
+    /// (`--pickup-rate`, `--pickup-burst`). The client's retransmission
+    /// tries again.
+    PickupLimited = 14,
 }
 
 impl DropReason {
     /// Every reason, in number order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 14] = [
         Self::UnknownPort,
         Self::NoBackend,
         Self::Malformed,
@@ -823,6 +963,9 @@ impl DropReason {
         Self::RejectFailed,
         Self::NatPortsExhausted,
         Self::IcmpNoFlow,
+        Self::SourceInvalid,
+        Self::RejectLimited,
+        Self::PickupLimited,
     ];
 
     /// The stable name used in metrics and command output.
@@ -840,6 +983,9 @@ impl DropReason {
             Self::RejectFailed => "reject-failed",
             Self::NatPortsExhausted => "nat-ports-exhausted",
             Self::IcmpNoFlow => "icmp-no-flow",
+            Self::SourceInvalid => "source-invalid",
+            Self::RejectLimited => "reject-limited",
+            Self::PickupLimited => "pickup-limited",
         }
     }
 }
@@ -1065,6 +1211,10 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateValue {}
 }
 
 /// Compile-time layout checks: the sizes the eBPF side and BTF rely on.
@@ -1078,11 +1228,13 @@ const _: () = {
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ClusterName>() == limits::CLUSTER_NAME_MAX);
     assert!(size_of::<ServiceStats>() == 48);
-    assert!(size_of::<DatapathConfig>() == 72);
+    assert!(size_of::<DatapathConfig>() == 96);
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<FragValue>() == 4);
     assert!(size_of::<SockRevKey>() == 16);
     assert!(size_of::<SockRevValue>() == 8);
+    assert!(size_of::<RateKey>() == 8);
+    assert!(size_of::<RateValue>() == 16);
 };
 
 #[cfg(test)]
@@ -1147,6 +1299,25 @@ mod tests {
         let long = "x".repeat(limits::CLUSTER_NAME_MAX + 1);
         assert!(ClusterName::new(&long).is_none());
         assert!(ClusterName::new("a\0b").is_none());
+    }
+
+    #[test]
+    fn a_token_bucket_gives_its_burst_then_its_rate() {
+        let ms = 1_000_000;
+        // Ten a second, three at once: an event costs 100 ms of credit.
+        let mut b = RateValue::first(0, 10, 3);
+        let spent = [(); 4].map(|()| b.spend(0, 10, 3));
+        assert_eq!(spent, [true, true, false, false], "the first event plus two more of the burst");
+        assert!(!b.spend(99 * ms, 10, 3), "not yet a whole event earned");
+        assert!(b.spend(100 * ms, 10, 3), "one earned");
+        assert!(!b.spend(100 * ms, 10, 3));
+        // A long quiet spell earns the burst, not more.
+        let after = 3_600_000 * ms;
+        assert_eq!((0..5).filter(|_| b.spend(after, 10, 3)).count(), 3);
+        // A clock that goes back (another CPU's later stamp) earns nothing.
+        assert!(!b.spend(after - ms, 10, 3));
+        // Rate 0 is no limit.
+        assert!((0..100).all(|_| b.spend(after, 0, 1)));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue,
-    MAGLEV_TABLE_FLAGS, MaglevPair, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, limits,
-    maglev_elements,
+    MAGLEV_TABLE_FLAGS, MaglevPair, RateKey, RateValue, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
+    SockRevValue, limits, maglev_elements,
 };
 
 /// `BPF_F_NO_PREALLOC`: the service map is sized for the largest fleet but
@@ -63,6 +63,12 @@ pub static MCS_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { limits::AFFINI
 /// cookie and backend: `recvmsg` and `getpeername` show it.
 #[btf_map]
 pub static MCS_SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { limits::SOCK_REV_MAX as usize }> = LruHashMap::new();
+
+/// Token buckets of fail-fast answers and mid-stream pickups, per pod
+/// interface (module `guard`). LRU: an interface that is gone, or quiet,
+/// makes room; a bucket that comes back starts full.
+#[btf_map]
+pub static MCS_RATE: LruHashMap<RateKey, RateValue, { limits::RATE_BUCKETS_MAX as usize }> = LruHashMap::new();
 
 /// Cluster names by id; written by the agent, read by `inspect`.
 #[btf_map]

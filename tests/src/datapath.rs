@@ -40,6 +40,13 @@ pub const DROP: u32 = 2;
 /// hairpinned packet).
 pub const REDIRECT: u32 = 7;
 
+/// Size of `struct __sk_buff` as `test_run` takes it (up to `hwtstamp`).
+const SK_BUFF_LEN: usize = 192;
+/// Offset of `ingress_ifindex` in `struct __sk_buff`.
+const SK_BUFF_INGRESS_IFINDEX: usize = 36;
+/// Offset of `ifindex` in `struct __sk_buff`.
+const SK_BUFF_IFINDEX: usize = 40;
+
 /// Table size of the tests: small keeps setup quick; the algorithm is the same.
 pub const TABLE_SIZE: u32 = 1021;
 
@@ -183,12 +190,25 @@ impl Datapath {
         Self::load_with(DatapathConfig::DEFAULT)
     }
 
-    /// The object with `config` (and [`TABLE_SIZE`]).
+    /// The object with `config` (and [`TABLE_SIZE`]), source validation off:
+    /// `test_run` delivers packets on `lo` of the test's namespace, where no
+    /// pod address routes. [`Datapath::load_guarded`] keeps it on.
     ///
     /// # Panics
     /// When it cannot be loaded.
     #[must_use]
     pub fn load_with(config: DatapathConfig) -> Self {
+        Self::load_guarded(DatapathConfig { guard_flags: 0, ..config })
+    }
+
+    /// The object with `config` as it is (and [`TABLE_SIZE`]): with its
+    /// `guard_flags`, for tests that run packets in a namespace whose routes
+    /// make sources valid or not ([`Datapath::run_on`]).
+    ///
+    /// # Panics
+    /// When it cannot be loaded.
+    #[must_use]
+    pub fn load_guarded(config: DatapathConfig) -> Self {
         Self::load_options(&LoadOptions {
             config: DatapathConfig { maglev_table_size: TABLE_SIZE, ..config },
             ..LoadOptions::default()
@@ -288,11 +308,37 @@ impl Datapath {
     /// # Panics
     /// When the program is missing.
     pub fn try_run(&self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        self.try_run_ctx(program, frame, None)
+    }
+
+    /// As [`Datapath::run`], with the packet arriving on interface `ifindex`
+    /// of the calling thread's network namespace (`__sk_buff.ifindex`, as
+    /// tc ingress sees it); enter the namespace first ([`crate::netns::NetNs::enter`]).
+    ///
+    /// # Panics
+    /// When `test_run` fails.
+    #[must_use]
+    pub fn run_on(&self, program: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut ctx = [0u8; SK_BUFF_LEN];
+        ctx[SK_BUFF_INGRESS_IFINDEX..SK_BUFF_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        self.try_run_ctx(program, frame, Some(&ctx)).unwrap_or_else(|e| {
+            panic!("test_run of {program} on a {}-byte frame arriving on ifindex {ifindex}: {e}", frame.len())
+        })
+    }
+
+    fn try_run_ctx(
+        &self,
+        program: &str,
+        frame: &[u8],
+        ctx: Option<&[u8]>,
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
         let prog: &SchedClassifier = self.ebpf.program(program).expect("program").try_into().expect("tc program");
         let mut out = vec![0u8; frame.len() + 256];
         let result = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             ..TestRunOptions::default()
         })?;
         out.truncate(result.data_size_out as usize);

@@ -320,7 +320,9 @@ fn plant_ping_pong(ebpf: &mut Ebpf, ids: [(u32, u32); 2]) -> Result<()> {
             service_id,
             own_flags: 0,
             peer_flags: CT_F_SEEN_REPLY,
-            pad: [0; 2],
+            // `test_run` delivers on `lo`: the flow's client interface, so
+            // the established path's interface check passes as a pod's would.
+            client_ifindex: 1,
             created_ns: now,
             last_seen_ns: now,
         };
@@ -354,7 +356,9 @@ fn new_flow_frame(i: u32) -> Vec<u8> {
 pub fn run(s: Settings) -> Result<Report> {
     // Room for every single-shot flow (two entries each) without eviction.
     let ct = (s.single.saturating_mul(4)).max(mcs_common::limits::CONNTRACK_MAX);
-    let config = DatapathConfig { conntrack_max: ct, ..DatapathConfig::DEFAULT };
+    // Source validation off: `test_run` delivers on `lo` of this namespace,
+    // where no pod address routes (the netns tests cover the check).
+    let config = DatapathConfig { conntrack_max: ct, guard_flags: 0, ..DatapathConfig::DEFAULT };
     let mut ebpf = ebpf::load(&LoadOptions { config, ..LoadOptions::default() })?;
     let setup = program_services(&mut ebpf, s.fillers)?;
 
