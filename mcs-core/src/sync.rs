@@ -7,13 +7,27 @@
 //! 2. backends that are new or changed (usable ones, and draining ones
 //!    flagged `TERMINATING`, which keep their established flows);
 //! 3. per service port: its counters (when new), the address's wildcard, then
-//!    its Maglev table (built in full and swapped in with one update) and its
-//!    service entry, in the order that keeps every slot index the entry
-//!    allows inside the live table;
-//! 4. deletions in reverse: entries of removed ports, then their tables,
-//!    affinity entries and counters, wildcards of addresses with no port
-//!    left, tables nothing names, backends no port wants (after their
-//!    removal grace, see below), cluster names no backend uses.
+//!    its Maglev table's slots, then its service entry;
+//! 4. deletions in reverse: entries of removed ports, then their affinity
+//!    entries and counters (their tables' slots are left to wait, see
+//!    below), wildcards of addresses with no port left, backends no port
+//!    wants (after their removal grace, see below), cluster names no backend
+//!    uses.
+//!
+//! **Tables, in place.** Every table is a run of slots of one flat array
+//! (`MCS_MAGLEV`), named by its entry (`table_start`, `table_size`); the
+//! size comes from the usable backend count ([`maglev::table_size_for`]).
+//! A table of the size it had is rewritten where it is, one slot at a time,
+//! and only the slots that change: no new map, no RCU grace period. What a
+//! packet sees is then always consistent by this rule: *every slot names
+//! the old or the new backend of its slot, never a removed one*, because a
+//! new backend is written (step 2) before any slot names it, and a removed
+//! backend leaves the backends map (step 4) only after no slot names it. A
+//! table of another size goes to a free run, written in full while nothing
+//! names it; the entry then moves to it with one update, and the old run
+//! waits [`slots::REUSE_DELAY`] before another table may take it (a packet
+//! that read the old entry may still read it). A table no port needs any
+//! more waits the same way.
 //!
 //! **Removal grace.** A backend that leaves the desired state is, by then,
 //! in no table: it takes no new connection. Its element stays, flagged
@@ -34,8 +48,8 @@
 //! Ids: a service port keeps its id (the key of its table, counters and
 //! affinity) while it exists; a backend entry belongs to one service port;
 //! cluster ids are persisted in `MCS_CLUSTERS`. A restarted agent adopts all
-//! of them from the maps, reads the tables back, and rewrites only the tables
-//! whose content differs from what it would build.
+//! of them from the maps, finds the tables through the entries, and writes
+//! only the slots that differ from what it would build.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
@@ -51,6 +65,10 @@ use crate::{
     maglev,
     translate::{DesiredBackend, DesiredServicePort, DesiredState, EndpointState, ServicePortKey},
 };
+
+mod slots;
+pub use slots::REUSE_DELAY;
+use slots::SlotSpace;
 
 /// What one sync could not do. Each names the service port, backend or
 /// cluster, so that it can be logged as it is.
@@ -171,13 +189,17 @@ pub struct SyncOutcome {
     pub errors: Vec<SyncError>,
     /// Whether this sync started by re-reading the maps.
     pub full: bool,
-    /// Maglev tables built and published.
+    /// Maglev tables that had slots written (in place or in a new run).
     pub tables_written: usize,
+    /// Maglev slots written.
+    pub slots_written: usize,
 }
 
 /// What the syncer knows of a published Maglev table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TableState {
+    /// Its first slot in the flat array.
+    start: u32,
     /// Its slots.
     size: u32,
     /// A digest of its content ([`maglev::digest_table`]).
@@ -201,6 +223,8 @@ pub struct Syncer {
     cluster_ids: HashMap<String, u32>,
     /// Published tables by service id.
     tables: BTreeMap<u32, TableState>,
+    /// The free slots of the flat Maglev array.
+    slots: SlotSpace,
     next_backend_id: u32,
     /// Whether `next_backend_id` has wrapped around: ids above it may be in use.
     ids_wrapped: bool,
@@ -232,7 +256,8 @@ struct PortPlan<'a> {
     value: ServiceValue,
     /// The backend ids the port needs, usable and draining.
     backend_ids: Vec<u32>,
-    /// The table to publish, when it differs from the live one.
+    /// The table to write, when it may differ from the live one (its
+    /// state's start is the live table's, or 0 for a table still to place).
     table: Option<(Vec<u32>, TableState)>,
     /// Why the port cannot be written at all.
     error: Option<Rejection>,
@@ -303,6 +328,13 @@ impl Syncer {
         self.removed.len()
     }
 
+    /// Slots of the flat Maglev array free now, and slots that tables left
+    /// and that wait [`REUSE_DELAY`] before they are free.
+    #[must_use]
+    pub fn maglev_slots_free(&self) -> (u64, u64) {
+        self.slots.free_slots()
+    }
+
     /// Forces the next sync to re-read the maps.
     pub fn invalidate(&mut self) {
         self.stale = true;
@@ -317,15 +349,24 @@ impl Syncer {
         self.ids_wrapped = max_id == u32::MAX;
         self.clusters = dp.clusters()?.into_iter().collect();
         self.cluster_ids = self.clusters.iter().map(|(id, name)| (name.clone(), *id)).collect();
-        // A table that still holds what this syncer last published keeps
-        // what it was built from, so an unchanged port is not rebuilt.
+        // The tables are where the entries say. One that still holds what
+        // this syncer last wrote keeps what it was built from, so an
+        // unchanged port is not rebuilt.
         let known = std::mem::take(&mut self.tables);
-        for id in dp.table_ids()? {
-            if let Some((size, digest)) = dp.table_digest(id)? {
-                let inputs = known.get(&id).filter(|t| t.size == size && t.digest == digest).and_then(|t| t.inputs);
-                self.tables.insert(id, TableState { size, digest, inputs });
+        let capacity = dp.maglev_slots();
+        for value in self.services.values().filter(|v| v.table_size != 0 && v.service_id != 0) {
+            let (start, size) = (value.table_start, value.table_size);
+            if u64::from(start) + u64::from(size) > u64::from(capacity) {
+                continue; // Not a table this array can hold: rewritten elsewhere.
             }
+            let digest = dp.slots_digest(start, size)?;
+            let inputs = known
+                .get(&value.service_id)
+                .filter(|t| t.start == start && t.size == size && t.digest == digest)
+                .and_then(|t| t.inputs);
+            self.tables.insert(value.service_id, TableState { start, size, digest, inputs });
         }
+        self.slots.reset(capacity, self.tables.values().map(|t| (t.start, t.size)));
         self.stale = false;
         Ok(())
     }
@@ -388,6 +429,7 @@ impl Syncer {
         if self.stale {
             self.reload(dp).map_err(SyncError::Reload)?;
         }
+        self.slots.reclaim(now);
         let table_size = dp.maglev_table_size();
 
         // Plan: ids, backends and tables of every desired port.
@@ -476,7 +518,7 @@ impl Syncer {
                 continue;
             }
             let (key, port, service_id) = (plan.key, plan.port, plan.value.service_id);
-            if let Err(error) = self.write_port(dp, &plan, &mut outcome) {
+            if let Err(error) = self.write_port(dp, &plan, now, &mut outcome) {
                 outcome.errors.push(SyncError::Port { port: describe(key, port), error });
                 failed_services.insert(service_id);
             }
@@ -535,9 +577,11 @@ impl Syncer {
             value: ServiceValue {
                 service_id,
                 table_size: 0,
+                table_start: 0,
                 affinity_timeout: port.session_affinity_timeout.unwrap_or(0),
                 flags: 0,
                 pad: 0,
+                pad2: 0,
             },
             backend_ids: Vec::new(),
             table: None,
@@ -568,22 +612,31 @@ impl Syncer {
         if usable.is_empty() {
             return plan;
         }
-        plan.value.table_size = table_size;
+        let size = maglev::table_size_for(usable.len(), table_size);
+        plan.value.table_size = size;
         if port.backends.iter().all(|b| b.state == EndpointState::Terminating) {
             plan.value.flags |= SERVICE_F_FALLBACK;
         }
-        let inputs = digest_inputs(table_size, &usable);
+        let inputs = digest_inputs(size, &usable);
         let live = self.tables.get(&service_id).copied();
-        if live.is_some_and(|t| t.inputs == Some(inputs)) {
-            return plan;
+        if let Some(live) = live.filter(|t| t.size == size) {
+            plan.value.table_start = live.start;
+            if live.inputs == Some(inputs) {
+                return plan;
+            }
         }
         // Sorted identities give every node the same table.
         let mut usable: Vec<(String, u32)> =
             usable.iter().map(|(b, id)| (maglev::identity(&b.cluster, b.ip, b.port), *id)).collect();
         usable.sort();
         let identities: Vec<&str> = usable.iter().map(|(identity, _)| identity.as_str()).collect();
-        let table: Vec<u32> = maglev::build(&identities, table_size).iter().map(|i| usable[*i as usize].1).collect();
-        let state = TableState { size: table_size, digest: maglev::digest_table(&table), inputs: Some(inputs) };
+        let table: Vec<u32> = maglev::build(&identities, size).iter().map(|i| usable[*i as usize].1).collect();
+        let state = TableState {
+            start: plan.value.table_start,
+            size,
+            digest: maglev::digest_table(&table),
+            inputs: Some(inputs),
+        };
         if live.is_some_and(|t| t.size == state.size && t.digest == state.digest) {
             // Adopted from the maps and unchanged: remember what it was built from.
             self.tables.insert(service_id, state);
@@ -597,6 +650,7 @@ impl Syncer {
         &mut self,
         dp: &mut impl Dataplane,
         plan: &PortPlan<'_>,
+        now: Instant,
         outcome: &mut SyncOutcome,
     ) -> Result<(), DataplaneError> {
         let service_id = plan.value.service_id;
@@ -614,25 +668,57 @@ impl Syncer {
             self.services.insert(wildcard, wildcard_value);
             outcome.writes += 1;
         }
-        // Every slot index the live entry allows must stay inside the live
-        // table: a smaller table goes in after the entry shrinks, a larger
-        // one before the entry grows.
-        let live_size = existing.map_or(0, |v| v.table_size);
-        let entry_first = plan.table.as_ref().is_some_and(|(t, _)| t.len() < live_size as usize);
-        if entry_first {
-            self.put_entry(dp, plan.service_key, plan.value, outcome)?;
-        }
+        let live = self.tables.get(&service_id).copied();
+        let mut value = plan.value;
         if let Some((table, state)) = &plan.table {
-            dp.put_table(service_id, table)?;
-            self.tables.insert(service_id, *state);
-            outcome.writes += 1;
-            outcome.tables_written += 1;
+            let in_place = live.filter(|t| t.size == state.size);
+            let start = match in_place {
+                Some(t) => t.start,
+                // A table of a new size goes to a free run nothing names.
+                None => self.slots.allocate(state.size).ok_or_else(|| DataplaneError::Full {
+                    map: mcs_common::map_names::MAGLEV,
+                    what: format!("placing a Maglev table of {} slots (raise --maglev-slots-max)", state.size),
+                })?,
+            };
+            let written = match dp.write_slots(start, table) {
+                Ok(written) => written,
+                Err(error) => {
+                    if in_place.is_none() {
+                        self.slots.give_back(start, state.size);
+                    } else {
+                        // Partly rewritten: each slot names an old or a new
+                        // backend of the port, both kept; rebuilt next time.
+                        self.tables.insert(service_id, TableState { inputs: None, ..live.unwrap_or(*state) });
+                    }
+                    return Err(error);
+                }
+            };
+            value.table_start = start;
+            if in_place.is_some() {
+                self.tables.insert(service_id, TableState { start, ..*state });
+            }
+            outcome.writes += written;
+            outcome.slots_written += written;
+            if written > 0 {
+                outcome.tables_written += 1;
+            }
+            if in_place.is_none() {
+                if let Err(error) = self.put_entry(dp, plan.service_key, value, outcome) {
+                    self.slots.give_back(start, state.size);
+                    return Err(error);
+                }
+                self.tables.insert(service_id, TableState { start, ..*state });
+                if let Some(old) = live {
+                    self.slots.release(old.start, old.size, now);
+                }
+                return Ok(());
+            }
         }
-        self.put_entry(dp, plan.service_key, plan.value, outcome)?;
-        if plan.value.table_size == 0 && self.tables.contains_key(&service_id) {
-            dp.delete_table(service_id)?;
-            self.tables.remove(&service_id);
-            outcome.writes += 1;
+        self.put_entry(dp, plan.service_key, value, outcome)?;
+        if value.table_size == 0
+            && let Some(old) = self.tables.remove(&service_id)
+        {
+            self.slots.release(old.start, old.size, now);
         }
         Ok(())
     }
@@ -678,11 +764,9 @@ impl Syncer {
                 .and_then(|()| {
                     self.services.remove(&key);
                     outcome.writes += 1;
-                    dp.delete_table(service_id)
-                })
-                .and_then(|()| {
-                    self.tables.remove(&service_id);
-                    outcome.writes += 1;
+                    if let Some(old) = self.tables.remove(&service_id) {
+                        self.slots.release(old.start, old.size, now);
+                    }
                     dp.forget_affinity(service_id)
                 })
                 .and_then(|()| dp.delete_service_stats(service_id));
@@ -701,19 +785,6 @@ impl Syncer {
                     outcome.writes += 1;
                 }
                 Err(error) => outcome.errors.push(SyncError::Delete { what: key.to_string(), error }),
-            }
-        }
-        let named: BTreeSet<u32> = self.services.values().filter(|v| v.table_size != 0).map(|v| v.service_id).collect();
-        let orphan_tables: Vec<u32> = self.tables.keys().filter(|id| !named.contains(id)).copied().collect();
-        for id in orphan_tables {
-            match dp.delete_table(id) {
-                Ok(()) => {
-                    self.tables.remove(&id);
-                    outcome.writes += 1;
-                }
-                Err(error) => {
-                    outcome.errors.push(SyncError::Delete { what: format!("the Maglev table of service {id}"), error });
-                }
             }
         }
         let unwanted: Vec<u32> = self
