@@ -234,6 +234,33 @@ pub struct Syncer {
     removal_grace: Duration,
     /// Backends in their removal grace, by id, with the end of it.
     removed: HashMap<u32, Instant>,
+    /// What each service port was last written from, so that a sync that is
+    /// not a full one skips the ports whose desired state did not change.
+    memo: HashMap<ServiceKey, PortMemo>,
+    /// Backends (in `backends`) per cluster id: a cluster name goes when
+    /// its count drops to zero.
+    cluster_refs: HashMap<u32, usize>,
+}
+
+/// What a service port was last written from.
+#[derive(Debug)]
+struct PortMemo {
+    /// [`port_digest`] of its desired state.
+    digest: u64,
+    /// Its backend ids, usable and draining.
+    backend_ids: Vec<u32>,
+}
+
+/// A digest of everything the sync reads of a desired port (its names
+/// only appear in messages), and the largest table size.
+fn port_digest(port: &DesiredServicePort, max_table_size: u32) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    max_table_size.hash(&mut hasher);
+    port.session_affinity_timeout.hash(&mut hasher);
+    port.backends.hash(&mut hasher);
+    port.draining.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Cluster names a sync's plan adds, and the ids they get.
@@ -344,6 +371,11 @@ impl Syncer {
         self.services = dp.services()?.into_iter().collect();
         self.backends = dp.backends()?.into_iter().collect();
         self.backend_ids = self.backends.iter().map(|(id, b)| (BackendIdentity::from(b), *id)).collect();
+        self.cluster_refs.clear();
+        for b in self.backends.values() {
+            *self.cluster_refs.entry(b.cluster_id).or_insert(0) += 1;
+        }
+        self.memo.clear();
         let max_id = self.backends.keys().next_back().copied().unwrap_or(0);
         self.next_backend_id = max_id.checked_add(1).unwrap_or(1);
         self.ids_wrapped = max_id == u32::MAX;
@@ -406,6 +438,40 @@ impl Syncer {
         id
     }
 
+    /// Service ids in use: the entries', the tables', and the backends'. In
+    /// a sync that is not a full one, every backend belongs to an entry's
+    /// port but those in their removal grace (the previous sync had no
+    /// failure, or this one would be full), so only those are looked at.
+    fn service_ids_in_use(&self, full: bool) -> BTreeSet<u32> {
+        let backends: Vec<u32> = if full {
+            self.backends.values().map(|b| b.service_id).collect()
+        } else {
+            self.removed.keys().filter_map(|id| self.backends.get(id)).map(|b| b.service_id).collect()
+        };
+        self.services.values().map(|v| v.service_id).chain(self.tables.keys().copied()).chain(backends).collect()
+    }
+
+    /// Records that the backends map holds `backend` at `id`.
+    fn remember_backend(&mut self, id: u32, backend: Backend) {
+        *self.cluster_refs.entry(backend.cluster_id).or_insert(0) += 1;
+        if let Some(old) = self.backends.insert(id, backend) {
+            self.forget_cluster_ref(old.cluster_id);
+        }
+    }
+
+    /// Records that the backends map no longer holds `id`.
+    fn forget_backend(&mut self, id: u32) -> Option<Backend> {
+        let old = self.backends.remove(&id)?;
+        self.forget_cluster_ref(old.cluster_id);
+        Some(old)
+    }
+
+    fn forget_cluster_ref(&mut self, cluster_id: u32) {
+        if let Some(n) = self.cluster_refs.get_mut(&cluster_id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     /// Brings the maps to `desired`.
     ///
     /// # Errors
@@ -432,21 +498,26 @@ impl Syncer {
         self.slots.reclaim(now);
         let table_size = dp.maglev_table_size();
 
-        // Plan: ids, backends and tables of every desired port.
+        // Plan: ids, backends and tables of every desired port that changed
+        // since it was last written (every port, in a full sync).
+        let full = outcome.full;
         let mut new_clusters = NewClusters { names: BTreeMap::new(), ids: LowestFree::new() };
-        let mut wanted_backends: HashMap<u32, Backend> = HashMap::with_capacity(self.backends.len());
-        let mut service_ids = ServiceIds {
-            used: self
-                .services
-                .values()
-                .map(|v| v.service_id)
-                .chain(self.tables.keys().copied())
-                .chain(self.backends.values().map(|b| b.service_id))
-                .collect(),
-            free: LowestFree::new(),
-        };
-        let mut plans = Vec::with_capacity(desired.services.len());
+        let mut wanted_backends: HashMap<u32, Backend> = HashMap::new();
+        let mut service_ids = ServiceIds { used: self.service_ids_in_use(full), free: LowestFree::new() };
+        let mut plans = Vec::new();
+        let mut digests = Vec::new();
+        let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
         for (key, port) in &desired.services {
+            let digest = port_digest(port, table_size);
+            let service_key = ServiceKey::new(key.ip, key.port, key.protocol.number());
+            if !full
+                && self.memo.get(&service_key).is_some_and(|m| m.digest == digest)
+                && self.services.contains_key(&service_key)
+            {
+                written_ports.insert(service_key);
+                continue;
+            }
+            digests.push(digest);
             let plan = self.plan_port(*key, port, table_size, &mut service_ids, &mut new_clusters);
             if plan.error.is_none() {
                 for id in &plan.backend_ids {
@@ -459,20 +530,7 @@ impl Syncer {
         self.backend_values(&plans, &mut wanted_backends);
 
         // 1. Cluster names.
-        let mut failed_clusters = BTreeSet::new();
-        for (id, name) in &new_clusters.names {
-            match dp.put_cluster(*id, name) {
-                Ok(()) => {
-                    self.clusters.insert(*id, name.clone());
-                    outcome.writes += 1;
-                }
-                Err(error) => {
-                    failed_clusters.insert(*id);
-                    self.cluster_ids.remove(name);
-                    outcome.errors.push(SyncError::Cluster { name: name.clone(), error });
-                }
-            }
-        }
+        let failed_clusters = self.write_clusters(dp, &new_clusters, &mut outcome);
 
         // 2. Backends.
         let mut failed_backends = BTreeSet::new();
@@ -489,7 +547,7 @@ impl Syncer {
             }
             match dp.put_backend(*id, *backend) {
                 Ok(()) => {
-                    self.backends.insert(*id, *backend);
+                    self.remember_backend(*id, *backend);
                     outcome.writes += 1;
                 }
                 Err(error) => {
@@ -500,11 +558,13 @@ impl Syncer {
         }
 
         // 3. Per service port: counters, wildcard, table and entry.
-        let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
         // Ports left as they were keep their backends: their live table may name them.
         let mut failed_services: BTreeSet<u32> = BTreeSet::new();
-        for plan in plans {
+        // Backends the written ports had and may no longer want.
+        let mut left: Vec<u32> = Vec::new();
+        for (plan, digest) in plans.into_iter().zip(digests) {
             written_ports.insert(plan.service_key);
+            let old = self.memo.remove(&plan.service_key);
             if let Some(reason) = &plan.error {
                 outcome
                     .errors
@@ -521,17 +581,45 @@ impl Syncer {
             if let Err(error) = self.write_port(dp, &plan, now, &mut outcome) {
                 outcome.errors.push(SyncError::Port { port: describe(key, port), error });
                 failed_services.insert(service_id);
+                continue;
             }
+            left.extend(old.into_iter().flat_map(|m| m.backend_ids));
+            self.memo.insert(plan.service_key, PortMemo { digest, backend_ids: plan.backend_ids });
         }
 
         // 4. Deletions, in reverse.
-        self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), now, &mut outcome);
+        let candidates = (!full).then_some(left);
+        self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), candidates, now, &mut outcome);
 
         if !outcome.errors.is_empty() {
             // After any failure the next sync re-reads the maps.
             self.stale = true;
         }
         Ok(outcome)
+    }
+
+    /// Writes the cluster names a sync's plan adds; returns the ids that failed.
+    fn write_clusters(
+        &mut self,
+        dp: &mut impl Dataplane,
+        new_clusters: &NewClusters,
+        outcome: &mut SyncOutcome,
+    ) -> BTreeSet<u32> {
+        let mut failed_clusters = BTreeSet::new();
+        for (id, name) in &new_clusters.names {
+            match dp.put_cluster(*id, name) {
+                Ok(()) => {
+                    self.clusters.insert(*id, name.clone());
+                    outcome.writes += 1;
+                }
+                Err(error) => {
+                    failed_clusters.insert(*id);
+                    self.cluster_ids.remove(name);
+                    outcome.errors.push(SyncError::Cluster { name: name.clone(), error });
+                }
+            }
+        }
+        failed_clusters
     }
 
     /// Fills in the values of the backends `plans` need, now that every id is known.
@@ -749,6 +837,7 @@ impl Syncer {
             &HashMap<u32, Backend>,
             &BTreeSet<u32>,
         ),
+        candidates: Option<Vec<u32>>,
         now: Instant,
         outcome: &mut SyncOutcome,
     ) {
@@ -758,7 +847,13 @@ impl Syncer {
             .filter(|(k, _)| !k.is_wildcard() && !written_ports.contains(k))
             .map(|(k, v)| (*k, v.service_id))
             .collect();
+        let mut candidates = candidates;
         for (key, service_id) in stale_ports {
+            if let Some(memo) = self.memo.remove(&key)
+                && let Some(c) = &mut candidates
+            {
+                c.extend(memo.backend_ids);
+            }
             let result = dp
                 .delete_service(&key)
                 .and_then(|()| {
@@ -787,11 +882,24 @@ impl Syncer {
                 Err(error) => outcome.errors.push(SyncError::Delete { what: key.to_string(), error }),
             }
         }
-        let unwanted: Vec<u32> = self
-            .backends
-            .iter()
-            .filter(|(id, b)| !wanted_backends.contains_key(id) && !failed_services.contains(&b.service_id))
-            .map(|(id, _)| *id)
+        // Which backends may be unwanted now: every one in a full sync; else
+        // those the written and the deleted ports had, and those in grace.
+        let unwanted: Vec<u32> = match candidates {
+            None => self.backends.keys().copied().collect(),
+            Some(mut c) => {
+                c.extend(self.removed.keys().copied());
+                c.sort_unstable();
+                c.dedup();
+                c
+            }
+        };
+        let unwanted: Vec<u32> = unwanted
+            .into_iter()
+            .filter(|id| {
+                self.backends
+                    .get(id)
+                    .is_some_and(|b| !wanted_backends.contains_key(id) && !failed_services.contains(&b.service_id))
+            })
             .collect();
         for id in wanted_backends.keys() {
             self.removed.remove(id);
@@ -799,7 +907,7 @@ impl Syncer {
         for id in self.end_of_grace(dp, unwanted, now, outcome) {
             match dp.delete_backend(id) {
                 Ok(()) => {
-                    if let Some(b) = self.backends.remove(&id) {
+                    if let Some(b) = self.forget_backend(id) {
                         self.backend_ids.remove(&BackendIdentity::from(&b));
                     }
                     outcome.writes += 1;
@@ -807,12 +915,15 @@ impl Syncer {
                 Err(error) => outcome.errors.push(SyncError::Delete { what: format!("backend {id}"), error }),
             }
         }
-        // Ids handed out for backends that were never written are free again.
-        let backends = &self.backends;
-        self.backend_ids.retain(|_, id| backends.contains_key(id));
-        let used_clusters: BTreeSet<u32> = self.backends.values().map(|b| b.cluster_id).collect();
+        // Ids handed out for backends that were never written are free again
+        // (only a failed sync leaves such ids, and the next one is full).
+        if outcome.full {
+            let backends = &self.backends;
+            self.backend_ids.retain(|_, id| backends.contains_key(id));
+        }
+        let refs = &self.cluster_refs;
         let unused_clusters: Vec<u32> =
-            self.clusters.keys().filter(|id| !used_clusters.contains(id)).copied().collect();
+            self.clusters.keys().filter(|id| refs.get(id).is_none_or(|n| *n == 0)).copied().collect();
         for id in unused_clusters {
             match dp.delete_cluster(id) {
                 Ok(()) => {
@@ -855,7 +966,7 @@ impl Syncer {
                 let flagged = Backend { flags: backend.flags | BACKEND_F_REMOVED, ..backend };
                 match dp.put_backend(id, flagged) {
                     Ok(()) => {
-                        self.backends.insert(id, flagged);
+                        self.remember_backend(id, flagged);
                         outcome.writes += 1;
                     }
                     Err(error) => outcome.errors.push(SyncError::Backend { id, error }),

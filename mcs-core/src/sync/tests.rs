@@ -602,3 +602,37 @@ fn the_backends_of_a_deleted_service_keep_their_flows_through_the_grace() {
     assert!(backends_of(&dp, id).is_empty(), "{dp:?}");
     assert_eq!(dp.backends.len(), 3, "the other port's");
 }
+
+#[test]
+fn a_sync_that_is_not_full_writes_only_the_ports_that_changed() {
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::new();
+    let vips: Vec<Ipv4Addr> = (20..40).map(|i| Ipv4Addr::new(198, 19, 0, i)).collect();
+    let all = |changed: Option<Ipv4Addr>| {
+        let mut d = Desired::default();
+        for vip in &vips {
+            let mut backends = two_clusters();
+            if changed == Some(*vip) {
+                backends.push(backend("c3", [198, 18, 3, 10], 8080));
+            }
+            d = d.port((*vip, 80, Protocol::Tcp), backends);
+        }
+        d.0
+    };
+    sync_checked(&mut syncer, &mut dp, &all(None));
+    let before = dp.clone();
+    let outcome = sync_checked(&mut syncer, &mut dp, &all(Some(vips[7])));
+    assert!(!outcome.full && outcome.errors.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.tables_written, 1, "{:?}", dp.ops);
+    let changed_id = entry(&dp, (vips[7], 80, proto::TCP)).service_id;
+    for (id, b) in &before.backends {
+        if b.service_id != changed_id {
+            assert_eq!(dp.backends.get(id), Some(b), "backend {id} of an unchanged port is kept as it was");
+        }
+    }
+    // And back: the joined backend leaves, its cluster name with it.
+    let outcome = sync_checked(&mut syncer, &mut dp, &all(None));
+    assert!(outcome.errors.is_empty(), "{outcome:?}");
+    assert_eq!(dp.backends.len(), before.backends.len());
+    assert_eq!(dp.clusters, before.clusters, "c3's name goes with its last backend");
+}

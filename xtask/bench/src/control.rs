@@ -97,6 +97,9 @@ pub struct Report {
     pub peak_rss_mib: f64,
     /// memlock per map name, bytes.
     pub memlock: BTreeMap<String, u64>,
+    /// Maglev slots the tables use after the cold start (the sum of the
+    /// entries' table sizes).
+    pub table_slots: u64,
 }
 
 impl Report {
@@ -143,6 +146,14 @@ fn count_keys<K: aya::Pod, V: aya::Pod>(pin_path: &Path, name: &str) -> Result<u
     Ok(map.keys().flatten().count() as u64)
 }
 
+/// Slots the live tables use: the sum of the pinned entries' table sizes.
+fn table_slots(pin_path: &Path) -> Result<u64> {
+    use mcs_agent::dataplane::Dataplane as _;
+    let dp = mcs_agent::dataplane::AyaDataplane::from_pins(pin_path)?;
+    let services = dp.services().context("reading MCS_SERVICES")?;
+    Ok(services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(_, v)| u64::from(v.table_size)).sum())
+}
+
 /// Backends in the pinned `MCS_BACKENDS` array (elements that hold one).
 fn present_backends(pin_path: &Path) -> Result<u64> {
     use mcs_agent::dataplane::Dataplane as _;
@@ -150,21 +161,19 @@ fn present_backends(pin_path: &Path) -> Result<u64> {
     Ok(dp.backends().context("reading MCS_BACKENDS")?.len() as u64)
 }
 
-/// The memlock of the Maglev tables: they are inner maps of `MCS_MAGLEV`,
-/// neither pinned nor held by the agent, so they are counted here: the
-/// number of tables times the memlock of one (all have the same size).
+/// The memlock of the flat Maglev array (every table's slots): it is the
+/// inner map of `MCS_MAGLEV`, neither pinned nor held by the agent as a pin,
+/// so it is counted here. Returns its slots and its memlock.
 fn maglev_memlock(pin_path: &Path) -> Result<(u64, u64)> {
     use aya::maps::{HashOfMaps, IterableMap as _, MapData};
     let outer: HashOfMaps<MapData, u32, aya::maps::Array<MapData, mcs_common::MaglevPair>> =
         HashOfMaps::try_from(mcs_agent::dataplane::open_pinned(pin_path, map_names::MAGLEV)?)
             .context("MCS_MAGLEV as a hash of maps")?;
-    let tables = outer.keys().flatten().count() as u64;
-    let Some(first) = outer.keys().next() else { return Ok((0, 0)) };
-    let inner = outer.get(&first.context("a key of MCS_MAGLEV")?, 0).context("a Maglev table")?;
-    let id = inner.map().info().context("the table's map info")?.id();
-    let out = Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]).output()?;
+    let inner = outer.get(&mcs_common::MAGLEV_ARRAY_KEY, 0).context("the Maglev array")?;
+    let info = inner.map().info().context("the array's map info")?;
+    let out = Command::new("bpftool").args(["-j", "map", "show", "id", &info.id().to_string()]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    Ok((tables, v["bytes_memlock"].as_u64().unwrap_or(0)))
+    Ok((u64::from(info.max_entries()) * 2, v["bytes_memlock"].as_u64().unwrap_or(0)))
 }
 
 /// memlock of every map the agent holds an fd of, or pinned under its directory.
@@ -265,10 +274,18 @@ pub fn run(s: Settings) -> Result<Report> {
     // Capacities for the set, with room for the changes (a new backend is
     // written before the old one goes).
     let backends = u64::from(fillers) * u64::from(s.ports) * u64::from(s.clusters) * u64::from(s.per_cluster) + 1;
+    // Every filler port's table has the ladder's size for its backends; room
+    // for the probe's and for tables that wait before their run is reused.
+    let table = u64::from(mcs_agent::maglev::table_size_for(
+        usize::try_from(s.clusters * s.per_cluster).unwrap_or(usize::MAX),
+        mcs_common::limits::MAGLEV_TABLE_SIZE,
+    ));
+    let slots = u64::from(fillers) * u64::from(s.ports) * table + (1 << 20);
     let capacities = [
         ("--backends-max", backends + 1024),
         ("--services-max", report.expected_ports + u64::from(s.imports) + 1024),
         ("--service-ports-max", report.expected_ports + 1024),
+        ("--maglev-slots-max", slots),
     ];
     report.capacities = capacities.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(" ");
     let extra: Vec<String> = capacities.iter().flat_map(|(k, v)| [(*k).to_owned(), v.to_string()]).collect();
@@ -294,6 +311,7 @@ pub fn run(s: Settings) -> Result<Report> {
         count_keys::<mcs_common::ServiceKey, mcs_common::ServiceValue>(&agent.pin_path, map_names::SERVICES)?,
         present_backends(&agent.pin_path)?,
     );
+    report.table_slots = table_slots(&agent.pin_path)?;
     println!(
         "   first sync after {:.2} s: {} of {expected} service ports, {} errors; fully programmed: {}; maps hold {} \
          service and {} backend entries",
@@ -368,11 +386,12 @@ pub fn run(s: Settings) -> Result<Report> {
     });
     report.memlock = memlock(&agent);
     match maglev_memlock(&agent.pin_path) {
-        Ok((tables, each)) if tables > 0 => {
-            report.memlock.insert(format!("Maglev tables ({tables} x {} KiB)", each / 1024), tables * each);
+        Ok((slots, bytes)) => {
+            report
+                .memlock
+                .insert(format!("the Maglev array ({slots} slots, {} used by tables)", report.table_slots), bytes);
         }
-        Ok(_) => {}
-        Err(e) => eprintln!("   Maglev tables' memlock not measured: {e:#}"),
+        Err(e) => eprintln!("   the Maglev array's memlock not measured: {e:#}"),
     }
     drop(ebpf);
     drop(agent);
