@@ -163,8 +163,8 @@ fn present_backends(pin_path: &Path) -> Result<u64> {
 
 /// The memlock of the flat Maglev array (every table's slots): it is the
 /// inner map of `MCS_MAGLEV`, neither pinned nor held by the agent as a pin,
-/// so it is counted here. Returns its slots and its memlock.
-fn maglev_memlock(pin_path: &Path) -> Result<(u64, u64)> {
+/// so it is counted here. Returns its map id, slots and memlock.
+fn maglev_memlock(pin_path: &Path) -> Result<(u32, u64, u64)> {
     use aya::maps::{HashOfMaps, IterableMap as _, MapData};
     let outer: HashOfMaps<MapData, u32, aya::maps::Array<MapData, mcs_common::MaglevPair>> =
         HashOfMaps::try_from(mcs_agent::dataplane::open_pinned(pin_path, map_names::MAGLEV)?)
@@ -173,7 +173,7 @@ fn maglev_memlock(pin_path: &Path) -> Result<(u64, u64)> {
     let info = inner.map().info().context("the array's map info")?;
     let out = Command::new("bpftool").args(["-j", "map", "show", "id", &info.id().to_string()]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    Ok((u64::from(info.max_entries()) * 2, v["bytes_memlock"].as_u64().unwrap_or(0)))
+    Ok((info.id(), u64::from(info.max_entries()) * 2, v["bytes_memlock"].as_u64().unwrap_or(0)))
 }
 
 /// memlock of every map the agent holds an fd of, or pinned under its directory.
@@ -386,7 +386,9 @@ pub fn run(s: Settings) -> Result<Report> {
     });
     report.memlock = memlock(&agent);
     match maglev_memlock(&agent.pin_path) {
-        Ok((slots, bytes)) => {
+        Ok((id, slots, bytes)) => {
+            // The agent holds its fd: fdinfo found it too, under its id.
+            report.memlock.remove(&format!("map id {id}"));
             report
                 .memlock
                 .insert(format!("the Maglev array ({slots} slots, {} used by tables)", report.table_slots), bytes);
