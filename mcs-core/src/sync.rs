@@ -288,6 +288,43 @@ struct PortPlan<'a> {
     table: Option<(Vec<u32>, TableState)>,
     /// Why the port cannot be written at all.
     error: Option<Rejection>,
+    /// The table to build (filled into `table` by [`Syncer::build_tables`]).
+    job: Option<TableJob>,
+}
+
+/// A Maglev table to build: its backends' identities (sorted) and ids, its
+/// size, and the digest of what it is built from.
+struct TableJob {
+    backends: Vec<(String, u32)>,
+    size: u32,
+    inputs: u64,
+}
+
+impl TableJob {
+    fn build(&self) -> Vec<u32> {
+        let identities: Vec<&str> = self.backends.iter().map(|(identity, _)| identity.as_str()).collect();
+        maglev::build(&identities, self.size).iter().map(|i| self.backends[*i as usize].1).collect()
+    }
+}
+
+/// Slots to build in one sync from which a second thread pays for itself.
+const PARALLEL_SLOTS: usize = 1 << 20;
+
+/// Builds the tables of `jobs`, on every core when there are enough slots.
+fn build_all(jobs: &[&TableJob]) -> Vec<Vec<u32>> {
+    let slots: usize = jobs.iter().map(|j| j.size as usize).sum();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(jobs.len());
+    if threads < 2 || slots < PARALLEL_SLOTS {
+        return jobs.iter().map(|j| j.build()).collect();
+    }
+    let chunk = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|j| j.build()).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("building a Maglev table does not panic")).collect()
+    })
 }
 
 /// A digest of what a table is built from: its size and each usable
@@ -368,14 +405,14 @@ impl Syncer {
     }
 
     fn reload(&mut self, dp: &impl Dataplane) -> Result<(), DataplaneError> {
-        self.services = dp.services()?.into_iter().collect();
-        self.backends = dp.backends()?.into_iter().collect();
+        let old_services = std::mem::replace(&mut self.services, dp.services()?.into_iter().collect());
+        let old_backends = std::mem::replace(&mut self.backends, dp.backends()?.into_iter().collect());
+        let old_clusters = std::mem::take(&mut self.clusters);
         self.backend_ids = self.backends.iter().map(|(id, b)| (BackendIdentity::from(b), *id)).collect();
         self.cluster_refs.clear();
         for b in self.backends.values() {
             *self.cluster_refs.entry(b.cluster_id).or_insert(0) += 1;
         }
-        self.memo.clear();
         let max_id = self.backends.keys().next_back().copied().unwrap_or(0);
         self.next_backend_id = max_id.checked_add(1).unwrap_or(1);
         self.ids_wrapped = max_id == u32::MAX;
@@ -399,8 +436,37 @@ impl Syncer {
             self.tables.insert(value.service_id, TableState { start, size, digest, inputs });
         }
         self.slots.reset(capacity, self.tables.values().map(|t| (t.start, t.size)));
+        self.forget_drifted(&old_services, &old_backends, &old_clusters);
         self.stale = false;
         Ok(())
+    }
+
+    /// Keeps what each port was written from only where the maps still hold
+    /// what the syncer wrote: its entry, its backends and its table. A port
+    /// that drifted is planned again in full; the others are skipped, so a
+    /// full sync costs the reading of the maps and what drifted.
+    fn forget_drifted(
+        &mut self,
+        old_services: &BTreeMap<ServiceKey, ServiceValue>,
+        old_backends: &BTreeMap<u32, Backend>,
+        old_clusters: &BTreeMap<u32, String>,
+    ) {
+        if *old_clusters != self.clusters {
+            self.memo.clear();
+            return;
+        }
+        let mut drifted: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        if *old_backends != self.backends {
+            drifted.extend(self.backends.iter().filter(|(id, b)| old_backends.get(id) != Some(b)).map(|(id, _)| *id));
+            drifted.extend(old_backends.keys().filter(|id| !self.backends.contains_key(id)));
+        }
+        let (services, tables) = (&self.services, &self.tables);
+        self.memo.retain(|key, memo| {
+            let Some(value) = services.get(key) else { return false };
+            old_services.get(key) == Some(value)
+                && (value.table_size == 0 || tables.get(&value.service_id).is_some_and(|t| t.inputs.is_some()))
+                && (drifted.is_empty() || !memo.backend_ids.iter().any(|id| drifted.contains(id)))
+        });
     }
 
     fn cluster_id(&mut self, cluster: &str, new_clusters: &mut NewClusters) -> Result<u32, Rejection> {
@@ -507,14 +573,18 @@ impl Syncer {
         let mut plans = Vec::new();
         let mut digests = Vec::new();
         let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
+        // Backends of the ports skipped in a full sync: wanted as they are.
+        let mut kept: std::collections::HashSet<u32> = std::collections::HashSet::new();
         for (key, port) in &desired.services {
             let digest = port_digest(port, table_size);
             let service_key = ServiceKey::new(key.ip, key.port, key.protocol.number());
-            if !full
-                && self.memo.get(&service_key).is_some_and(|m| m.digest == digest)
+            if let Some(memo) = self.memo.get(&service_key).filter(|m| m.digest == digest)
                 && self.services.contains_key(&service_key)
             {
                 written_ports.insert(service_key);
+                if full {
+                    kept.extend(memo.backend_ids.iter().copied());
+                }
                 continue;
             }
             digests.push(digest);
@@ -526,6 +596,7 @@ impl Syncer {
             }
             plans.push(plan);
         }
+        self.build_tables(&mut plans);
         // The backend values, now that every id is known.
         self.backend_values(&plans, &mut wanted_backends);
 
@@ -589,6 +660,9 @@ impl Syncer {
 
         // 4. Deletions, in reverse.
         let candidates = (!full).then_some(left);
+        for id in kept {
+            wanted_backends.entry(id).or_default();
+        }
         self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), candidates, now, &mut outcome);
 
         if !outcome.errors.is_empty() {
@@ -674,6 +748,7 @@ impl Syncer {
             backend_ids: Vec::new(),
             table: None,
             error: None,
+            job: None,
         };
         let total = port.backends.len() + port.draining.len();
         if total > limits::BACKENDS_PER_SERVICE_MAX || port.backends.len() > table_size as usize {
@@ -717,21 +792,34 @@ impl Syncer {
         let mut usable: Vec<(String, u32)> =
             usable.iter().map(|(b, id)| (maglev::identity(&b.cluster, b.ip, b.port), *id)).collect();
         usable.sort();
-        let identities: Vec<&str> = usable.iter().map(|(identity, _)| identity.as_str()).collect();
-        let table: Vec<u32> = maglev::build(&identities, size).iter().map(|i| usable[*i as usize].1).collect();
-        let state = TableState {
-            start: plan.value.table_start,
-            size,
-            digest: maglev::digest_table(&table),
-            inputs: Some(inputs),
-        };
-        if live.is_some_and(|t| t.size == state.size && t.digest == state.digest) {
-            // Adopted from the maps and unchanged: remember what it was built from.
-            self.tables.insert(service_id, state);
-        } else {
-            plan.table = Some((table, state));
-        }
+        plan.job = Some(TableJob { backends: usable, size, inputs });
         plan
+    }
+
+    /// Builds the tables the plans need (on both cores when it pays) and
+    /// keeps those that differ from the live ones.
+    fn build_tables(&mut self, plans: &mut [PortPlan<'_>]) {
+        let jobs: Vec<&TableJob> = plans.iter().filter_map(|p| p.job.as_ref()).collect();
+        let tables = build_all(&jobs);
+        let mut tables = tables.into_iter();
+        for plan in plans.iter_mut() {
+            let Some(job) = plan.job.take() else { continue };
+            let Some(table) = tables.next() else { break };
+            let service_id = plan.value.service_id;
+            let live = self.tables.get(&service_id).copied();
+            let state = TableState {
+                start: plan.value.table_start,
+                size: job.size,
+                digest: maglev::digest_table(&table),
+                inputs: Some(job.inputs),
+            };
+            if live.is_some_and(|t| t.size == state.size && t.digest == state.digest) {
+                // Adopted from the maps and unchanged: remember what it was built from.
+                self.tables.insert(service_id, state);
+            } else {
+                plan.table = Some((table, state));
+            }
+        }
     }
 
     fn write_port(

@@ -636,3 +636,38 @@ fn a_sync_that_is_not_full_writes_only_the_ports_that_changed() {
     assert_eq!(dp.backends.len(), before.backends.len());
     assert_eq!(dp.clusters, before.clusters, "c3's name goes with its last backend");
 }
+
+#[test]
+fn a_full_sync_rewrites_what_drifted_and_skips_the_rest() {
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::new();
+    let vip_c = Ipv4Addr::new(198, 19, 0, 12);
+    let desired = Desired::default()
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 443, Protocol::Tcp), vec![backend("c3", [198, 18, 3, 10], 8443)])
+        .port((vip_c, 80, Protocol::Tcp), two_clusters())
+        .0;
+    sync_checked(&mut syncer, &mut dp, &desired);
+    // B's backend vanishes behind the syncer's back.
+    let b_id = entry(&dp, (VIP_B, 443, proto::TCP)).service_id;
+    let gone = *dp.backends.iter().find(|(_, b)| b.service_id == b_id).expect("B's backend").0;
+    dp.backends.remove(&gone);
+    syncer.invalidate();
+    // (The maps start inconsistent, so only the end state is checked.)
+    dp.ops.clear();
+    let outcome = syncer.sync(&mut dp, &desired).expect("sync");
+    assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
+    dp.check_consistent().expect("consistent again");
+    assert_eq!(table_share(&dp, (VIP_B, 443, proto::TCP)).len(), 1, "B is whole again");
+    // Only B was written: its backend, and its table's slots if the
+    // backend got another id.
+    let b = entry(&dp, (VIP_B, 443, proto::TCP));
+    for op in &dp.ops {
+        let ok = match op {
+            Op::PutBackend(_, backend) => backend.service_id == b.service_id,
+            Op::PutSlot(slot, _) => (b.table_start..b.table_start + b.table_size).contains(slot),
+            _ => false,
+        };
+        assert!(ok, "{op:?} is not B's: {:?}", dp.ops);
+    }
+}

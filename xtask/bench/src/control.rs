@@ -35,8 +35,10 @@ use mcs_tests::{
     packet::{PacketSpec, SYN},
 };
 
+use mcs_tests::fakeapi::{FakeApi, FakeApiOptions};
+
 use crate::{
-    agent::{Agent, TempDir},
+    agent::{Agent, AgentSource, TempDir},
     interrupted,
     mgen::{self, Export, Port, Service},
     stats,
@@ -66,9 +68,72 @@ pub struct Settings {
     pub change_budget: Duration,
 }
 
+/// Which source the agent reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Manifest files, polled every 10 ms.
+    #[default]
+    File,
+    /// The Kubernetes API: the fake API server of the tests
+    /// (`mcs_tests::fakeapi`: list, then watch), in the agent's namespace.
+    Kube,
+}
+
+impl Source {
+    /// Its `--only` selector (`control` selects both).
+    #[must_use]
+    pub const fn selector(self) -> &'static str {
+        match self {
+            Self::File => "control-file",
+            Self::Kube => "control-kube",
+        }
+    }
+
+    /// Its name in the report.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::File => "file source",
+            Self::Kube => "Kubernetes source, fake API server",
+        }
+    }
+}
+
+impl Settings {
+    /// The quick run's settings (small enough for CI) or the full run's.
+    #[must_use]
+    pub const fn for_run(quick: bool) -> Self {
+        if quick {
+            Self {
+                imports: 1000,
+                ports: 2,
+                clusters: 5,
+                per_cluster: 20,
+                changes: 20,
+                cold_timeout: Duration::from_mins(1),
+                change_timeout: Duration::from_secs(5),
+                change_budget: Duration::from_secs(30),
+            }
+        } else {
+            Self {
+                imports: 10_000,
+                ports: 2,
+                clusters: 5,
+                per_cluster: 20,
+                changes: 100,
+                cold_timeout: Duration::from_mins(5),
+                change_timeout: Duration::from_secs(30),
+                change_budget: Duration::from_mins(8),
+            }
+        }
+    }
+}
+
 /// The control-plane section of the report.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// The source measured.
+    pub source: Source,
     /// What was loaded.
     pub setup: String,
     /// Service ports expected.
@@ -239,23 +304,40 @@ fn probe(prog: &SchedClassifier, port: u16) -> Option<Ipv4Addr> {
 /// # Errors
 /// When the agent cannot start or the manifests cannot be written.
 #[expect(clippy::too_many_lines, reason = "one sequential procedure: set up, cold start, changes, read-out")]
-pub fn run(s: Settings) -> Result<Report> {
+pub fn run(s: Settings, source: Source) -> Result<Report> {
     let prefix = unique_prefix("bench");
     let node = NetNs::new(&format!("{prefix}-cp"));
     node.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
     node.ip(&["link", "set", "d0", "up"]);
+    node.ip(&["link", "set", "lo", "up"]);
     let dir = TempDir::new(&format!("{prefix}-manifests"))?;
     let t = Instant::now();
     let fillers = s.imports.saturating_sub(1);
-    mgen::write_services(
-        &dir.0,
-        (0..fillers)
-            .map(|i| mgen::filler(i, mgen::Shape { ports: s.ports, clusters: s.clusters, per_cluster: s.per_cluster })),
-        500,
-    )?;
+    let shape = mgen::Shape { ports: s.ports, clusters: s.clusters, per_cluster: s.per_cluster };
     let probe_file = dir.0.join("zz-probe.json");
-    mgen::write_list(&probe_file, &probe_service(probe_address(0)).objects())?;
+    let kubeconfig = dir.0.join("kubeconfig");
+    // The fake API server listens in the agent's namespace.
+    let api = match source {
+        Source::File => {
+            mgen::write_services(&dir.0, (0..fillers).map(|i| mgen::filler(i, shape)), 500)?;
+            mgen::write_list(&probe_file, &probe_service(probe_address(0)).objects())?;
+            None
+        }
+        Source::Kube => {
+            let listener = node.enter(|| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
+            let api = FakeApi::start_with(listener, FakeApiOptions::default());
+            for object in (0..fillers).flat_map(|i| mgen::filler(i, shape).objects()) {
+                api.apply(object);
+            }
+            for object in probe_service(probe_address(0)).objects() {
+                api.apply(object);
+            }
+            api.write_kubeconfig(&kubeconfig);
+            Some(api)
+        }
+    };
     let mut report = Report {
+        source,
         setup: format!(
             "{} imports ({} x {} ports x {} clusters x {} endpoints, plus the probe import of 1 port and 1 endpoint), \
              generated in {:.1} s",
@@ -289,7 +371,11 @@ pub fn run(s: Settings) -> Result<Report> {
     ];
     report.capacities = capacities.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(" ");
     let extra: Vec<String> = capacities.iter().flat_map(|(k, v)| [(*k).to_owned(), v.to_string()]).collect();
-    let mut agent = Agent::start_with(&node, &dir.0, "d0", &prefix, &extra)?;
+    let agent_source = match source {
+        Source::File => AgentSource::File(&dir.0),
+        Source::Kube => AgentSource::Kube(&kubeconfig),
+    };
+    let mut agent = Agent::start_source(&node, agent_source, "d0", &prefix, &extra)?;
     let first = agent.wait_synced(s.cold_timeout, |_| true)?;
     let phases = |l: &crate::agent::Line| {
         let f = |k: &str| l.field(k).and_then(|v| v.trim_matches('"').parse::<f64>().ok()).unwrap_or(f64::NAN);
@@ -348,9 +434,18 @@ pub fn run(s: Settings) -> Result<Report> {
         }
         while agent.lines.try_recv().is_ok() {}
         let want = probe_address(i);
-        mgen::write_list(&aside, &probe_service(want).objects())?;
-        fs::rename(&aside, &probe_file).context("renaming the probe manifest into place")?;
-        let written = Instant::now();
+        let objects = probe_service(want).objects();
+        let written = if let Some(api) = &api {
+            // The slice only (the import is as it was): one watch event.
+            for object in objects.into_iter().skip(1) {
+                api.apply(object);
+            }
+            Instant::now()
+        } else {
+            mgen::write_list(&aside, &objects)?;
+            fs::rename(&aside, &probe_file).context("renaming the probe manifest into place")?;
+            Instant::now()
+        };
         let deadline = written + s.change_timeout;
         let mut seen = None;
         for _ in 0..10_000_000 {
@@ -397,5 +492,6 @@ pub fn run(s: Settings) -> Result<Report> {
     }
     drop(ebpf);
     drop(agent);
+    drop(api);
     Ok(report)
 }
