@@ -307,6 +307,20 @@ impl TableJob {
     }
 }
 
+/// Ports whose tables are built together, then written.
+const BUILD_CHUNK: usize = 512;
+
+/// What step 3 of a sync keeps track of across ports.
+struct PortWrites<'a> {
+    /// Backends that could not be written: their ports are left as they were.
+    failed_backends: &'a BTreeSet<u32>,
+    now: Instant,
+    /// Ports left as they were keep their backends: their live table may name them.
+    failed_services: BTreeSet<u32>,
+    /// Backends the written ports had and may no longer want.
+    left: Vec<u32>,
+}
+
 /// Slots to build in one sync from which a second thread pays for itself.
 const PARALLEL_SLOTS: usize = 1 << 20;
 
@@ -596,7 +610,6 @@ impl Syncer {
             }
             plans.push(plan);
         }
-        self.build_tables(&mut plans);
         // The backend values, now that every id is known.
         self.backend_values(&plans, &mut wanted_backends);
 
@@ -628,35 +641,23 @@ impl Syncer {
             }
         }
 
-        // 3. Per service port: counters, wildcard, table and entry.
-        // Ports left as they were keep their backends: their live table may name them.
-        let mut failed_services: BTreeSet<u32> = BTreeSet::new();
-        // Backends the written ports had and may no longer want.
-        let mut left: Vec<u32> = Vec::new();
-        for (plan, digest) in plans.into_iter().zip(digests) {
-            written_ports.insert(plan.service_key);
-            let old = self.memo.remove(&plan.service_key);
-            if let Some(reason) = &plan.error {
-                outcome
-                    .errors
-                    .push(SyncError::Rejected { port: describe(plan.key, plan.port), reason: reason.clone() });
-                failed_services.insert(plan.value.service_id);
-                continue;
+        // 3. Per service port: counters, wildcard, table and entry; in
+        // chunks whose tables are built (on both cores when it pays) just
+        // before they are written, so that a cold start does not hold every
+        // built table at once.
+        let mut step =
+            PortWrites { failed_backends: &failed_backends, now, failed_services: BTreeSet::new(), left: Vec::new() };
+        let mut digests = digests.into_iter();
+        for chunk in plans.chunks_mut(BUILD_CHUNK) {
+            self.build_tables(chunk);
+            for plan in chunk.iter_mut() {
+                written_ports.insert(plan.service_key);
+                let digest = digests.next().unwrap_or_default();
+                self.write_planned(dp, plan, digest, &mut step, &mut outcome);
+                plan.table = None;
             }
-            if let Some(id) = plan.backend_ids.iter().find(|id| failed_backends.contains(id)) {
-                outcome.errors.push(SyncError::BackendNotWritten { port: describe(plan.key, plan.port), id: *id });
-                failed_services.insert(plan.value.service_id);
-                continue;
-            }
-            let (key, port, service_id) = (plan.key, plan.port, plan.value.service_id);
-            if let Err(error) = self.write_port(dp, &plan, now, &mut outcome) {
-                outcome.errors.push(SyncError::Port { port: describe(key, port), error });
-                failed_services.insert(service_id);
-                continue;
-            }
-            left.extend(old.into_iter().flat_map(|m| m.backend_ids));
-            self.memo.insert(plan.service_key, PortMemo { digest, backend_ids: plan.backend_ids });
         }
+        let PortWrites { failed_services, left, .. } = step;
 
         // 4. Deletions, in reverse.
         let candidates = (!full).then_some(left);
@@ -670,6 +671,36 @@ impl Syncer {
             self.stale = true;
         }
         Ok(outcome)
+    }
+
+    /// Step 3 for one planned port: reports why it cannot be written, or
+    /// writes it and remembers what it was written from.
+    fn write_planned(
+        &mut self,
+        dp: &mut impl Dataplane,
+        plan: &mut PortPlan<'_>,
+        digest: u64,
+        step: &mut PortWrites<'_>,
+        outcome: &mut SyncOutcome,
+    ) {
+        let old = self.memo.remove(&plan.service_key);
+        if let Some(reason) = &plan.error {
+            outcome.errors.push(SyncError::Rejected { port: describe(plan.key, plan.port), reason: reason.clone() });
+            step.failed_services.insert(plan.value.service_id);
+            return;
+        }
+        if let Some(id) = plan.backend_ids.iter().find(|id| step.failed_backends.contains(id)) {
+            outcome.errors.push(SyncError::BackendNotWritten { port: describe(plan.key, plan.port), id: *id });
+            step.failed_services.insert(plan.value.service_id);
+            return;
+        }
+        if let Err(error) = self.write_port(dp, plan, step.now, outcome) {
+            outcome.errors.push(SyncError::Port { port: describe(plan.key, plan.port), error });
+            step.failed_services.insert(plan.value.service_id);
+            return;
+        }
+        step.left.extend(old.into_iter().flat_map(|m| m.backend_ids));
+        self.memo.insert(plan.service_key, PortMemo { digest, backend_ids: std::mem::take(&mut plan.backend_ids) });
     }
 
     /// Writes the cluster names a sync's plan adds; returns the ids that failed.

@@ -511,7 +511,11 @@ EndpointSlice is rewritten on disk with a new endpoint address (written aside, r
 when a private copy of the programs, loaded over the agent's pinned maps, translates a new SYN to the new address \
 (probed every 200 us with `BPF_PROG_TEST_RUN`, fresh source port each time). The arrival of the next `synced` line is \
 reported too. Peak RSS is the agent's VmHWM at the end; the maps' memory is the `memlock` of every map pinned under \
-the agent's directory or held by the agent (bpftool, fdinfo).
+the agent's directory or held by the agent (bpftool, fdinfo), the flat Maglev array (the inner map of `MCS_MAGLEV`) \
+counted once. The Kubernetes source runs the same set through `mcs-agent run --source kubernetes --kubeconfig` \
+against the tests' fake API server (`mcs_tests::fakeapi`, list then watch, one page per list), listening on the \
+loopback of the agent's namespace and loaded with the same objects before the agent starts; a change is one \
+EndpointSlice replaced through it (one watch event).
 
 Benchmarks are measurements, not tests: nothing asserts on speed. The machine is shared (2 cores, other builds \
 running), so expect noise; compare the ratios, which come from the same run.
