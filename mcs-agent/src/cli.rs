@@ -115,10 +115,15 @@ pub struct DatapathFlags {
     /// connections of a minute to one backend port (docs/datapath.md).
     #[arg(long, default_value = "1024-32767", value_parser = parse_port_range)]
     pub nat_port_range: PortRange,
-    /// Slots of each service port's Maglev table: a prime, at least 100 times
-    /// the most backends a port has for an even spread (docs/datapath.md).
+    /// The largest Maglev table, a prime: a service port's table has the
+    /// smallest size of a fixed ladder with at least 100 slots per usable
+    /// backend, at most this (docs/datapath.md).
     #[arg(long, default_value_t = limits::MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
     pub maglev_table_size: u32,
+    /// Slots of the one array that holds every Maglev table (4 bytes each;
+    /// the default is 64 MiB). Applies when the maps are created.
+    #[arg(long, default_value_t = limits::MAGLEV_SLOTS_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    pub maglev_slots_max: u32,
     /// Idle timeout of a TCP connection that has only sent its SYN, in seconds.
     #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_SYN_SECS)]
     pub ct_timeout_tcp_syn: u64,
@@ -219,6 +224,7 @@ impl DatapathFlags {
             conntrack_max_non_tcp: self.conntrack_max_non_tcp,
             nat_port_range: self.nat_port_range,
             maglev_table_size: self.maglev_table_size,
+            maglev_slots_max: self.maglev_slots_max,
             ct_timeout_tcp_syn: self.ct_timeout_tcp_syn,
             ct_timeout_tcp_established: self.ct_timeout_tcp_established,
             ct_timeout_tcp_closing: self.ct_timeout_tcp_closing,

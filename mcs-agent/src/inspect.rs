@@ -78,16 +78,15 @@ impl Snapshot {
     pub fn from_pins(dir: &Path, with_conntrack: bool) -> Result<Self> {
         let now_ns = monotonic_ns();
         let dp = AyaDataplane::from_pins(dir)?;
+        let services: BTreeMap<ServiceKey, ServiceValue> = dp.services()?.into_iter().collect();
         let mut tables = BTreeMap::new();
-        for id in dp.table_ids()? {
-            if let Some(table) = dp.table(id)? {
-                tables.insert(id, table);
-            }
+        for value in services.iter().filter(|(k, v)| !k.is_wildcard() && v.table_size != 0).map(|(_, v)| v) {
+            tables.insert(value.service_id, dp.slots(value.table_start, value.table_size)?);
         }
         let counters = DatapathCounters::from_pins(dir)?;
         let mut snapshot = Self {
             config: Some(dp.config()),
-            services: dp.services()?.into_iter().collect(),
+            services,
             backends: dp.backends()?.into_iter().collect(),
             clusters: dp
                 .cluster_names()?
@@ -548,7 +547,7 @@ mod tests {
             services: dp.services.clone(),
             backends: dp.backends.clone(),
             clusters: dp.clusters.clone(),
-            tables: dp.tables.clone(),
+            tables: dp.services.values().filter_map(|v| Some((v.service_id, dp.table_of(v.service_id)?))).collect(),
             service_stats: dp.service_stats.clone(),
             drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
             stats: Stat::ALL.iter().map(|s| (*s, 0)).collect(),
@@ -602,7 +601,8 @@ mod tests {
         assert_eq!(services.len(), 2, "{v:#}");
         let tcp = services.iter().find(|s| s["protocol"] == "TCP").expect("tcp port");
         assert_eq!(tcp["sessionAffinityTimeoutSeconds"], 30);
-        assert_eq!(tcp["tableSize"], 251);
+        // Two ready backends: the ladder's 223 slots (at least 100 each).
+        assert_eq!(tcp["tableSize"], 223);
         assert_eq!(tcp["counters"]["packets"], 7);
         let backends = tcp["backends"].as_array().expect("backends");
         assert_eq!(backends.len(), 3);
@@ -618,7 +618,7 @@ mod tests {
             .collect();
         assert!(shares.contains(&("west".into(), "terminating".into(), 0)), "{shares:?}");
         let ready_slots: u64 = shares.iter().filter(|s| s.1 == "ready").map(|s| s.2).sum();
-        assert_eq!(ready_slots, 251, "the ready backends share the whole table");
+        assert_eq!(ready_slots, 223, "the ready backends share the whole table");
         let udp = services.iter().find(|s| s["protocol"] == "UDP").expect("udp port");
         assert_eq!(udp["flags"], json!(["no-backend"]));
         assert_eq!(udp["tableSize"], 0);

@@ -157,7 +157,7 @@ fn sizing_flag(map: &str) -> Option<&'static str> {
     match map {
         map_names::SERVICES => Some("--services-max"),
         map_names::BACKENDS => Some("--backends-max"),
-        map_names::MAGLEV => Some("--service-ports-max"),
+        map_names::MAGLEV => Some("--maglev-slots-max"),
         map_names::CONNTRACK_TCP => Some("--conntrack-max"),
         map_names::CONNTRACK_ANY => Some("--conntrack-max-non-tcp"),
         map_names::AFFINITY => Some("--affinity-max"),

@@ -39,8 +39,11 @@ pub mod map_names {
     pub const DROPS: &str = "MCS_DROPS";
     /// Per-CPU `u64` counters indexed by [`crate::Stat`].
     pub const STATS: &str = "MCS_STATS";
-    /// `u32` service id (host) → Maglev table: an inner `Array<MaglevPair>`
-    /// of `ServiceValue::table_size` backend-id slots, two per element (hash of maps).
+    /// Hash of maps with one entry, [`crate::MAGLEV_ARRAY_KEY`] → every
+    /// service port's Maglev table in one flat, mmapable array of backend-id
+    /// slots, two per element ([`crate::MaglevPair`]): a port's table is the
+    /// `ServiceValue::table_size` slots from `ServiceValue::table_start`.
+    /// Created once by the agent at load, written in place (docs/datapath.md).
     pub const MAGLEV: &str = "MCS_MAGLEV";
     /// [`crate::AffinityKey`] → [`crate::AffinityValue`], LRU.
     pub const AFFINITY: &str = "MCS_AFFINITY";
@@ -131,9 +134,13 @@ pub mod limits {
     /// Entries of `MCS_SOCK_REV` (LRU): one per socket and backend that a
     /// socket program translated.
     pub const SOCK_REV_MAX: u32 = 131_072;
-    /// Default Maglev table size (slots per service port), a prime. Chosen by
-    /// measurement: see docs/datapath.md.
+    /// Default largest Maglev table size (slots per service port), a prime:
+    /// a port's table is the smallest size of the ladder with at least 100
+    /// slots per usable backend, at most this. See docs/datapath.md.
     pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+    /// Default slots of `MCS_MAGLEV`, every table's slots together (4 bytes
+    /// each: 64 MiB).
+    pub const MAGLEV_SLOTS_MAX: u32 = 1 << 24;
     /// Largest accepted Maglev table size.
     pub const MAGLEV_TABLE_SIZE_MAX: u32 = 131_071;
     /// The most backends (usable and draining) one service port may have.
@@ -175,12 +182,16 @@ pub mod limits {
     pub const NAT_PORT_PROBES: u32 = 16;
 }
 
-/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of every Maglev table, the
-/// object's template (`mcs-ebpf`) and the tables the agent creates alike.
-/// `BPF_F_MMAPABLE`: the agent fills a new table through `mmap`;
-/// `BPF_F_INNER_MAP`: inner maps of any size match the template, so tables of
-/// another size (a changed `--maglev-table-size`) can be swapped in.
+/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of the flat Maglev array
+/// (the one inner map of `MCS_MAGLEV`) and of the object's template.
+/// `BPF_F_MMAPABLE`: the agent reads and writes its slots through a shared
+/// mapping, with no system call (and no RCU grace period) per table;
+/// `BPF_F_INNER_MAP`: its size (`--maglev-slots-max`) need not be the
+/// template's.
 pub const MAGLEV_TABLE_FLAGS: u32 = (1 << 10) | (1 << 12);
+
+/// The key of the flat Maglev array in `MCS_MAGLEV`, its only entry.
+pub const MAGLEV_ARRAY_KEY: u32 = 0;
 
 /// IP protocol numbers the datapath translates.
 pub mod proto {
@@ -221,8 +232,9 @@ pub mod icmp {
 /// tell pins of another layout from its own. Layout 1 (one conntrack map,
 /// destination-only NAT) had no record; layout 2 had an address-only
 /// [`AffinityKey`] and no socket counters or `MCS_SOCK_REV`; layout 3 had
-/// no client interface in [`CtValue`], no guard settings in
-/// [`DatapathConfig`] and no `MCS_RATE`.
+/// one Maglev table per service port (inner maps of a hash of maps, no
+/// `ServiceValue::table_start`), no client interface in [`CtValue`], no
+/// guard settings in [`DatapathConfig`] and no `MCS_RATE`.
 pub const LAYOUT_VERSION: u32 = 4;
 
 /// Converts an IPv4 address into the NBO `u32` the maps store.
@@ -317,17 +329,23 @@ pub const SERVICE_F_FALLBACK: u16 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ServiceValue {
     /// The id of this service port, stable while it exists; the key of its
-    /// Maglev table in `MCS_MAGLEV`. Zero on wildcards. host.
+    /// counters and affinity entries. Zero on wildcards. host.
     pub service_id: u32,
     /// Slots of the service's Maglev table (a prime); 0 means no usable
     /// backend: new connections are refused at once. host.
     pub table_size: u32,
+    /// The table's first slot in `MCS_MAGLEV` (slot `s` of the table is
+    /// slot `table_start + s` of the flat array). host.
+    pub table_start: u32,
     /// `ClientIP` affinity timeout in seconds, 0 when off. host.
     pub affinity_timeout: u32,
     /// `SERVICE_F_*`. host.
     pub flags: u16,
     /// Zero.
     pub pad: u16,
+    /// Zero (keeps the value a whole number of 8-byte words, which the
+    /// programs copy as such).
+    pub pad2: u32,
 }
 
 /// `Backend::flags`: the endpoint is terminating. It keeps its established
@@ -1155,20 +1173,17 @@ const fn fmix(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// A Maglev table element: two slots. The kernel stores array values in
-/// 8-byte steps, so a table of `u32` slots would take 8 bytes a slot; two
-/// slots an element take 4, and the `mmap` view of the table is a plain
+/// An element of `MCS_MAGLEV`: two slots. The kernel stores array values in
+/// 8-byte steps, so an array of `u32` slots would take 8 bytes a slot; two
+/// slots an element take 4, and the `mmap` view of the array is a plain
 /// array of `u32` slots. Slot `s` is `element[s / 2][s % 2]`.
 pub type MaglevPair = [u32; 2];
 
-/// The elements of a Maglev table of `table_size` slots.
+/// The elements of `MCS_MAGLEV` that hold `slots` slots.
 #[must_use]
-pub const fn maglev_elements(table_size: u32) -> u32 {
-    table_size.div_ceil(2)
+pub const fn maglev_elements(slots: u32) -> u32 {
+    slots.div_ceil(2)
 }
-
-/// Fills the slot after the last one of an odd-sized table. Never a backend id.
-pub const MAGLEV_PAD: u32 = u32::MAX;
 
 /// The Maglev slot (0-based) a flow with `hash` lands on in a table of
 /// `table_size` slots; 0 when the table is empty.
@@ -1220,7 +1235,7 @@ mod pod {
 /// Compile-time layout checks: the sizes the eBPF side and BTF rely on.
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<ServiceValue>() == 24);
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtValue>() == 40);

@@ -30,15 +30,19 @@ pub static MCS_SERVICES: HashMap<ServiceKey, ServiceValue, { limits::SERVICES_MA
 #[btf_map]
 pub static MCS_BACKENDS: Array<Backend, { limits::BACKENDS_MAX as usize }, MMAPABLE> = Array::new();
 
-/// Maglev tables by service id: slot → backend id, two slots an element
-/// (`mcs_common::MaglevPair`). The template's size is the default table
-/// size; `mcs_common::MAGLEV_TABLE_FLAGS` (shared with the agent) lets
-/// tables of any size in.
+/// The flat Maglev array, the one entry of this hash of maps
+/// (`mcs_common::MAGLEV_ARRAY_KEY`): every service port's table, slot →
+/// backend id, two slots an element (`mcs_common::MaglevPair`); a port's
+/// table is its entry's `table_size` slots from `table_start`. The agent
+/// creates the array once at load (`--maglev-slots-max`; the template's size
+/// does not bind it, `MAGLEV_TABLE_FLAGS`) and writes its slots in place
+/// through a shared mapping. A plain array map in its place costs the
+/// verifier more than its limit in `mcs_from_pod` (docs/datapath.md).
 #[btf_map]
 pub static MCS_MAGLEV: HashOfMaps<
     u32,
     Array<MaglevPair, { maglev_elements(limits::MAGLEV_TABLE_SIZE) as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
-    { limits::SERVICE_PORTS_MAX as usize },
+    1,
     NO_PREALLOC,
 > = HashOfMaps::new();
 

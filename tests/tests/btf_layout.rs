@@ -70,7 +70,7 @@ fn shared_map_types_match_the_object_btf() {
     let btf = btf_structs();
     let expected = [
         layout!(ServiceKey, [addr, port, proto, pad]),
-        layout!(ServiceValue, [service_id, table_size, affinity_timeout, flags, pad]),
+        layout!(ServiceValue, [service_id, table_size, table_start, affinity_timeout, flags, pad, pad2]),
         layout!(Backend, [addr, port, proto, flags, cluster_id, service_id]),
         layout!(CtKey, [saddr, daddr, sport, dport, proto, dir, pad]),
         layout!(
