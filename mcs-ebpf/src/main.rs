@@ -152,10 +152,12 @@ fn is_hairpin_addr(daddr: u32) -> bool {
 /// tracked flow whose backend exists needs no service lookup.
 #[inline(always)]
 fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
-    // What becomes of the old entry is counted once the service port is known.
+    // What became of an old entry is counted where it is found, so every
+    // path reaches the new-flow code in the same state (the verifier walks
+    // the port probes once, not once per kind of old entry).
     let ifindex = guard::ifindex(ctx);
     let client_tag = if guard::validates_sources() { mcs_common::ifindex_tag(ifindex) } else { 0 };
-    let (now, replaced) = match conntrack::lookup(flow, CT_DIR_FORWARD, client_tag) {
+    let now = match conntrack::lookup(flow, CT_DIR_FORWARD, client_tag) {
         // A packet with a tracked flow's tuple from another interface than
         // the flow's client: another pod using the client's address, unless
         // the node now routes the address here (the client came back on a
@@ -164,7 +166,8 @@ fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
             if !guard::source_routes_back(ctx, flow, ifindex) {
                 return drop_flow(ctx, flow, DropReason::SourceInvalid);
             }
-            (now, Some(Stat::CtReused))
+            stats::stat(Stat::CtReused);
+            now
         }
         Lookup::Hit(entry, now) => {
             if service::backend_still_there(&entry) {
@@ -179,11 +182,20 @@ fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
                 conntrack::delete(flow, &entry);
                 return refuse(ctx, flow, entry.service_id, DropReason::BackendGone);
             }
-            (now, (flow.proto == proto::UDP).then_some(Stat::CtReselected))
+            if flow.proto == proto::UDP {
+                stats::stat(Stat::CtReselected);
+            }
+            now
         }
-        Lookup::Stale(now) => (now, Some(Stat::CtExpired)),
-        Lookup::Reused(now) => (now, Some(Stat::CtReused)),
-        Lookup::Miss => (conntrack::now(), None),
+        Lookup::Stale(now) => {
+            stats::stat(Stat::CtExpired);
+            now
+        }
+        Lookup::Reused(now) => {
+            stats::stat(Stat::CtReused);
+            now
+        }
+        Lookup::Miss => conntrack::now(),
     };
     let Some(svc) = service::lookup(flow) else {
         return drop_flow(ctx, flow, DropReason::UnknownPort);
@@ -191,9 +203,6 @@ fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
     // Nothing is written for a source the node would not answer here.
     if guard::validates_sources() && !guard::source_routes_back(ctx, flow, ifindex) {
         return drop_flow(ctx, flow, DropReason::SourceInvalid);
-    }
-    if let Some(stat) = replaced {
-        stats::stat(stat);
     }
     new_flow(ctx, flow, &svc, ifindex, now)
 }

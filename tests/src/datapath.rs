@@ -350,6 +350,17 @@ impl Datapath {
         HashMap::try_from(self.ebpf.map_mut(name).expect("conntrack map")).expect("an LRU hash map")
     }
 
+    /// How many instructions the verifier walked to accept `program`: how
+    /// close it is to the kernel's limit of 1,000,000.
+    ///
+    /// # Panics
+    /// When the program is missing or the kernel gives no count.
+    #[must_use]
+    pub fn verified_insns(&self, program: &str) -> u32 {
+        let prog: &SchedClassifier = self.ebpf.program(program).expect("program").try_into().expect("tc program");
+        prog.info().expect("program info").verified_instruction_count().expect("a verified instruction count")
+    }
+
     /// The conntrack entry at `key`.
     pub fn ct(&mut self, key: &CtKey) -> Option<CtValue> {
         self.ct_map(key.proto).get(key, 0).ok()

@@ -220,6 +220,9 @@ fn mid_stream_pickups_are_limited_per_interface_and_syns_are_not() {
     });
 }
 
+/// 80% of the verifier's limit of 1,000,000 instructions walked.
+const VERIFIER_BUDGET: u32 = 800_000;
+
 #[test]
 fn every_combination_of_guard_settings_passes_the_verifier() {
     // The settings are load-time constants: each combination is a program of
@@ -228,13 +231,14 @@ fn every_combination_of_guard_settings_passes_the_verifier() {
         for reject_rate in [0, 1000] {
             for pickup_rate in [0, 100] {
                 let config = DatapathConfig { guard_flags, reject_rate, pickup_rate, ..DatapathConfig::DEFAULT };
-                let started = std::time::Instant::now();
                 let dp = Datapath::load_guarded(config);
+                let walked = dp.verified_insns(FROM_POD);
                 println!(
-                    "guard {guard_flags} reject {reject_rate} pickup {pickup_rate}: loaded in {:?}",
-                    started.elapsed()
+                    "guard {guard_flags} reject {reject_rate} pickup {pickup_rate}: {walked} instructions verified"
                 );
-                drop(dp);
+                // A margin below the kernel's limit, so that growth shows here
+                // before a change of settings fails to load on a node.
+                assert!(walked < VERIFIER_BUDGET, "{walked} instructions verified: within 20% of the kernel's limit");
             }
         }
     }
