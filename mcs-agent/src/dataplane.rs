@@ -112,7 +112,7 @@ impl AyaDataplane {
         Ok(Self {
             services: typed(open(map_names::SERVICES)?, map_names::SERVICES)?,
             backends: BackendArray::new(typed(open(map_names::BACKENDS)?, map_names::BACKENDS)?)?,
-            maglev: MaglevArray::new(&typed(open(map_names::MAGLEV)?, map_names::MAGLEV)?)?,
+            maglev: MaglevArray::new(typed(open(map_names::MAGLEV)?, map_names::MAGLEV)?)?,
             clusters: typed(open(map_names::CLUSTERS)?, map_names::CLUSTERS)?,
             service_stats: typed(open(map_names::SERVICE_STATS)?, map_names::SERVICE_STATS)?,
             affinity: typed(open(map_names::AFFINITY)?, map_names::AFFINITY)?,
@@ -241,6 +241,11 @@ impl BackendArray {
 /// every slot a live entry names holds an old or a new backend of its port)
 /// is the sync's: see `mcs_core::sync`.
 struct MaglevArray {
+    /// Keeps `MCS_MAGLEV` itself open: when it was taken out of the loaded
+    /// object, its fd is the one the programs loaded later (the socket
+    /// programs) were relocated with; closed, the number would be reused by
+    /// the next map opened, and those programs would name that map instead.
+    _outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>,
     /// Keeps the map open (the mapping needs the file to stay valid).
     _map: Array<MapData, MaglevPair>,
     mapping: Mapping,
@@ -250,7 +255,7 @@ struct MaglevArray {
 }
 
 impl MaglevArray {
-    fn new(outer: &HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>) -> Result<Self> {
+    fn new(outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>) -> Result<Self> {
         let map = outer.get(&mcs_common::MAGLEV_ARRAY_KEY, 0).with_context(|| {
             format!("{} holds no Maglev array (the agent creates it when it loads the programs)", map_names::MAGLEV)
         })?;
@@ -259,7 +264,7 @@ impl MaglevArray {
         let len = elements.saturating_mul(2);
         let mapping = Mapping::new(map.map().fd().as_fd(), len as usize, true)
             .with_context(|| format!("mapping {} (is it BPF_F_MMAPABLE?)", map_names::MAGLEV))?;
-        Ok(Self { _map: map, mapping, len })
+        Ok(Self { _outer: outer, _map: map, mapping, len })
     }
 
     fn range(&self, start: u32, len: u32) -> MapResult<std::ops::Range<usize>> {
@@ -474,7 +479,7 @@ pub fn fill_levels(dir: &Path) -> Result<Vec<MapFill>> {
     // The Maglev array: slots that live tables use, of its slots.
     let outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>> =
         typed(open_pinned(dir, map_names::MAGLEV)?, map_names::MAGLEV)?;
-    let slots = MaglevArray::new(&outer)?.len;
+    let slots = MaglevArray::new(outer)?.len;
     let services: HashMap<MapData, ServiceKey, ServiceValue> =
         typed(open_pinned(dir, map_names::SERVICES)?, map_names::SERVICES)?;
     let used =
