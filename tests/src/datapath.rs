@@ -41,11 +41,21 @@ pub const DROP: u32 = 2;
 pub const REDIRECT: u32 = 7;
 
 /// Size of `struct __sk_buff` as `test_run` takes it (up to `hwtstamp`).
-const SK_BUFF_LEN: usize = 192;
+pub const SK_BUFF_LEN: usize = 192;
 /// Offset of `ingress_ifindex` in `struct __sk_buff`.
 const SK_BUFF_INGRESS_IFINDEX: usize = 36;
 /// Offset of `ifindex` in `struct __sk_buff`.
 const SK_BUFF_IFINDEX: usize = 40;
+
+/// The `struct __sk_buff` `test_run` takes for a packet arriving on
+/// interface `ifindex` (`ingress_ifindex` and `ifindex`, as tc ingress sees them).
+#[must_use]
+pub fn skb_arriving_on(ifindex: u32) -> [u8; SK_BUFF_LEN] {
+    let mut ctx = [0u8; SK_BUFF_LEN];
+    ctx[SK_BUFF_INGRESS_IFINDEX..SK_BUFF_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
 
 /// Table size of the tests: small keeps setup quick; the algorithm is the same.
 pub const TABLE_SIZE: u32 = 1021;
@@ -319,10 +329,7 @@ impl Datapath {
     /// When `test_run` fails.
     #[must_use]
     pub fn run_on(&self, program: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut ctx = [0u8; SK_BUFF_LEN];
-        ctx[SK_BUFF_INGRESS_IFINDEX..SK_BUFF_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        self.try_run_ctx(program, frame, Some(&ctx)).unwrap_or_else(|e| {
+        self.try_run_ctx(program, frame, Some(&skb_arriving_on(ifindex))).unwrap_or_else(|e| {
             panic!("test_run of {program} on a {}-byte frame arriving on ifindex {ifindex}: {e}", frame.len())
         })
     }

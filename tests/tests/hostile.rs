@@ -45,12 +45,8 @@ fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
     bytes.try_into().unwrap_or_else(|b| panic!("{iface} in {}: no MAC in {out:?} ({b:?})", ns.name()))
 }
 
-/// Sends `frames` out of `iface` of the calling thread's namespace.
-fn send_frames(iface: &str, frames: impl Iterator<Item = Vec<u8>>) -> usize {
-    let name = std::ffi::CString::new(iface).expect("no NUL");
-    // SAFETY: a valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert!(ifindex != 0, "{iface}: no such interface");
+/// Sends `frames` out of interface `ifindex` of the calling thread's namespace.
+fn send_frames(ifindex: u32, frames: impl Iterator<Item = Vec<u8>>) -> usize {
     // SAFETY: plain socket creation; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
@@ -111,7 +107,8 @@ fn flood(topology: &Topology) -> (usize, Duration) {
         frame
     });
     let started = Instant::now();
-    let sent = topology.pod(0, 0).enter(|| send_frames(POD_IFACE, frames));
+    let ifindex = topology.pod(0, 0).ifindex(POD_IFACE);
+    let sent = topology.pod(0, 0).enter(|| send_frames(ifindex, frames));
     (sent, started.elapsed())
 }
 

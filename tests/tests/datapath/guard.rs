@@ -42,14 +42,7 @@ impl Node {
             ns.ip(&["link", "set", iface, "up"]);
             ns.ip(&["route", "add", &format!("{pod}/32"), "dev", iface]);
         }
-        let index = |iface: &str| {
-            let name = std::ffi::CString::new(iface).expect("no NUL");
-            // SAFETY: a valid C string; the call reads nothing else.
-            let i = ns.enter(|| unsafe { libc::if_nametoindex(name.as_ptr()) });
-            assert!(i != 0, "{iface} has an index in {}", ns.name());
-            i
-        };
-        let (pod0, pod1) = (index("pod0"), index("pod1"));
+        let (pod0, pod1) = (ns.ifindex("pod0"), ns.ifindex("pod1"));
         Self { ns, pod0, pod1 }
     }
 

@@ -230,15 +230,6 @@ fn single_shots(ebpf: &Ebpf, program_name: &str, n: u32, frame: impl Fn(u32) -> 
     single_shots_on(ebpf, program_name, None, n, frame)
 }
 
-/// `struct __sk_buff` for `test_run` with the packet arriving on `ifindex`
-/// (`ingress_ifindex` at byte 36, `ifindex` at 40, 192 bytes in all).
-fn skb_on(ifindex: u32) -> [u8; 192] {
-    let mut ctx = [0u8; 192];
-    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
 /// [`single_shots`], the packets arriving on `ifindex` of the calling
 /// thread's namespace when given.
 fn single_shots_on(
@@ -249,7 +240,7 @@ fn single_shots_on(
     frame: impl Fn(u32) -> Vec<u8>,
 ) -> Result<Vec<f64>> {
     let prog = program(ebpf, program_name)?;
-    let ctx = ifindex.map(skb_on);
+    let ctx = ifindex.map(mcs_tests::datapath::skb_arriving_on);
     let mut v = Vec::with_capacity(n as usize);
     let deadline = Instant::now() + Duration::from_mins(2);
     for i in 0..n {
@@ -259,7 +250,7 @@ fn single_shots_on(
             .test_run(TestRunOptions {
                 data_in: Some(&frame),
                 data_out: Some(&mut out),
-                ctx_in: ctx.as_ref().map(<[u8; 192]>::as_slice),
+                ctx_in: ctx.as_ref().map(<[u8; mcs_tests::datapath::SK_BUFF_LEN]>::as_slice),
                 ..Default::default()
             })
             .context("BPF_PROG_TEST_RUN")?;
@@ -392,11 +383,8 @@ fn new_flows_validated(s: Settings, ct: u32) -> Result<Vec<f64>> {
     ns.ip(&["link", "set", "pod0p", "up"]);
     ns.ip(&["link", "set", "pod0", "up"]);
     ns.ip(&["route", "add", "198.18.0.0/24", "dev", "pod0"]);
+    let ifindex = ns.ifindex("pod0");
     ns.enter(|| {
-        let name = c"pod0";
-        // SAFETY: a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        ensure!(ifindex != 0, "pod0 has no index");
         let config = DatapathConfig { conntrack_max: ct, ..DatapathConfig::DEFAULT };
         ensure!(config.guard_flags & GUARD_F_SOURCE_FIB != 0, "source validation is the default");
         let mut ebpf = ebpf::load(&LoadOptions { config, ..LoadOptions::default() })?;
