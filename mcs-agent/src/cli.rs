@@ -115,10 +115,15 @@ pub struct DatapathFlags {
     /// connections of a minute to one backend port (docs/datapath.md).
     #[arg(long, default_value = "1024-32767", value_parser = parse_port_range)]
     pub nat_port_range: PortRange,
-    /// Slots of each service port's Maglev table: a prime, at least 100 times
-    /// the most backends a port has for an even spread (docs/datapath.md).
+    /// The largest Maglev table, a prime: a service port's table has the
+    /// smallest size of a fixed ladder with at least 100 slots per usable
+    /// backend, at most this (docs/datapath.md).
     #[arg(long, default_value_t = limits::MAGLEV_TABLE_SIZE, value_parser = parse_table_size)]
     pub maglev_table_size: u32,
+    /// Slots of the one array that holds every Maglev table (4 bytes each;
+    /// the default is 64 MiB). Applies when the maps are created.
+    #[arg(long, default_value_t = limits::MAGLEV_SLOTS_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    pub maglev_slots_max: u32,
     /// Idle timeout of a TCP connection that has only sent its SYN, in seconds.
     #[arg(long, default_value_t = limits::CT_TIMEOUT_TCP_SYN_SECS)]
     pub ct_timeout_tcp_syn: u64,
@@ -161,6 +166,40 @@ pub struct DatapathFlags {
     /// `socketLB.hostNamespaceOnly`).
     #[arg(long)]
     pub socket_lb_host_only: bool,
+    /// How a new flow's source address is checked: `fib` accepts it only
+    /// when the node routes the address back out of the interface the packet
+    /// came in on (strict reverse-path filtering), so a pod cannot open flows
+    /// or session affinity with another pod's address; `off` checks nothing
+    /// (for CNIs whose pod routes point at a bridge rather than the pod's
+    /// own interface; docs/deploy.md).
+    #[arg(long, value_enum, default_value_t = SourceValidation::Fib)]
+    pub source_validation: SourceValidation,
+    /// Fail-fast answers (TCP RST, ICMP port unreachable) each pod interface
+    /// may get per second; refused packets over it are dropped
+    /// (`reject-limited`). 0: no limit.
+    #[arg(long, default_value_t = limits::REJECT_RATE)]
+    pub reject_rate: u32,
+    /// Fail-fast answers a pod interface may get at once.
+    #[arg(long, default_value_t = limits::REJECT_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reject_burst: u32,
+    /// TCP segments other than SYNs that pick up an untracked flow mid-stream
+    /// (after an eviction), per second and pod interface; those over it are
+    /// dropped (`pickup-limited`) and the client's retransmission tries again,
+    /// so a pod cannot fill the conntrack map with made-up flows. 0: no limit.
+    #[arg(long, default_value_t = limits::PICKUP_RATE)]
+    pub pickup_rate: u32,
+    /// Mid-stream pickups a pod interface may make at once.
+    #[arg(long, default_value_t = limits::PICKUP_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pickup_burst: u32,
+}
+
+/// `--source-validation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceValidation {
+    /// A FIB lookup of the source address must lead back to the interface.
+    Fib,
+    /// No check.
+    Off,
 }
 
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
@@ -185,6 +224,7 @@ impl DatapathFlags {
             conntrack_max_non_tcp: self.conntrack_max_non_tcp,
             nat_port_range: self.nat_port_range,
             maglev_table_size: self.maglev_table_size,
+            maglev_slots_max: self.maglev_slots_max,
             ct_timeout_tcp_syn: self.ct_timeout_tcp_syn,
             ct_timeout_tcp_established: self.ct_timeout_tcp_established,
             ct_timeout_tcp_closing: self.ct_timeout_tcp_closing,
@@ -195,6 +235,11 @@ impl DatapathFlags {
             service_ports_max: self.service_ports_max,
             hairpin_ip: self.hairpin_ip,
             socket_lb_host_only: self.socket_lb_host_only,
+            validate_sources: matches!(self.source_validation, SourceValidation::Fib),
+            reject_rate: self.reject_rate,
+            reject_burst: self.reject_burst,
+            pickup_rate: self.pickup_rate,
+            pickup_burst: self.pickup_burst,
         }
     }
 }

@@ -13,8 +13,8 @@ use aya::{
     maps::{Array, HashMap, HashOfMaps, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use mcs_common::{
-    AffinityKey, AffinityValue, Backend, ClusterName, DatapathConfig, DropReason, MAGLEV_PAD, MaglevPair, ServiceKey,
-    ServiceStats, ServiceValue, Stat, maglev_elements, map_names,
+    AffinityKey, AffinityValue, Backend, ClusterName, DatapathConfig, DropReason, MaglevPair, ServiceKey, ServiceStats,
+    ServiceValue, Stat, map_names,
 };
 
 pub use mcs_core::dataplane::{Dataplane, DataplaneError};
@@ -45,15 +45,15 @@ fn read_all<K, V>(
     entries.map(|r| r.map_err(|e| map_error(map, "reading".into(), e))).collect()
 }
 
-/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of the template Maglev table
-/// in the object (`mcs-ebpf/src/maps.rs`); every table must have the same.
+/// `BPF_F_MMAPABLE`: the flags of the flat Maglev array in the object
+/// (`mcs-ebpf/src/maps.rs`).
 pub const MAGLEV_TABLE_FLAGS: u32 = mcs_common::MAGLEV_TABLE_FLAGS;
 
 /// The maps of a loaded object (or of a running agent's pins).
 pub struct AyaDataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: BackendArray,
-    maglev: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>,
+    maglev: MaglevArray,
     clusters: HashMap<MapData, u32, ClusterName>,
     service_stats: PerCpuArray<MapData, ServiceStats>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -112,7 +112,7 @@ impl AyaDataplane {
         Ok(Self {
             services: typed(open(map_names::SERVICES)?, map_names::SERVICES)?,
             backends: BackendArray::new(typed(open(map_names::BACKENDS)?, map_names::BACKENDS)?)?,
-            maglev: typed(open(map_names::MAGLEV)?, map_names::MAGLEV)?,
+            maglev: MaglevArray::new(typed(open(map_names::MAGLEV)?, map_names::MAGLEV)?)?,
             clusters: typed(open(map_names::CLUSTERS)?, map_names::CLUSTERS)?,
             service_stats: typed(open(map_names::SERVICE_STATS)?, map_names::SERVICE_STATS)?,
             affinity: typed(open(map_names::AFFINITY)?, map_names::AFFINITY)?,
@@ -230,6 +230,82 @@ impl BackendArray {
             std::ptr::write_volatile(slot, backend);
         }
         Ok(())
+    }
+}
+
+/// The flat Maglev array (the one inner map of `MCS_MAGLEV`, created at
+/// load by `ebpf::load_object`): every Maglev table's slots, read and
+/// written through a shared mapping. A slot is a `u32` backend id; the
+/// kernel reads whole elements of two slots, and a slot written with one
+/// aligned 4-byte store is never seen torn. What is written when (so that
+/// every slot a live entry names holds an old or a new backend of its port)
+/// is the sync's: see `mcs_core::sync`.
+struct MaglevArray {
+    /// Keeps `MCS_MAGLEV` itself open: when it was taken out of the loaded
+    /// object, its fd is the one the programs loaded later (the socket
+    /// programs) were relocated with; closed, the number would be reused by
+    /// the next map opened, and those programs would name that map instead.
+    _outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>,
+    /// Keeps the map open (the mapping needs the file to stay valid).
+    _map: Array<MapData, MaglevPair>,
+    mapping: Mapping,
+    /// Slots: twice the kernel's element count (the pin's own, not the
+    /// object's, when an older agent's array is adopted).
+    len: u32,
+}
+
+impl MaglevArray {
+    fn new(outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>) -> Result<Self> {
+        let map = outer.get(&mcs_common::MAGLEV_ARRAY_KEY, 0).with_context(|| {
+            format!("{} holds no Maglev array (the agent creates it when it loads the programs)", map_names::MAGLEV)
+        })?;
+        let elements =
+            map.map().info().with_context(|| format!("reading the size of {}", map_names::MAGLEV))?.max_entries();
+        let len = elements.saturating_mul(2);
+        let mapping = Mapping::new(map.map().fd().as_fd(), len as usize, true)
+            .with_context(|| format!("mapping {} (is it BPF_F_MMAPABLE?)", map_names::MAGLEV))?;
+        Ok(Self { _outer: outer, _map: map, mapping, len })
+    }
+
+    fn range(&self, start: u32, len: u32) -> MapResult<std::ops::Range<usize>> {
+        let end = u64::from(start) + u64::from(len);
+        if end > u64::from(self.len) {
+            return Err(DataplaneError::Full {
+                map: map_names::MAGLEV,
+                what: format!(
+                    "Maglev slots {start}..{end} (the array has {} slots; raise --maglev-slots-max)",
+                    self.len
+                ),
+            });
+        }
+        Ok(start as usize..start as usize + len as usize)
+    }
+
+    fn slots(&self) -> &[u32] {
+        // SAFETY: the mapping holds `len` u32 slots from its page-aligned
+        // start and lives as long as `self`; the kernel's concurrent reads
+        // do not write.
+        unsafe { std::slice::from_raw_parts(self.mapping.ptr.cast::<u32>(), self.len as usize) }
+    }
+
+    fn write(&mut self, start: u32, table: &[u32]) -> MapResult<usize> {
+        let len = table_len(table)?;
+        let range = self.range(start, len)?;
+        let base = self.mapping.ptr.cast::<u32>();
+        let mut written = 0;
+        for (i, id) in range.zip(table) {
+            // SAFETY: `i` is inside the mapping (checked by `range`); slots
+            // are read and written with single aligned 4-byte accesses,
+            // volatile because the kernel reads them concurrently.
+            unsafe {
+                let slot = base.add(i);
+                if std::ptr::read_volatile(slot) != *id {
+                    std::ptr::write_volatile(slot, *id);
+                    written += 1;
+                }
+            }
+        }
+        Ok(written)
     }
 }
 
@@ -382,10 +458,6 @@ pub fn fill_levels(dir: &Path) -> Result<Vec<MapFill>> {
         let array = BackendArray::new(typed(map, map_names::BACKENDS)?)?;
         Ok(array.slots().iter().filter(|b| b.is_present()).count() as u64)
     })?;
-    hash(map_names::MAGLEV, false, &|map, cap| {
-        let map: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>> = typed(map, map_names::MAGLEV)?;
-        Ok(count_keys(map.keys(), cap))
-    })?;
     hash(map_names::CLUSTERS, false, &|map, cap| {
         let map: HashMap<MapData, u32, ClusterName> = typed(map, map_names::CLUSTERS)?;
         Ok(count_keys(map.keys(), cap))
@@ -404,6 +476,16 @@ pub fn fill_levels(dir: &Path) -> Result<Vec<MapFill>> {
         let map: HashMap<MapData, AffinityKey, AffinityValue> = typed(map, map_names::AFFINITY)?;
         Ok(count_keys(map.keys(), cap))
     })?;
+    // The Maglev array: slots that live tables use, of its slots.
+    let outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>> =
+        typed(open_pinned(dir, map_names::MAGLEV)?, map_names::MAGLEV)?;
+    let slots = MaglevArray::new(outer)?.len;
+    let services: HashMap<MapData, ServiceKey, ServiceValue> =
+        typed(open_pinned(dir, map_names::SERVICES)?, map_names::SERVICES)?;
+    let used =
+        services.iter().filter_map(Result::ok).filter(|(k, _)| !k.is_wildcard()).map(|(_, v)| u64::from(v.table_size));
+    let fill = MapFill { name: map_names::MAGLEV, entries: used.sum(), capacity: u64::from(slots), evicts: false };
+    out.insert(2.min(out.len()), fill);
     Ok(out)
 }
 
@@ -454,44 +536,12 @@ impl Mapping {
         }
         Ok(Self { ptr, len })
     }
-
-    fn values(&mut self, entries: usize) -> &mut [u32] {
-        assert!(entries * size_of::<u32>() <= self.len, "mapping too short");
-        // SAFETY: the mapping is at least `entries` u32s long, page-aligned,
-        // and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u32>(), entries) }
-    }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `new`.
         unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-/// Calls `f` with a Maglev table's slots, mapped read-only (no copy),
-/// without the padding slot of an odd-sized table.
-fn with_table<T>(table: &Array<MapData, MaglevPair>, f: impl FnOnce(&[u32]) -> T) -> MapResult<T> {
-    let slots = table.len() as usize * 2;
-    let mut mapping = Mapping::new(table.map().fd().as_fd(), slots, false)
-        .map_err(|error| DataplaneError::Kernel { what: "mmap of a Maglev table".into(), error })?;
-    let values: &[u32] = mapping.values(slots);
-    let values = match values.split_last() {
-        Some((&MAGLEV_PAD, rest)) => rest,
-        _ => values,
-    };
-    Ok(f(values))
-}
-
-impl AyaDataplane {
-    /// Runs `f` on the live Maglev table of `service_id`, if it has one.
-    fn with_live_table<T>(&self, service_id: u32, f: impl FnOnce(&[u32]) -> T) -> MapResult<Option<T>> {
-        match self.maglev.get(&service_id, 0) {
-            Ok(table) => with_table(&table, f).map(Some),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(map_error(map_names::MAGLEV, format!("reading the Maglev table of service {service_id}"), e)),
-        }
     }
 }
 
@@ -516,16 +566,18 @@ impl Dataplane for AyaDataplane {
             .collect()
     }
 
-    fn table_ids(&self) -> MapResult<Vec<u32>> {
-        self.maglev.keys().map(|r| r.map_err(|e| map_error(map_names::MAGLEV, "reading".into(), e))).collect()
+    fn maglev_slots(&self) -> u32 {
+        self.maglev.len
     }
 
-    fn table(&self, service_id: u32) -> MapResult<Option<Vec<u32>>> {
-        self.with_live_table(service_id, <[u32]>::to_vec)
+    fn slots(&self, start: u32, len: u32) -> MapResult<Vec<u32>> {
+        let range = self.maglev.range(start, len)?;
+        Ok(self.maglev.slots()[range].to_vec())
     }
 
-    fn table_digest(&self, service_id: u32) -> MapResult<Option<(u32, u64)>> {
-        self.with_live_table(service_id, |table| Ok((table_len(table)?, maglev::digest_table(table))))?.transpose()
+    fn slots_digest(&self, start: u32, len: u32) -> MapResult<u64> {
+        let range = self.maglev.range(start, len)?;
+        Ok(maglev::digest_table(&self.maglev.slots()[range]))
     }
 
     fn maglev_table_size(&self) -> u32 {
@@ -555,31 +607,8 @@ impl Dataplane for AyaDataplane {
         self.backends.write(id, Backend::default())
     }
 
-    fn put_table(&mut self, service_id: u32, table: &[u32]) -> MapResult<()> {
-        let slots = table_len(table)?;
-        let what = || format!("Maglev table of service {service_id} ({slots} slots)");
-        let elements = maglev_elements(slots);
-        let inner = Array::<MapData, MaglevPair>::create(elements, MAGLEV_TABLE_FLAGS)
-            .map_err(|e| map_error(map_names::MAGLEV, format!("creating the {}", what()), e))?;
-        {
-            let all = elements as usize * 2;
-            let mut mapping = Mapping::new(inner.map().fd().as_fd(), all, true)
-                .map_err(|error| DataplaneError::Kernel { what: format!("mmap of the {}", what()), error })?;
-            let values = mapping.values(all);
-            values[..table.len()].copy_from_slice(table);
-            values[table.len()..].fill(MAGLEV_PAD);
-        }
-        // One update of the outer map publishes the complete table; the old
-        // one is freed when the last program run using it ends.
-        self.maglev
-            .insert(service_id, &inner, 0)
-            .map_err(|e| map_error(map_names::MAGLEV, format!("publishing the {}", what()), e))
-    }
-
-    fn delete_table(&mut self, service_id: u32) -> MapResult<()> {
-        ignore_missing(map_names::MAGLEV, self.maglev.remove(&service_id), || {
-            format!("deleting the Maglev table of service {service_id}")
-        })
+    fn write_slots(&mut self, start: u32, table: &[u32]) -> MapResult<usize> {
+        self.maglev.write(start, table)
     }
 
     fn put_cluster(&mut self, id: u32, name: &str) -> MapResult<()> {

@@ -35,8 +35,8 @@ use aya::{
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, CONFIG_GLOBAL, ClusterName, CtKey, CtValue, DEFAULT_HAIRPIN_ADDR,
-    DatapathConfig, FragKey, FragValue, LAYOUT_VERSION, NS_PER_SEC, SOCKET_F_HOST_ONLY, ServiceKey, ServiceStats,
-    ServiceValue, SockRevKey, SockRevValue, ipv4_to_nbo, limits, map_names, program_names,
+    DatapathConfig, FragKey, FragValue, GUARD_F_SOURCE_FIB, LAYOUT_VERSION, NS_PER_SEC, SOCKET_F_HOST_ONLY, ServiceKey,
+    ServiceStats, ServiceValue, SockRevKey, SockRevValue, ipv4_to_nbo, limits, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
@@ -84,9 +84,10 @@ pub struct LoadOptions {
     /// Entries of the services map (one per service port and one per
     /// ClusterSetIP).
     pub services_max: u32,
-    /// Entries of the maps with one entry per service port: the Maglev
-    /// tables' outer map and the per-service counters.
+    /// Entries of the per-service counters (service ids are below it).
     pub service_ports_max: u32,
+    /// Slots of the flat Maglev array: every table's slots together.
+    pub maglev_slots_max: u32,
     /// The programs' settings (timeouts, hairpin address, table size), and
     /// the sizes of the conntrack and session-affinity maps
     /// (`conntrack_max`, `affinity_max`).
@@ -100,6 +101,7 @@ impl Default for LoadOptions {
             backends_max: limits::BACKENDS_MAX,
             services_max: limits::SERVICES_MAX,
             service_ports_max: limits::SERVICE_PORTS_MAX,
+            maglev_slots_max: limits::MAGLEV_SLOTS_MAX,
             config: DatapathConfig::DEFAULT,
         }
     }
@@ -116,8 +118,11 @@ pub struct DatapathSettings {
     pub conntrack_max_non_tcp: u32,
     /// The source ports translated flows get.
     pub nat_port_range: PortRange,
-    /// Slots of each service port's Maglev table (a prime).
+    /// The largest Maglev table (a prime); a port's table is sized from
+    /// its backend count up to this.
     pub maglev_table_size: u32,
+    /// Slots of the flat Maglev array (every table's together).
+    pub maglev_slots_max: u32,
     /// Idle timeout of a TCP connection that has only sent its SYN, in seconds.
     pub ct_timeout_tcp_syn: u64,
     /// Idle timeout of an established TCP connection, in seconds.
@@ -139,6 +144,17 @@ pub struct DatapathSettings {
     /// The socket programs translate only the node's own network namespace
     /// (`--socket-lb-host-only`).
     pub socket_lb_host_only: bool,
+    /// New flows are accepted only from sources routed back out of their
+    /// interface (`--source-validation=fib`).
+    pub validate_sources: bool,
+    /// Fail-fast answers per second and interface; 0: no limit.
+    pub reject_rate: u32,
+    /// Fail-fast answers at once per interface.
+    pub reject_burst: u32,
+    /// Mid-stream pickups per second and interface; 0: no limit.
+    pub pickup_rate: u32,
+    /// Mid-stream pickups at once per interface.
+    pub pickup_burst: u32,
 }
 
 /// A range of ports, both ends included.
@@ -166,6 +182,7 @@ impl Default for DatapathSettings {
             conntrack_max_non_tcp: limits::CONNTRACK_NON_TCP_MAX,
             nat_port_range: PortRange { first: limits::NAT_PORT_MIN, last: limits::NAT_PORT_MAX },
             maglev_table_size: limits::MAGLEV_TABLE_SIZE,
+            maglev_slots_max: limits::MAGLEV_SLOTS_MAX,
             ct_timeout_tcp_syn: limits::CT_TIMEOUT_TCP_SYN_SECS,
             ct_timeout_tcp_established: limits::CT_TIMEOUT_TCP_ESTABLISHED_SECS,
             ct_timeout_tcp_closing: limits::CT_TIMEOUT_TCP_CLOSING_SECS,
@@ -176,6 +193,11 @@ impl Default for DatapathSettings {
             service_ports_max: limits::SERVICE_PORTS_MAX,
             hairpin_ip: DEFAULT_HAIRPIN_ADDR,
             socket_lb_host_only: false,
+            validate_sources: true,
+            reject_rate: limits::REJECT_RATE,
+            reject_burst: limits::REJECT_BURST,
+            pickup_rate: limits::PICKUP_RATE,
+            pickup_burst: limits::PICKUP_BURST,
         }
     }
 }
@@ -189,6 +211,7 @@ impl DatapathSettings {
             backends_max: self.backends_max,
             services_max: self.services_max,
             service_ports_max: self.service_ports_max,
+            maglev_slots_max: self.maglev_slots_max,
             config: DatapathConfig {
                 tcp_syn_ns: self.ct_timeout_tcp_syn.saturating_mul(NS_PER_SEC),
                 tcp_established_ns: self.ct_timeout_tcp_established.saturating_mul(NS_PER_SEC),
@@ -205,6 +228,12 @@ impl DatapathSettings {
                 socket_flags: if self.socket_lb_host_only { SOCKET_F_HOST_ONLY } else { 0 },
                 // Filled in by `load_object`, from the loading process's namespace.
                 host_netns_cookie: 0,
+                guard_flags: if self.validate_sources { GUARD_F_SOURCE_FIB } else { 0 },
+                reject_rate: self.reject_rate,
+                reject_burst: self.reject_burst,
+                pickup_rate: self.pickup_rate,
+                pickup_burst: self.pickup_burst,
+                pad: 0,
             },
         }
     }
@@ -248,7 +277,7 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
     loader.map_max_entries(map_names::AFFINITY, config.affinity_max);
     loader.map_max_entries(map_names::BACKENDS, options.backends_max);
     loader.map_max_entries(map_names::SERVICES, options.services_max);
-    loader.map_max_entries(map_names::MAGLEV, options.service_ports_max);
+    loader.map_max_entries(map_names::MAGLEV, 1);
     loader.map_max_entries(map_names::SERVICE_STATS, options.service_ports_max);
     loader.override_global(CONFIG_GLOBAL, &config, true);
     let mut pins = Vec::new();
@@ -260,7 +289,8 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
             map_names::AFFINITY => Some(config.affinity_max),
             map_names::BACKENDS => Some(options.backends_max),
             map_names::SERVICES => Some(options.services_max),
-            map_names::MAGLEV | map_names::SERVICE_STATS => Some(options.service_ports_max),
+            map_names::MAGLEV => Some(1),
+            map_names::SERVICE_STATS => Some(options.service_ports_max),
             _ => None,
         };
         for (name, map_type, key_size, value_size) in MAP_SHAPES {
@@ -301,7 +331,40 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
         ebpf.map_mut(map_names::CONFIG).context("map MCS_CONFIG is missing from the eBPF object")?,
     )?;
     record.set(0, config, 0).context("writing MCS_CONFIG")?;
+    ensure_maglev_array(&mut ebpf, options.maglev_slots_max)?;
     Ok(ebpf)
+}
+
+/// Creates the flat Maglev array (`--maglev-slots-max` slots) as the one
+/// entry of `MCS_MAGLEV`, unless the (pinned) map already holds one: that
+/// one is adopted with its tables and its size. The only update of the
+/// outer map, so the only RCU grace period the tables ever wait for.
+fn ensure_maglev_array(ebpf: &mut Ebpf, slots: u32) -> Result<()> {
+    use aya::maps::{Array, HashOfMaps, MapData, MapError};
+    use mcs_common::{MAGLEV_ARRAY_KEY, MAGLEV_TABLE_FLAGS, MaglevPair, maglev_elements};
+    let mut outer: HashOfMaps<&mut MapData, u32, Array<MapData, MaglevPair>> = HashOfMaps::try_from(
+        ebpf.map_mut(map_names::MAGLEV).context("map MCS_MAGLEV is missing from the eBPF object")?,
+    )?;
+    match outer.get(&MAGLEV_ARRAY_KEY, 0) {
+        Ok(inner) => {
+            let found = u64::from(inner.len()) * 2;
+            if found != u64::from(maglev_elements(slots)) * 2 {
+                warn!(
+                    pinned = found,
+                    requested = slots,
+                    "the pinned Maglev array keeps its size; --maglev-slots-max takes effect after `mcs-agent cleanup`"
+                );
+            }
+            Ok(())
+        }
+        Err(MapError::KeyNotFound) => {
+            let inner = Array::<MapData, MaglevPair>::create(maglev_elements(slots), MAGLEV_TABLE_FLAGS)
+                .with_context(|| format!("creating the Maglev array of {slots} slots (--maglev-slots-max)"))?;
+            outer.insert(MAGLEV_ARRAY_KEY, &inner, 0).context("publishing the Maglev array in MCS_MAGLEV")?;
+            Ok(())
+        }
+        Err(e) => Err(e).context("reading MCS_MAGLEV"),
+    }
 }
 
 /// Makes sure `dir` is on a bpffs, mounting one at `/sys/fs/bpf` when that is

@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use mcs_common::{
     BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CT_DIR_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, NS_PER_SEC, SERVICE_F_FALLBACK, SOCKET_F_HOST_ONLY,
-    ServiceKey, ServiceStats, ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
+    CT_STATE_SYN, CtKey, CtValue, DatapathConfig, DropReason, GUARD_F_SOURCE_FIB, NS_PER_SEC, SERVICE_F_FALLBACK,
+    SOCKET_F_HOST_ONLY, ServiceKey, ServiceStats, ServiceValue, Stat, ct_state, ipv4_from_nbo, map_names, proto,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -78,16 +78,15 @@ impl Snapshot {
     pub fn from_pins(dir: &Path, with_conntrack: bool) -> Result<Self> {
         let now_ns = monotonic_ns();
         let dp = AyaDataplane::from_pins(dir)?;
+        let services: BTreeMap<ServiceKey, ServiceValue> = dp.services()?.into_iter().collect();
         let mut tables = BTreeMap::new();
-        for id in dp.table_ids()? {
-            if let Some(table) = dp.table(id)? {
-                tables.insert(id, table);
-            }
+        for value in services.iter().filter(|(k, v)| !k.is_wildcard() && v.table_size != 0).map(|(_, v)| v) {
+            tables.insert(value.service_id, dp.slots(value.table_start, value.table_size)?);
         }
         let counters = DatapathCounters::from_pins(dir)?;
         let mut snapshot = Self {
             config: Some(dp.config()),
-            services: dp.services()?.into_iter().collect(),
+            services,
             backends: dp.backends()?.into_iter().collect(),
             clusters: dp
                 .cluster_names()?
@@ -182,6 +181,16 @@ pub struct ConfigView {
     pub socket_lb_host_only: bool,
     /// The cookie of the namespace the agent loaded the programs in (the node's).
     pub host_netns_cookie: u64,
+    /// How new flows' sources are checked: `fib` or `off`.
+    pub source_validation: &'static str,
+    /// Fail-fast answers per second and interface; 0: no limit.
+    pub reject_rate: u32,
+    /// Fail-fast answers at once per interface.
+    pub reject_burst: u32,
+    /// Mid-stream pickups per second and interface; 0: no limit.
+    pub pickup_rate: u32,
+    /// Mid-stream pickups at once per interface.
+    pub pickup_burst: u32,
 }
 
 /// One service port and its backends.
@@ -295,6 +304,11 @@ impl Inspection {
             affinity_max: c.affinity_max,
             socket_lb_host_only: c.socket_flags & SOCKET_F_HOST_ONLY != 0,
             host_netns_cookie: c.host_netns_cookie,
+            source_validation: if c.guard_flags & GUARD_F_SOURCE_FIB != 0 { "fib" } else { "off" },
+            reject_rate: c.reject_rate,
+            reject_burst: c.reject_burst,
+            pickup_rate: c.pickup_rate,
+            pickup_burst: c.pickup_burst,
         });
         let services =
             s.services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(k, v)| service_view(s, *k, v)).collect();
@@ -533,7 +547,7 @@ mod tests {
             services: dp.services.clone(),
             backends: dp.backends.clone(),
             clusters: dp.clusters.clone(),
-            tables: dp.tables.clone(),
+            tables: dp.services.values().filter_map(|v| Some((v.service_id, dp.table_of(v.service_id)?))).collect(),
             service_stats: dp.service_stats.clone(),
             drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
             stats: Stat::ALL.iter().map(|s| (*s, 0)).collect(),
@@ -587,7 +601,8 @@ mod tests {
         assert_eq!(services.len(), 2, "{v:#}");
         let tcp = services.iter().find(|s| s["protocol"] == "TCP").expect("tcp port");
         assert_eq!(tcp["sessionAffinityTimeoutSeconds"], 30);
-        assert_eq!(tcp["tableSize"], 251);
+        // Two ready backends: the ladder's 223 slots (at least 100 each).
+        assert_eq!(tcp["tableSize"], 223);
         assert_eq!(tcp["counters"]["packets"], 7);
         let backends = tcp["backends"].as_array().expect("backends");
         assert_eq!(backends.len(), 3);
@@ -603,7 +618,7 @@ mod tests {
             .collect();
         assert!(shares.contains(&("west".into(), "terminating".into(), 0)), "{shares:?}");
         let ready_slots: u64 = shares.iter().filter(|s| s.1 == "ready").map(|s| s.2).sum();
-        assert_eq!(ready_slots, 251, "the ready backends share the whole table");
+        assert_eq!(ready_slots, 223, "the ready backends share the whole table");
         let udp = services.iter().find(|s| s["protocol"] == "UDP").expect("udp port");
         assert_eq!(udp["flags"], json!(["no-backend"]));
         assert_eq!(udp["tableSize"], 0);

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::DatapathCounters,
+    source::health::ApiHealth,
     translate::{DesiredState, Report},
 };
 
@@ -85,6 +86,8 @@ struct State {
     /// What the last sync could not write (empty after a complete one).
     sync_errors: Vec<String>,
     source_problems: usize,
+    /// The source's API server (none for the file source).
+    source_api: Option<ApiHealth>,
     skipped: Vec<[String; 3]>,
     excluded: Vec<[String; 4]>,
     /// The import (namespace, name) of each service port desired.
@@ -148,6 +151,11 @@ impl Metrics {
     /// Records whether every source has synced.
     pub fn set_sources_synced(&self, synced: bool) {
         self.state().sources_synced = synced;
+    }
+
+    /// Records how the source's connection to the API server is doing.
+    pub fn set_source_api(&self, api: Option<ApiHealth>) {
+        self.state().source_api = api;
     }
 
     /// Records the attached interfaces (name to ifindex) and how they are attached.
@@ -217,6 +225,7 @@ impl Metrics {
             datapath_loaded: s.datapath_loaded,
             sources_synced: s.sources_synced,
             source_problems: s.source_problems,
+            source_api: s.source_api.clone(),
             syncs: [SyncResult::Success, SyncResult::Partial, SyncResult::Error]
                 .into_iter()
                 .map(|r| (r.as_str().to_owned(), s.syncs.get(&r).copied().unwrap_or(0)))
@@ -338,6 +347,10 @@ pub struct AgentStatus {
     pub sources_synced: bool,
     /// Objects the source could not read.
     pub source_problems: usize,
+    /// How the source's connection to the API server is doing (none for the
+    /// file source).
+    #[serde(default)]
+    pub source_api: Option<ApiHealth>,
     /// Syncs by result (`success`, `partial`, `error`).
     pub syncs: BTreeMap<String, u64>,
     /// Duration of the last sync.
@@ -422,6 +435,26 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// The source's API server state (`mcs_source_api_up`, the watches' errors
+/// and last events).
+fn encode_api(encoder: &mut DescriptorEncoder<'_>, api: &ApiHealth) -> fmt::Result {
+    let help = "1 when the last request to the API server (a watch event or list, or discovery) succeeded.";
+    gauge(encoder, ("mcs_source_api_up", help), u32::from(api.up))?;
+    let help = "Errors of the source's watches and discovery (failed requests, cut streams), by resource.";
+    let mut errors = encoder.encode_descriptor("mcs_source_watch_errors", help, None, MetricType::Counter)?;
+    for (resource, w) in &api.watches {
+        ConstCounter::new(w.errors).encode(errors.encode_family(&[("resource", resource.as_str())])?)?;
+    }
+    let help = "Unix time a watch (or discovery) last heard from the API server, by resource.";
+    let name = "mcs_source_watch_last_event_timestamp_seconds";
+    let mut last = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (resource, w) in &api.watches {
+        let labels = [("resource", resource.as_str())];
+        ConstGauge::new(w.last_event_unix).encode(last.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// `mcs_xdp_interfaces_attached{interface, mode}`: one per uplink of the XDP gateway.
 fn encode_xdp_interfaces(encoder: &mut DescriptorEncoder<'_>, xdp: &BTreeMap<String, &'static str>) -> fmt::Result {
     let help =
@@ -443,6 +476,9 @@ impl Collector for Scrape {
             gauge(&mut encoder, synced, u32::from(s.sources_synced))?;
             let problems = ("mcs_source_problems", "Objects the source could not read (malformed), skipped.");
             gauge(&mut encoder, problems, s.source_problems)?;
+            if let Some(api) = &s.source_api {
+                encode_api(&mut encoder, api)?;
+            }
             let mut syncs =
                 encoder.encode_descriptor("mcs_syncs", "Syncs of the maps, by result.", None, MetricType::Counter)?;
             for result in [SyncResult::Success, SyncResult::Partial, SyncResult::Error] {

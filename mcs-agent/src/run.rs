@@ -427,6 +427,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
         }
         let synced = source.synced();
         metrics.set_sources_synced(synced);
+        metrics.set_source_api(source.health());
         if synced != was_synced {
             if synced {
                 info!("source synced");

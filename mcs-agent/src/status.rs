@@ -157,7 +157,7 @@ fn sizing_flag(map: &str) -> Option<&'static str> {
     match map {
         map_names::SERVICES => Some("--services-max"),
         map_names::BACKENDS => Some("--backends-max"),
-        map_names::MAGLEV => Some("--service-ports-max"),
+        map_names::MAGLEV => Some("--maglev-slots-max"),
         map_names::CONNTRACK_TCP => Some("--conntrack-max"),
         map_names::CONNTRACK_ANY => Some("--conntrack-max-non-tcp"),
         map_names::AFFINITY => Some("--affinity-max"),
@@ -327,6 +327,18 @@ impl Status {
                     count("error"),
                     s.last_sync_duration_seconds * 1e3,
                 );
+                if let Some(api) = &s.source_api {
+                    let _ = writeln!(out, "  API server: {}", if api.up { "up" } else { "DOWN" });
+                    for (resource, w) in &api.watches {
+                        let heard = if w.last_event_unix > 0.0 {
+                            format!("{:.0}s ago", (now_unix - w.last_event_unix).max(0.0))
+                        } else {
+                            "never".to_owned()
+                        };
+                        let error = w.last_error.as_ref().map_or_else(String::new, |e| format!("; last error: {e}"));
+                        let _ = writeln!(out, "    {resource}: {} error(s), last heard {heard}{error}", w.errors);
+                    }
+                }
                 let _ = writeln!(
                     out,
                     "  desired: {} service port(s), {} backend(s), {} draining; {} excluded cluster(s)",

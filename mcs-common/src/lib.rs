@@ -39,8 +39,11 @@ pub mod map_names {
     pub const DROPS: &str = "MCS_DROPS";
     /// Per-CPU `u64` counters indexed by [`crate::Stat`].
     pub const STATS: &str = "MCS_STATS";
-    /// `u32` service id (host) → Maglev table: an inner `Array<MaglevPair>`
-    /// of `ServiceValue::table_size` backend-id slots, two per element (hash of maps).
+    /// Hash of maps with one entry, [`crate::MAGLEV_ARRAY_KEY`] → every
+    /// service port's Maglev table in one flat, mmapable array of backend-id
+    /// slots, two per element ([`crate::MaglevPair`]): a port's table is the
+    /// `ServiceValue::table_size` slots from `ServiceValue::table_start`.
+    /// Created once by the agent at load, written in place (docs/datapath.md).
     pub const MAGLEV: &str = "MCS_MAGLEV";
     /// [`crate::AffinityKey`] → [`crate::AffinityValue`], LRU.
     pub const AFFINITY: &str = "MCS_AFFINITY";
@@ -52,11 +55,14 @@ pub mod map_names {
     /// ClusterSetIP:port a socket-translated socket asked for, by socket and
     /// backend, for `recvmsg` and `getpeername`.
     pub const SOCK_REV: &str = "MCS_SOCK_REV";
+    /// [`crate::RateKey`] → [`crate::RateValue`], LRU: the token buckets of
+    /// fail-fast answers and mid-stream pickups, per interface.
+    pub const RATE: &str = "MCS_RATE";
     /// One [`crate::DatapathConfig`] at index 0: the settings the running
     /// programs were loaded with, recorded for `mcs-agent inspect`.
     pub const CONFIG: &str = "MCS_CONFIG";
     /// Every map, in the order the agent reports them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         BACKENDS,
         CONNTRACK_TCP,
@@ -69,6 +75,7 @@ pub mod map_names {
         CLUSTERS,
         SERVICE_STATS,
         SOCK_REV,
+        RATE,
         CONFIG,
     ];
     /// Pins that older layouts made and this one no longer has: `MCS_CT`
@@ -135,9 +142,13 @@ pub mod limits {
     /// Entries of `MCS_SOCK_REV` (LRU): one per socket and backend that a
     /// socket program translated.
     pub const SOCK_REV_MAX: u32 = 131_072;
-    /// Default Maglev table size (slots per service port), a prime. Chosen by
-    /// measurement: see docs/datapath.md.
+    /// Default largest Maglev table size (slots per service port), a prime:
+    /// a port's table is the smallest size of the ladder with at least 100
+    /// slots per usable backend, at most this. See docs/datapath.md.
     pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+    /// Default slots of `MCS_MAGLEV`, every table's slots together (4 bytes
+    /// each: 64 MiB).
+    pub const MAGLEV_SLOTS_MAX: u32 = 1 << 24;
     /// Largest accepted Maglev table size.
     pub const MAGLEV_TABLE_SIZE_MAX: u32 = 131_071;
     /// The most backends (usable and draining) one service port may have.
@@ -162,17 +173,36 @@ pub mod limits {
     pub const NAT_PORT_MIN: u16 = 1024;
     /// Default last source port translated flows are given.
     pub const NAT_PORT_MAX: u16 = 32_767;
+    /// Default fail-fast answers per second per interface (as Linux's
+    /// `icmp_msgs_per_sec`).
+    pub const REJECT_RATE: u32 = 1000;
+    /// Default fail-fast answers at once per interface (as Linux's
+    /// `icmp_msgs_burst`).
+    pub const REJECT_BURST: u32 = 50;
+    /// Default mid-stream pickups per second per interface.
+    pub const PICKUP_RATE: u32 = 100;
+    /// Default mid-stream pickups at once per interface.
+    pub const PICKUP_BURST: u32 = 200;
+    /// Entries of `MCS_RATE`: two buckets per pod interface.
+    pub const RATE_BUCKETS_MAX: u32 = 16_384;
     /// Source ports a new flow tries before it is refused
-    /// ([`crate::DropReason::NatPortsExhausted`]).
-    pub const NAT_PORT_PROBES: u32 = 16;
+    /// ([`crate::DropReason::NatPortsExhausted`]). Each probe costs the
+    /// verifier about 55,000 instructions walked in `mcs_from_pod` (the
+    /// `guard` packet tests print the total and keep it under 80% of the
+    /// kernel's limit); 16 left no room for the guards.
+    pub const NAT_PORT_PROBES: u32 = 12;
 }
 
-/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of every Maglev table, the
-/// object's template (`mcs-ebpf`) and the tables the agent creates alike.
-/// `BPF_F_MMAPABLE`: the agent fills a new table through `mmap`;
-/// `BPF_F_INNER_MAP`: inner maps of any size match the template, so tables of
-/// another size (a changed `--maglev-table-size`) can be swapped in.
+/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of the flat Maglev array
+/// (the one inner map of `MCS_MAGLEV`) and of the object's template.
+/// `BPF_F_MMAPABLE`: the agent reads and writes its slots through a shared
+/// mapping, with no system call (and no RCU grace period) per table;
+/// `BPF_F_INNER_MAP`: its size (`--maglev-slots-max`) need not be the
+/// template's.
 pub const MAGLEV_TABLE_FLAGS: u32 = (1 << 10) | (1 << 12);
+
+/// The key of the flat Maglev array in `MCS_MAGLEV`, its only entry.
+pub const MAGLEV_ARRAY_KEY: u32 = 0;
 
 /// IP protocol numbers the datapath translates.
 pub mod proto {
@@ -212,8 +242,11 @@ pub mod icmp {
 /// The version of the map layouts: recorded in `MCS_CONFIG`, so an agent can
 /// tell pins of another layout from its own. Layout 1 (one conntrack map,
 /// destination-only NAT) had no record; layout 2 had an address-only
-/// [`AffinityKey`] and no socket counters or `MCS_SOCK_REV`.
-pub const LAYOUT_VERSION: u32 = 3;
+/// [`AffinityKey`] and no socket counters or `MCS_SOCK_REV`; layout 3 had
+/// one Maglev table per service port (inner maps of a hash of maps, no
+/// `ServiceValue::table_start`), no client interface in [`CtValue`], no
+/// guard settings in [`DatapathConfig`] and no `MCS_RATE`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Converts an IPv4 address into the NBO `u32` the maps store.
 #[must_use]
@@ -307,17 +340,23 @@ pub const SERVICE_F_FALLBACK: u16 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ServiceValue {
     /// The id of this service port, stable while it exists; the key of its
-    /// Maglev table in `MCS_MAGLEV`. Zero on wildcards. host.
+    /// counters and affinity entries. Zero on wildcards. host.
     pub service_id: u32,
     /// Slots of the service's Maglev table (a prime); 0 means no usable
     /// backend: new connections are refused at once. host.
     pub table_size: u32,
+    /// The table's first slot in `MCS_MAGLEV` (slot `s` of the table is
+    /// slot `table_start + s` of the flat array). host.
+    pub table_start: u32,
     /// `ClientIP` affinity timeout in seconds, 0 when off. host.
     pub affinity_timeout: u32,
     /// `SERVICE_F_*`. host.
     pub flags: u16,
     /// Zero.
     pub pad: u16,
+    /// Zero (keeps the value a whole number of 8-byte words, which the
+    /// programs copy as such).
+    pub pad2: u32,
 }
 
 /// `Backend::flags`: the endpoint is terminating. It keeps its established
@@ -489,14 +528,33 @@ pub struct CtValue {
     pub own_flags: u8,
     /// The other entry's `own_flags`, as this entry last read them.
     pub peer_flags: u8,
-    /// Zero.
-    pub pad: [u8; 2],
+    /// The interface the client's packets of this flow arrive on (its
+    /// `ifindex` at tc ingress) as [`ifindex_tag`] makes it, the same in
+    /// both entries; 0: any. A forward packet from an interface with another
+    /// tag does not belong to the flow (source validation). A tag, not the
+    /// whole index: a larger entry took the verifier past its limit; two
+    /// live interfaces whose indexes differ by a multiple of 65,535 are told
+    /// apart only by the exact tuple the packet must carry. host.
+    pub client_ifindex: u16,
     /// When the flow was created, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC`,
     /// coarse). host.
     pub created_ns: u64,
     /// When a packet of the flow (either direction) last used the entry,
     /// within [`CT_REFRESH_NS`]. host.
     pub last_seen_ns: u64,
+}
+
+/// What [`CtValue::client_ifindex`] keeps of an interface index: a 16-bit
+/// tag, `1 + ifindex mod 65,535`, never 0 (which means any interface).
+/// Without a branch: a branch here would double the paths the verifier
+/// walks through the translated-port probes.
+#[must_use]
+#[expect(clippy::inline_always, reason = "called per packet by the eBPF programs")]
+#[inline(always)]
+pub const fn ifindex_tag(ifindex: u32) -> u16 {
+    #[expect(clippy::cast_possible_truncation, reason = "at most 65,535")]
+    let tag = (ifindex % 0xffff + 1) as u16;
+    tag
 }
 
 impl CtValue {
@@ -600,6 +658,70 @@ pub struct SockRevValue {
     pub pad: u16,
 }
 
+/// Which of an interface's token buckets a [`RateKey`] names.
+pub mod rate_kind {
+    /// Fail-fast answers (`--reject-rate`).
+    pub const REJECT: u32 = 0;
+    /// Mid-stream pickups of untracked TCP flows (`--pickup-rate`).
+    pub const PICKUP: u32 = 1;
+}
+
+/// Key of `MCS_RATE`: one token bucket of one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RateKey {
+    /// The interface (`ifindex` at tc ingress). host.
+    pub ifindex: u32,
+    /// A [`rate_kind`]. host.
+    pub kind: u32,
+}
+
+/// Value of `MCS_RATE`: a token bucket kept as time. Each event costs
+/// `NS_PER_SEC / rate` ns of credit; credit grows with the time since
+/// `last_ns`, up to `burst` events' worth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RateValue {
+    /// Credit left, in ns. host.
+    pub credit_ns: u64,
+    /// When the credit was last brought up to date, `bpf_ktime_get_coarse_ns`. host.
+    pub last_ns: u64,
+}
+
+impl RateValue {
+    /// Spends one event of a bucket of `rate` events per second and `burst`
+    /// at once at `now`: whether there was credit for it. The one place the
+    /// bucket arithmetic lives, for the programs and the unit tests alike.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called per refused packet by the eBPF programs")]
+    #[inline(always)]
+    pub fn spend(&mut self, now: u64, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let cost = NS_PER_SEC / u64::from(rate);
+        let cap = cost * u64::from(burst.max(1));
+        let credit = self.credit_ns.saturating_add(now.saturating_sub(self.last_ns)).min(cap);
+        self.last_ns = now;
+        if credit >= cost {
+            self.credit_ns = credit - cost;
+            true
+        } else {
+            self.credit_ns = credit;
+            false
+        }
+    }
+
+    /// A full bucket of `rate` and `burst` at `now` after spending one event.
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "called by the eBPF programs")]
+    #[inline(always)]
+    pub fn first(now: u64, rate: u32, burst: u32) -> Self {
+        let cost = if rate == 0 { 0 } else { NS_PER_SEC / u64::from(rate) };
+        Self { credit_ns: cost * u64::from(burst.max(1).saturating_sub(1)), last_ns: now }
+    }
+}
+
 /// Value of `MCS_AFFINITY`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -696,7 +818,26 @@ pub struct DatapathConfig {
     /// The cookie of the node's own network namespace (the agent's), for
     /// [`SOCKET_F_HOST_ONLY`]. host.
     pub host_netns_cookie: u64,
+    /// `GUARD_F_*`: the checks on what pods send. host.
+    pub guard_flags: u32,
+    /// Fail-fast answers (TCP RST, ICMP port unreachable) an interface may
+    /// get per second; 0: no limit. host.
+    pub reject_rate: u32,
+    /// Fail-fast answers an interface may get at once, after a quiet spell. host.
+    pub reject_burst: u32,
+    /// TCP packets other than SYNs an interface may send per second that
+    /// pick up an untracked flow mid-stream; 0: no limit. host.
+    pub pickup_rate: u32,
+    /// Such pickups an interface may make at once. host.
+    pub pickup_burst: u32,
+    /// Zero.
+    pub pad: u32,
 }
+
+/// `DatapathConfig::guard_flags`: a new flow to a ClusterSetIP is accepted
+/// only from a source address the node routes back out of the interface the
+/// packet came in on (a FIB lookup, like strict reverse-path filtering).
+pub const GUARD_F_SOURCE_FIB: u32 = 1;
 
 /// `DatapathConfig::socket_flags`: the socket programs translate only the
 /// sockets of the node's own network namespace (`--socket-lb-host-only`),
@@ -727,6 +868,12 @@ impl DatapathConfig {
         layout_version: LAYOUT_VERSION,
         socket_flags: 0,
         host_netns_cookie: 0,
+        guard_flags: GUARD_F_SOURCE_FIB,
+        reject_rate: limits::REJECT_RATE,
+        reject_burst: limits::REJECT_BURST,
+        pickup_rate: limits::PICKUP_RATE,
+        pickup_burst: limits::PICKUP_BURST,
+        pad: 0,
     };
 
     /// The idle timeout of a flow in `state` (`CT_STATE_*`), in ns. The one
@@ -824,14 +971,28 @@ pub enum DropReason {
     NatPortsExhausted = 10,
     /// An ICMP error for a ClusterSetIP that quotes no tracked flow.
     IcmpNoFlow = 11,
+    /// A packet to a ClusterSetIP whose source address the node does not
+    /// route back out of the interface it came in on (`--source-validation`),
+    /// or a packet of a tracked flow that came in on another interface than
+    /// the flow's client: a pod sending with another pod's address.
+    SourceInvalid = 12,
+    /// A refused packet that got no answer: the fail-fast answers of its
+    /// interface were over their rate (`--reject-rate`, `--reject-burst`).
+    /// Counted under this reason only.
+    RejectLimited = 13,
+    /// A TCP packet other than a SYN that would have picked up an untracked
+    /// flow mid-stream, over its interface's rate of such pickups
+    /// (`--pickup-rate`, `--pickup-burst`). The client's retransmission
+    /// tries again.
+    PickupLimited = 14,
     /// The XDP gateway found no route to a flow's backend (or back to its
     /// client), or forwarding is off on the interface the packet came in on.
-    NoRoute = 12,
+    NoRoute = 15,
 }
 
 impl DropReason {
     /// Every reason, in number order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 15] = [
         Self::UnknownPort,
         Self::NoBackend,
         Self::Malformed,
@@ -843,6 +1004,9 @@ impl DropReason {
         Self::RejectFailed,
         Self::NatPortsExhausted,
         Self::IcmpNoFlow,
+        Self::SourceInvalid,
+        Self::RejectLimited,
+        Self::PickupLimited,
         Self::NoRoute,
     ];
 
@@ -861,6 +1025,9 @@ impl DropReason {
             Self::RejectFailed => "reject-failed",
             Self::NatPortsExhausted => "nat-ports-exhausted",
             Self::IcmpNoFlow => "icmp-no-flow",
+            Self::SourceInvalid => "source-invalid",
+            Self::RejectLimited => "reject-limited",
+            Self::PickupLimited => "pickup-limited",
             Self::NoRoute => "no-route",
         }
     }
@@ -884,13 +1051,16 @@ pub enum Stat {
     HairpinNew = 5,
     /// A new flow followed its client's session affinity.
     AffinityHit = 6,
-    /// A UDP flow whose backend was removed was moved to a new backend.
+    /// A UDP flow whose backend was removed is moved to a new backend.
+    /// Counted when its packet finds the entry, so also when that packet is
+    /// then dropped (its service port gone, say), as for the two below.
     CtReselected = 7,
-    /// A conntrack entry had expired (idle past its state's timeout) and was
-    /// replaced by a new flow.
+    /// A packet found its tuple's conntrack entry expired (idle past its
+    /// state's timeout); a new flow replaces it.
     CtExpired = 8,
-    /// A SYN reused the 5-tuple of a closing TCP flow, whose entry was
-    /// replaced by a new flow.
+    /// A SYN reused the 5-tuple of a closing TCP flow, or a client recreated
+    /// on another interface reused its old flow's tuple; a new flow replaces
+    /// the entry.
     CtReused = 9,
     /// An ICMP error about a translated flow was translated for the client.
     IcmpToClient = 10,
@@ -1042,20 +1212,17 @@ const fn fmix(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// A Maglev table element: two slots. The kernel stores array values in
-/// 8-byte steps, so a table of `u32` slots would take 8 bytes a slot; two
-/// slots an element take 4, and the `mmap` view of the table is a plain
+/// An element of `MCS_MAGLEV`: two slots. The kernel stores array values in
+/// 8-byte steps, so an array of `u32` slots would take 8 bytes a slot; two
+/// slots an element take 4, and the `mmap` view of the array is a plain
 /// array of `u32` slots. Slot `s` is `element[s / 2][s % 2]`.
 pub type MaglevPair = [u32; 2];
 
-/// The elements of a Maglev table of `table_size` slots.
+/// The elements of `MCS_MAGLEV` that hold `slots` slots.
 #[must_use]
-pub const fn maglev_elements(table_size: u32) -> u32 {
-    table_size.div_ceil(2)
+pub const fn maglev_elements(slots: u32) -> u32 {
+    slots.div_ceil(2)
 }
-
-/// Fills the slot after the last one of an odd-sized table. Never a backend id.
-pub const MAGLEV_PAD: u32 = u32::MAX;
 
 /// The Maglev slot (0-based) a flow with `hash` lands on in a table of
 /// `table_size` slots; 0 when the table is empty.
@@ -1098,12 +1265,16 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRevValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateValue {}
 }
 
 /// Compile-time layout checks: the sizes the eBPF side and BTF rely on.
 const _: () = {
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<ServiceValue>() == 24);
     assert!(size_of::<Backend>() == 16);
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtValue>() == 40);
@@ -1111,11 +1282,13 @@ const _: () = {
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<ClusterName>() == limits::CLUSTER_NAME_MAX);
     assert!(size_of::<ServiceStats>() == 48);
-    assert!(size_of::<DatapathConfig>() == 72);
+    assert!(size_of::<DatapathConfig>() == 96);
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<FragValue>() == 4);
     assert!(size_of::<SockRevKey>() == 16);
     assert!(size_of::<SockRevValue>() == 8);
+    assert!(size_of::<RateKey>() == 8);
+    assert!(size_of::<RateValue>() == 16);
 };
 
 #[cfg(test)]
@@ -1180,6 +1353,25 @@ mod tests {
         let long = "x".repeat(limits::CLUSTER_NAME_MAX + 1);
         assert!(ClusterName::new(&long).is_none());
         assert!(ClusterName::new("a\0b").is_none());
+    }
+
+    #[test]
+    fn a_token_bucket_gives_its_burst_then_its_rate() {
+        let ms = 1_000_000;
+        // Ten a second, three at once: an event costs 100 ms of credit.
+        let mut b = RateValue::first(0, 10, 3);
+        let spent = [(); 4].map(|()| b.spend(0, 10, 3));
+        assert_eq!(spent, [true, true, false, false], "the first event plus two more of the burst");
+        assert!(!b.spend(99 * ms, 10, 3), "not yet a whole event earned");
+        assert!(b.spend(100 * ms, 10, 3), "one earned");
+        assert!(!b.spend(100 * ms, 10, 3));
+        // A long quiet spell earns the burst, not more.
+        let after = 3_600_000 * ms;
+        assert_eq!((0..5).filter(|_| b.spend(after, 10, 3)).count(), 3);
+        // A clock that goes back (another CPU's later stamp) earns nothing.
+        assert!(!b.spend(after - ms, 10, 3));
+        // Rate 0 is no limit.
+        assert!((0..100).all(|_| b.spend(after, 0, 1)));
     }
 
     #[test]

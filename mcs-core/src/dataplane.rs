@@ -65,24 +65,47 @@ pub trait Dataplane {
     /// # Errors
     /// When the map cannot be read or holds a name that is not UTF-8.
     fn clusters(&self) -> Result<Vec<(u32, String)>>;
-    /// The service ids that have a Maglev table.
+    /// Slots of the flat Maglev array (`MCS_MAGLEV`): every table's slots together.
+    fn maglev_slots(&self) -> u32;
+    /// `len` slots of the flat Maglev array from slot `start`.
     ///
     /// # Errors
-    /// When the map cannot be read.
-    fn table_ids(&self) -> Result<Vec<u32>>;
-    /// The Maglev table of a service port (backend id per slot), if any.
+    /// When the slots are beyond the array or cannot be read.
+    fn slots(&self, start: u32, len: u32) -> Result<Vec<u32>>;
+    /// The [`crate::maglev::digest_table`] of `len` slots from `start`, read
+    /// without copying them.
     ///
     /// # Errors
-    /// When the table cannot be read.
-    fn table(&self, service_id: u32) -> Result<Option<Vec<u32>>>;
-    /// The size (slots) and [`crate::maglev::digest_table`] of the Maglev
-    /// table of a service port, if it has one, read without copying the table.
-    ///
-    /// # Errors
-    /// When the table cannot be read.
-    fn table_digest(&self, service_id: u32) -> Result<Option<(u32, u64)>>;
-    /// The size new Maglev tables are built with.
+    /// As [`Dataplane::slots`].
+    fn slots_digest(&self, start: u32, len: u32) -> Result<u64> {
+        Ok(crate::maglev::digest_table(&self.slots(start, len)?))
+    }
+    /// The largest Maglev table size (`--maglev-table-size`); a port's table
+    /// is sized from its backend count up to this.
     fn maglev_table_size(&self) -> u32;
+    /// Makes the slots from `start` hold `table`, in place: each slot that
+    /// differs is written on its own (a packet sees every slot either as it
+    /// was or as it will be, never torn), in order; the others are left
+    /// alone. Returns how many slots were written.
+    ///
+    /// # Errors
+    /// When the slots are beyond the array.
+    fn write_slots(&mut self, start: u32, table: &[u32]) -> Result<usize>;
+    /// The Maglev table of the service port `service_id` (its entry's slots),
+    /// if it has one; a look-up over the services map, for diagnostics and tests.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    fn table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        let Some((_, value)) = self
+            .services()?
+            .into_iter()
+            .find(|(k, v)| !k.is_wildcard() && v.service_id == service_id && v.table_size != 0)
+        else {
+            return Ok(None);
+        };
+        self.slots(value.table_start, value.table_size).map(Some)
+    }
     /// Creates or replaces a services entry.
     ///
     /// # Errors
@@ -103,17 +126,6 @@ pub trait Dataplane {
     /// # Errors
     /// When the kernel refuses.
     fn delete_backend(&mut self, id: u32) -> Result<()>;
-    /// Publishes `table` as the Maglev table of `service_id`: a new table is
-    /// created and filled completely, then swapped in with one update.
-    ///
-    /// # Errors
-    /// When the table cannot be created or the map is full.
-    fn put_table(&mut self, service_id: u32, table: &[u32]) -> Result<()>;
-    /// Deletes the Maglev table of `service_id`; a missing one is not an error.
-    ///
-    /// # Errors
-    /// When the kernel refuses.
-    fn delete_table(&mut self, service_id: u32) -> Result<()>;
     /// Records the name of cluster `id`.
     ///
     /// # Errors

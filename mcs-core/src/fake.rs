@@ -8,10 +8,7 @@ use mcs_common::{
     map_names,
 };
 
-use crate::{
-    dataplane::{Dataplane, DataplaneError, Result, cluster_name_reason, table_len},
-    maglev,
-};
+use crate::dataplane::{Dataplane, DataplaneError, Result, cluster_name_reason, table_len};
 
 /// One write the fake saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,10 +21,9 @@ pub enum Op {
     PutBackend(u32, Backend),
     /// `delete_backend`.
     DeleteBackend(u32),
-    /// `put_table`.
-    PutTable(u32, Vec<u32>),
-    /// `delete_table`.
-    DeleteTable(u32),
+    /// One slot of the flat Maglev array written in place (by
+    /// `write_slots`): the slot and the backend id it names now.
+    PutSlot(u32, u32),
     /// `put_cluster`.
     PutCluster(u32, String),
     /// `delete_cluster`.
@@ -47,8 +43,8 @@ pub struct FakeDataplane {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     /// The backends map.
     pub backends: BTreeMap<u32, Backend>,
-    /// Maglev tables by service id.
-    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// The flat Maglev array (`MCS_MAGLEV`): its length is its capacity.
+    pub maglev: Vec<u32>,
     /// Cluster names by id.
     pub clusters: BTreeMap<u32, String>,
     /// Service ids with counters, and the counters (summed over CPUs).
@@ -62,8 +58,6 @@ pub struct FakeDataplane {
     /// When set, the services map holds at most this many entries, as a
     /// full kernel map would.
     pub services_capacity: Option<usize>,
-    /// When set, at most this many Maglev tables exist.
-    pub tables_capacity: Option<usize>,
 }
 
 impl Default for FakeDataplane {
@@ -71,15 +65,14 @@ impl Default for FakeDataplane {
         Self {
             services: BTreeMap::new(),
             backends: BTreeMap::new(),
-            tables: BTreeMap::new(),
+            maglev: vec![0; 1 << 16],
             clusters: BTreeMap::new(),
             service_stats: BTreeMap::new(),
             affinity: BTreeMap::new(),
-            // Small, so tests are quick; the algorithm is the same.
-            table_size: 251,
+            // The agent's default largest size: tables are sized by the ladder.
+            table_size: mcs_common::limits::MAGLEV_TABLE_SIZE,
             ops: Vec::new(),
             services_capacity: None,
-            tables_capacity: None,
         }
     }
 }
@@ -95,8 +88,7 @@ impl FakeDataplane {
             Op::DeleteService(k) => self.delete_service(k),
             Op::PutBackend(id, b) => self.put_backend(*id, *b),
             Op::DeleteBackend(id) => self.delete_backend(*id),
-            Op::PutTable(id, t) => self.put_table(*id, t),
-            Op::DeleteTable(id) => self.delete_table(*id),
+            Op::PutSlot(slot, id) => self.write_slots(*slot, &[*id]).map(|_| ()),
             Op::PutCluster(id, n) => self.put_cluster(*id, n),
             Op::DeleteCluster(id) => self.delete_cluster(*id),
             Op::ResetServiceStats(id) => self.reset_service_stats(*id),
@@ -106,13 +98,16 @@ impl FakeDataplane {
     }
 
     /// Checks what a packet would see: every service port's address has a
-    /// wildcard; a port with a table size has a table of that size whose
-    /// slots name existing backends of that port; every backend's cluster
+    /// wildcard; a port with a table size has that many slots from its table
+    /// start, inside the flat array and shared with no other port, and every
+    /// one names an existing backend of that port; every backend's cluster
     /// has a name; every port has counters. Returns the first inconsistency.
     ///
     /// # Errors
     /// Describes the half-written service.
     pub fn check_consistent(&self) -> Result<(), String> {
+        // Live regions by start: (end, key), to find overlaps.
+        let mut regions: BTreeMap<u32, (u32, ServiceKey)> = BTreeMap::new();
         for (key, value) in &self.services {
             if key.is_wildcard() {
                 check(value.flags & SERVICE_F_WILDCARD != 0, || format!("{key} has no wildcard flag"))?;
@@ -125,13 +120,15 @@ impl FakeDataplane {
             if value.table_size == 0 {
                 continue;
             }
-            let Some(table) = self.tables.get(&value.service_id) else {
-                return Err(format!("{key} has table size {} but no table", value.table_size));
+            let (start, size) = (value.table_start as usize, value.table_size as usize);
+            let Some(table) = self.maglev.get(start..start + size) else {
+                return Err(format!(
+                    "{key} has table slots {start}..{} beyond the array of {}",
+                    start + size,
+                    self.maglev.len()
+                ));
             };
-            check(table.len() >= value.table_size as usize, || {
-                format!("{key} has table size {} but its table has {} slots", value.table_size, table.len())
-            })?;
-            for (slot, id) in table.iter().enumerate().take(value.table_size as usize) {
+            for (slot, id) in table.iter().enumerate() {
                 let Some(backend) = self.backends.get(id) else {
                     return Err(format!("{key} slot {slot} names backend {id} which is missing"));
                 };
@@ -139,6 +136,16 @@ impl FakeDataplane {
                     format!("{key} slot {slot} names backend {id} of service {}", backend.service_id)
                 })?;
             }
+            regions.insert(value.table_start, (value.table_start + value.table_size, *key));
+        }
+        let mut last: Option<(u32, ServiceKey)> = None;
+        for (start, (end, key)) in regions {
+            if let Some((last_end, last_key)) = last
+                && start < last_end
+            {
+                return Err(format!("{key}'s table overlaps {last_key}'s"));
+            }
+            last = Some((end, key));
         }
         for (id, backend) in &self.backends {
             check(self.clusters.contains_key(&backend.cluster_id), || {
@@ -146,6 +153,15 @@ impl FakeDataplane {
             })?;
         }
         Ok(())
+    }
+
+    /// The Maglev table of service port `service_id`, if its entry has one.
+    #[must_use]
+    pub fn table_of(&self, service_id: u32) -> Option<Vec<u32>> {
+        self.services
+            .iter()
+            .find(|(k, v)| !k.is_wildcard() && v.service_id == service_id && v.table_size != 0)
+            .map(|(_, v)| self.maglev[v.table_start as usize..(v.table_start + v.table_size) as usize].to_vec())
     }
 }
 
@@ -162,16 +178,13 @@ impl Dataplane for FakeDataplane {
         Ok(self.clusters.iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 
-    fn table_ids(&self) -> Result<Vec<u32>> {
-        Ok(self.tables.keys().copied().collect())
+    fn maglev_slots(&self) -> u32 {
+        u32::try_from(self.maglev.len()).unwrap_or(u32::MAX)
     }
 
-    fn table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
-        Ok(self.tables.get(&service_id).cloned())
-    }
-
-    fn table_digest(&self, service_id: u32) -> Result<Option<(u32, u64)>> {
-        self.tables.get(&service_id).map(|t| Ok((table_len(t)?, maglev::digest_table(t)))).transpose()
+    fn slots(&self, start: u32, len: u32) -> Result<Vec<u32>> {
+        let range = start as usize..start as usize + len as usize;
+        self.maglev.get(range).map(<[u32]>::to_vec).ok_or_else(|| out_of_bounds(start, len))
     }
 
     fn maglev_table_size(&self) -> u32 {
@@ -208,25 +221,20 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn put_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
-        if let Some(cap) = self.tables_capacity
-            && !self.tables.contains_key(&service_id)
-            && self.tables.len() >= cap
-        {
-            return Err(DataplaneError::Full {
-                map: map_names::MAGLEV,
-                what: format!("publishing the Maglev table of service {service_id}"),
-            });
+    fn write_slots(&mut self, start: u32, table: &[u32]) -> Result<usize> {
+        let len = table_len(table)?;
+        if u64::from(start) + u64::from(len) > self.maglev.len() as u64 {
+            return Err(out_of_bounds(start, len));
         }
-        self.ops.push(Op::PutTable(service_id, table.to_vec()));
-        self.tables.insert(service_id, table.to_vec());
-        Ok(())
-    }
-
-    fn delete_table(&mut self, service_id: u32) -> Result<()> {
-        self.ops.push(Op::DeleteTable(service_id));
-        self.tables.remove(&service_id);
-        Ok(())
+        let mut written = 0;
+        for (slot, id) in (start..).zip(table) {
+            if self.maglev[slot as usize] != *id {
+                self.ops.push(Op::PutSlot(slot, *id));
+                self.maglev[slot as usize] = *id;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     fn put_cluster(&mut self, id: u32, name: &str) -> Result<()> {
@@ -263,6 +271,14 @@ impl Dataplane for FakeDataplane {
         self.ops.push(Op::ForgetAffinity(service_id));
         self.affinity.retain(|k, _| k.service_id != service_id);
         Ok(())
+    }
+}
+
+/// The error of slots beyond the flat Maglev array.
+fn out_of_bounds(start: u32, len: u32) -> DataplaneError {
+    DataplaneError::Full {
+        map: map_names::MAGLEV,
+        what: format!("writing Maglev slots {start}..{}", u64::from(start) + u64::from(len)),
     }
 }
 

@@ -7,13 +7,27 @@
 //! 2. backends that are new or changed (usable ones, and draining ones
 //!    flagged `TERMINATING`, which keep their established flows);
 //! 3. per service port: its counters (when new), the address's wildcard, then
-//!    its Maglev table (built in full and swapped in with one update) and its
-//!    service entry, in the order that keeps every slot index the entry
-//!    allows inside the live table;
-//! 4. deletions in reverse: entries of removed ports, then their tables,
-//!    affinity entries and counters, wildcards of addresses with no port
-//!    left, tables nothing names, backends no port wants (after their
-//!    removal grace, see below), cluster names no backend uses.
+//!    its Maglev table's slots, then its service entry;
+//! 4. deletions in reverse: entries of removed ports, then their affinity
+//!    entries and counters (their tables' slots are left to wait, see
+//!    below), wildcards of addresses with no port left, backends no port
+//!    wants (after their removal grace, see below), cluster names no backend
+//!    uses.
+//!
+//! **Tables, in place.** Every table is a run of slots of one flat array
+//! (`MCS_MAGLEV`), named by its entry (`table_start`, `table_size`); the
+//! size comes from the usable backend count ([`maglev::table_size_for`]).
+//! A table of the size it had is rewritten where it is, one slot at a time,
+//! and only the slots that change: no new map, no RCU grace period. What a
+//! packet sees is then always consistent by this rule: *every slot names
+//! the old or the new backend of its slot, never a removed one*, because a
+//! new backend is written (step 2) before any slot names it, and a removed
+//! backend leaves the backends map (step 4) only after no slot names it. A
+//! table of another size goes to a free run, written in full while nothing
+//! names it; the entry then moves to it with one update, and the old run
+//! waits [`slots::REUSE_DELAY`] before another table may take it (a packet
+//! that read the old entry may still read it). A table no port needs any
+//! more waits the same way.
 //!
 //! **Removal grace.** A backend that leaves the desired state is, by then,
 //! in no table: it takes no new connection. Its element stays, flagged
@@ -34,8 +48,8 @@
 //! Ids: a service port keeps its id (the key of its table, counters and
 //! affinity) while it exists; a backend entry belongs to one service port;
 //! cluster ids are persisted in `MCS_CLUSTERS`. A restarted agent adopts all
-//! of them from the maps, reads the tables back, and rewrites only the tables
-//! whose content differs from what it would build.
+//! of them from the maps, finds the tables through the entries, and writes
+//! only the slots that differ from what it would build.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
@@ -51,6 +65,10 @@ use crate::{
     maglev,
     translate::{DesiredBackend, DesiredServicePort, DesiredState, EndpointState, ServicePortKey},
 };
+
+mod slots;
+pub use slots::REUSE_DELAY;
+use slots::SlotSpace;
 
 /// What one sync could not do. Each names the service port, backend or
 /// cluster, so that it can be logged as it is.
@@ -171,13 +189,17 @@ pub struct SyncOutcome {
     pub errors: Vec<SyncError>,
     /// Whether this sync started by re-reading the maps.
     pub full: bool,
-    /// Maglev tables built and published.
+    /// Maglev tables that had slots written (in place or in a new run).
     pub tables_written: usize,
+    /// Maglev slots written.
+    pub slots_written: usize,
 }
 
 /// What the syncer knows of a published Maglev table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TableState {
+    /// Its first slot in the flat array.
+    start: u32,
     /// Its slots.
     size: u32,
     /// A digest of its content ([`maglev::digest_table`]).
@@ -201,6 +223,8 @@ pub struct Syncer {
     cluster_ids: HashMap<String, u32>,
     /// Published tables by service id.
     tables: BTreeMap<u32, TableState>,
+    /// The free slots of the flat Maglev array.
+    slots: SlotSpace,
     next_backend_id: u32,
     /// Whether `next_backend_id` has wrapped around: ids above it may be in use.
     ids_wrapped: bool,
@@ -210,6 +234,33 @@ pub struct Syncer {
     removal_grace: Duration,
     /// Backends in their removal grace, by id, with the end of it.
     removed: HashMap<u32, Instant>,
+    /// What each service port was last written from, so that a sync that is
+    /// not a full one skips the ports whose desired state did not change.
+    memo: HashMap<ServiceKey, PortMemo>,
+    /// Backends (in `backends`) per cluster id: a cluster name goes when
+    /// its count drops to zero.
+    cluster_refs: HashMap<u32, usize>,
+}
+
+/// What a service port was last written from.
+#[derive(Debug)]
+struct PortMemo {
+    /// [`port_digest`] of its desired state.
+    digest: u64,
+    /// Its backend ids, usable and draining.
+    backend_ids: Vec<u32>,
+}
+
+/// A digest of everything the sync reads of a desired port (its names
+/// only appear in messages), and the largest table size.
+fn port_digest(port: &DesiredServicePort, max_table_size: u32) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    max_table_size.hash(&mut hasher);
+    port.session_affinity_timeout.hash(&mut hasher);
+    port.backends.hash(&mut hasher);
+    port.draining.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Cluster names a sync's plan adds, and the ids they get.
@@ -232,10 +283,62 @@ struct PortPlan<'a> {
     value: ServiceValue,
     /// The backend ids the port needs, usable and draining.
     backend_ids: Vec<u32>,
-    /// The table to publish, when it differs from the live one.
+    /// The table to write, when it may differ from the live one (its
+    /// state's start is the live table's, or 0 for a table still to place).
     table: Option<(Vec<u32>, TableState)>,
     /// Why the port cannot be written at all.
     error: Option<Rejection>,
+    /// The table to build (filled into `table` by [`Syncer::build_tables`]).
+    job: Option<TableJob>,
+}
+
+/// A Maglev table to build: its backends' identities (sorted) and ids, its
+/// size, and the digest of what it is built from.
+struct TableJob {
+    backends: Vec<(String, u32)>,
+    size: u32,
+    inputs: u64,
+}
+
+impl TableJob {
+    fn build(&self) -> Vec<u32> {
+        let identities: Vec<&str> = self.backends.iter().map(|(identity, _)| identity.as_str()).collect();
+        maglev::build(&identities, self.size).iter().map(|i| self.backends[*i as usize].1).collect()
+    }
+}
+
+/// Ports whose tables are built together, then written.
+const BUILD_CHUNK: usize = 512;
+
+/// What step 3 of a sync keeps track of across ports.
+struct PortWrites<'a> {
+    /// Backends that could not be written: their ports are left as they were.
+    failed_backends: &'a BTreeSet<u32>,
+    now: Instant,
+    /// Ports left as they were keep their backends: their live table may name them.
+    failed_services: BTreeSet<u32>,
+    /// Backends the written ports had and may no longer want.
+    left: Vec<u32>,
+}
+
+/// Slots to build in one sync from which a second thread pays for itself.
+const PARALLEL_SLOTS: usize = 1 << 20;
+
+/// Builds the tables of `jobs`, on every core when there are enough slots.
+fn build_all(jobs: &[&TableJob]) -> Vec<Vec<u32>> {
+    let slots: usize = jobs.iter().map(|j| j.size as usize).sum();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(jobs.len());
+    if threads < 2 || slots < PARALLEL_SLOTS {
+        return jobs.iter().map(|j| j.build()).collect();
+    }
+    let chunk = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|j| j.build()).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("building a Maglev table does not panic")).collect()
+    })
 }
 
 /// A digest of what a table is built from: its size and each usable
@@ -303,31 +406,81 @@ impl Syncer {
         self.removed.len()
     }
 
+    /// Slots of the flat Maglev array free now, and slots that tables left
+    /// and that wait [`REUSE_DELAY`] before they are free.
+    #[must_use]
+    pub fn maglev_slots_free(&self) -> (u64, u64) {
+        self.slots.free_slots()
+    }
+
     /// Forces the next sync to re-read the maps.
     pub fn invalidate(&mut self) {
         self.stale = true;
     }
 
     fn reload(&mut self, dp: &impl Dataplane) -> Result<(), DataplaneError> {
-        self.services = dp.services()?.into_iter().collect();
-        self.backends = dp.backends()?.into_iter().collect();
+        let old_services = std::mem::replace(&mut self.services, dp.services()?.into_iter().collect());
+        let old_backends = std::mem::replace(&mut self.backends, dp.backends()?.into_iter().collect());
+        let old_clusters = std::mem::take(&mut self.clusters);
         self.backend_ids = self.backends.iter().map(|(id, b)| (BackendIdentity::from(b), *id)).collect();
+        self.cluster_refs.clear();
+        for b in self.backends.values() {
+            *self.cluster_refs.entry(b.cluster_id).or_insert(0) += 1;
+        }
         let max_id = self.backends.keys().next_back().copied().unwrap_or(0);
         self.next_backend_id = max_id.checked_add(1).unwrap_or(1);
         self.ids_wrapped = max_id == u32::MAX;
         self.clusters = dp.clusters()?.into_iter().collect();
         self.cluster_ids = self.clusters.iter().map(|(id, name)| (name.clone(), *id)).collect();
-        // A table that still holds what this syncer last published keeps
-        // what it was built from, so an unchanged port is not rebuilt.
+        // The tables are where the entries say. One that still holds what
+        // this syncer last wrote keeps what it was built from, so an
+        // unchanged port is not rebuilt.
         let known = std::mem::take(&mut self.tables);
-        for id in dp.table_ids()? {
-            if let Some((size, digest)) = dp.table_digest(id)? {
-                let inputs = known.get(&id).filter(|t| t.size == size && t.digest == digest).and_then(|t| t.inputs);
-                self.tables.insert(id, TableState { size, digest, inputs });
+        let capacity = dp.maglev_slots();
+        for value in self.services.values().filter(|v| v.table_size != 0 && v.service_id != 0) {
+            let (start, size) = (value.table_start, value.table_size);
+            if u64::from(start) + u64::from(size) > u64::from(capacity) {
+                continue; // Not a table this array can hold: rewritten elsewhere.
             }
+            let digest = dp.slots_digest(start, size)?;
+            let inputs = known
+                .get(&value.service_id)
+                .filter(|t| t.start == start && t.size == size && t.digest == digest)
+                .and_then(|t| t.inputs);
+            self.tables.insert(value.service_id, TableState { start, size, digest, inputs });
         }
+        self.slots.reset(capacity, self.tables.values().map(|t| (t.start, t.size)));
+        self.forget_drifted(&old_services, &old_backends, &old_clusters);
         self.stale = false;
         Ok(())
+    }
+
+    /// Keeps what each port was written from only where the maps still hold
+    /// what the syncer wrote: its entry, its backends and its table. A port
+    /// that drifted is planned again in full; the others are skipped, so a
+    /// full sync costs the reading of the maps and what drifted.
+    fn forget_drifted(
+        &mut self,
+        old_services: &BTreeMap<ServiceKey, ServiceValue>,
+        old_backends: &BTreeMap<u32, Backend>,
+        old_clusters: &BTreeMap<u32, String>,
+    ) {
+        if *old_clusters != self.clusters {
+            self.memo.clear();
+            return;
+        }
+        let mut drifted: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        if *old_backends != self.backends {
+            drifted.extend(self.backends.iter().filter(|(id, b)| old_backends.get(id) != Some(b)).map(|(id, _)| *id));
+            drifted.extend(old_backends.keys().filter(|id| !self.backends.contains_key(id)));
+        }
+        let (services, tables) = (&self.services, &self.tables);
+        self.memo.retain(|key, memo| {
+            let Some(value) = services.get(key) else { return false };
+            old_services.get(key) == Some(value)
+                && (value.table_size == 0 || tables.get(&value.service_id).is_some_and(|t| t.inputs.is_some()))
+                && (drifted.is_empty() || !memo.backend_ids.iter().any(|id| drifted.contains(id)))
+        });
     }
 
     fn cluster_id(&mut self, cluster: &str, new_clusters: &mut NewClusters) -> Result<u32, Rejection> {
@@ -365,6 +518,40 @@ impl Syncer {
         id
     }
 
+    /// Service ids in use: the entries', the tables', and the backends'. In
+    /// a sync that is not a full one, every backend belongs to an entry's
+    /// port but those in their removal grace (the previous sync had no
+    /// failure, or this one would be full), so only those are looked at.
+    fn service_ids_in_use(&self, full: bool) -> BTreeSet<u32> {
+        let backends: Vec<u32> = if full {
+            self.backends.values().map(|b| b.service_id).collect()
+        } else {
+            self.removed.keys().filter_map(|id| self.backends.get(id)).map(|b| b.service_id).collect()
+        };
+        self.services.values().map(|v| v.service_id).chain(self.tables.keys().copied()).chain(backends).collect()
+    }
+
+    /// Records that the backends map holds `backend` at `id`.
+    fn remember_backend(&mut self, id: u32, backend: Backend) {
+        *self.cluster_refs.entry(backend.cluster_id).or_insert(0) += 1;
+        if let Some(old) = self.backends.insert(id, backend) {
+            self.forget_cluster_ref(old.cluster_id);
+        }
+    }
+
+    /// Records that the backends map no longer holds `id`.
+    fn forget_backend(&mut self, id: u32) -> Option<Backend> {
+        let old = self.backends.remove(&id)?;
+        self.forget_cluster_ref(old.cluster_id);
+        Some(old)
+    }
+
+    fn forget_cluster_ref(&mut self, cluster_id: u32) {
+        if let Some(n) = self.cluster_refs.get_mut(&cluster_id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     /// Brings the maps to `desired`.
     ///
     /// # Errors
@@ -388,23 +575,33 @@ impl Syncer {
         if self.stale {
             self.reload(dp).map_err(SyncError::Reload)?;
         }
+        self.slots.reclaim(now);
         let table_size = dp.maglev_table_size();
 
-        // Plan: ids, backends and tables of every desired port.
+        // Plan: ids, backends and tables of every desired port that changed
+        // since it was last written (every port, in a full sync).
+        let full = outcome.full;
         let mut new_clusters = NewClusters { names: BTreeMap::new(), ids: LowestFree::new() };
-        let mut wanted_backends: HashMap<u32, Backend> = HashMap::with_capacity(self.backends.len());
-        let mut service_ids = ServiceIds {
-            used: self
-                .services
-                .values()
-                .map(|v| v.service_id)
-                .chain(self.tables.keys().copied())
-                .chain(self.backends.values().map(|b| b.service_id))
-                .collect(),
-            free: LowestFree::new(),
-        };
-        let mut plans = Vec::with_capacity(desired.services.len());
+        let mut wanted_backends: HashMap<u32, Backend> = HashMap::new();
+        let mut service_ids = ServiceIds { used: self.service_ids_in_use(full), free: LowestFree::new() };
+        let mut plans = Vec::new();
+        let mut digests = Vec::new();
+        let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
+        // Backends of the ports skipped in a full sync: wanted as they are.
+        let mut kept: std::collections::HashSet<u32> = std::collections::HashSet::new();
         for (key, port) in &desired.services {
+            let digest = port_digest(port, table_size);
+            let service_key = ServiceKey::new(key.ip, key.port, key.protocol.number());
+            if let Some(memo) = self.memo.get(&service_key).filter(|m| m.digest == digest)
+                && self.services.contains_key(&service_key)
+            {
+                written_ports.insert(service_key);
+                if full {
+                    kept.extend(memo.backend_ids.iter().copied());
+                }
+                continue;
+            }
+            digests.push(digest);
             let plan = self.plan_port(*key, port, table_size, &mut service_ids, &mut new_clusters);
             if plan.error.is_none() {
                 for id in &plan.backend_ids {
@@ -417,20 +614,7 @@ impl Syncer {
         self.backend_values(&plans, &mut wanted_backends);
 
         // 1. Cluster names.
-        let mut failed_clusters = BTreeSet::new();
-        for (id, name) in &new_clusters.names {
-            match dp.put_cluster(*id, name) {
-                Ok(()) => {
-                    self.clusters.insert(*id, name.clone());
-                    outcome.writes += 1;
-                }
-                Err(error) => {
-                    failed_clusters.insert(*id);
-                    self.cluster_ids.remove(name);
-                    outcome.errors.push(SyncError::Cluster { name: name.clone(), error });
-                }
-            }
-        }
+        let failed_clusters = self.write_clusters(dp, &new_clusters, &mut outcome);
 
         // 2. Backends.
         let mut failed_backends = BTreeSet::new();
@@ -447,7 +631,7 @@ impl Syncer {
             }
             match dp.put_backend(*id, *backend) {
                 Ok(()) => {
-                    self.backends.insert(*id, *backend);
+                    self.remember_backend(*id, *backend);
                     outcome.writes += 1;
                 }
                 Err(error) => {
@@ -457,39 +641,90 @@ impl Syncer {
             }
         }
 
-        // 3. Per service port: counters, wildcard, table and entry.
-        let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
-        // Ports left as they were keep their backends: their live table may name them.
-        let mut failed_services: BTreeSet<u32> = BTreeSet::new();
-        for plan in plans {
-            written_ports.insert(plan.service_key);
-            if let Some(reason) = &plan.error {
-                outcome
-                    .errors
-                    .push(SyncError::Rejected { port: describe(plan.key, plan.port), reason: reason.clone() });
-                failed_services.insert(plan.value.service_id);
-                continue;
-            }
-            if let Some(id) = plan.backend_ids.iter().find(|id| failed_backends.contains(id)) {
-                outcome.errors.push(SyncError::BackendNotWritten { port: describe(plan.key, plan.port), id: *id });
-                failed_services.insert(plan.value.service_id);
-                continue;
-            }
-            let (key, port, service_id) = (plan.key, plan.port, plan.value.service_id);
-            if let Err(error) = self.write_port(dp, &plan, &mut outcome) {
-                outcome.errors.push(SyncError::Port { port: describe(key, port), error });
-                failed_services.insert(service_id);
+        // 3. Per service port: counters, wildcard, table and entry; in
+        // chunks whose tables are built (on both cores when it pays) just
+        // before they are written, so that a cold start does not hold every
+        // built table at once.
+        let mut step =
+            PortWrites { failed_backends: &failed_backends, now, failed_services: BTreeSet::new(), left: Vec::new() };
+        let mut digests = digests.into_iter();
+        for chunk in plans.chunks_mut(BUILD_CHUNK) {
+            self.build_tables(chunk);
+            for plan in chunk.iter_mut() {
+                written_ports.insert(plan.service_key);
+                let digest = digests.next().unwrap_or_default();
+                self.write_planned(dp, plan, digest, &mut step, &mut outcome);
+                plan.table = None;
             }
         }
+        let PortWrites { failed_services, left, .. } = step;
 
         // 4. Deletions, in reverse.
-        self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), now, &mut outcome);
+        let candidates = (!full).then_some(left);
+        for id in kept {
+            wanted_backends.entry(id).or_default();
+        }
+        self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), candidates, now, &mut outcome);
 
         if !outcome.errors.is_empty() {
             // After any failure the next sync re-reads the maps.
             self.stale = true;
         }
         Ok(outcome)
+    }
+
+    /// Step 3 for one planned port: reports why it cannot be written, or
+    /// writes it and remembers what it was written from.
+    fn write_planned(
+        &mut self,
+        dp: &mut impl Dataplane,
+        plan: &mut PortPlan<'_>,
+        digest: u64,
+        step: &mut PortWrites<'_>,
+        outcome: &mut SyncOutcome,
+    ) {
+        let old = self.memo.remove(&plan.service_key);
+        if let Some(reason) = &plan.error {
+            outcome.errors.push(SyncError::Rejected { port: describe(plan.key, plan.port), reason: reason.clone() });
+            step.failed_services.insert(plan.value.service_id);
+            return;
+        }
+        if let Some(id) = plan.backend_ids.iter().find(|id| step.failed_backends.contains(id)) {
+            outcome.errors.push(SyncError::BackendNotWritten { port: describe(plan.key, plan.port), id: *id });
+            step.failed_services.insert(plan.value.service_id);
+            return;
+        }
+        if let Err(error) = self.write_port(dp, plan, step.now, outcome) {
+            outcome.errors.push(SyncError::Port { port: describe(plan.key, plan.port), error });
+            step.failed_services.insert(plan.value.service_id);
+            return;
+        }
+        step.left.extend(old.into_iter().flat_map(|m| m.backend_ids));
+        self.memo.insert(plan.service_key, PortMemo { digest, backend_ids: std::mem::take(&mut plan.backend_ids) });
+    }
+
+    /// Writes the cluster names a sync's plan adds; returns the ids that failed.
+    fn write_clusters(
+        &mut self,
+        dp: &mut impl Dataplane,
+        new_clusters: &NewClusters,
+        outcome: &mut SyncOutcome,
+    ) -> BTreeSet<u32> {
+        let mut failed_clusters = BTreeSet::new();
+        for (id, name) in &new_clusters.names {
+            match dp.put_cluster(*id, name) {
+                Ok(()) => {
+                    self.clusters.insert(*id, name.clone());
+                    outcome.writes += 1;
+                }
+                Err(error) => {
+                    failed_clusters.insert(*id);
+                    self.cluster_ids.remove(name);
+                    outcome.errors.push(SyncError::Cluster { name: name.clone(), error });
+                }
+            }
+        }
+        failed_clusters
     }
 
     /// Fills in the values of the backends `plans` need, now that every id is known.
@@ -535,13 +770,16 @@ impl Syncer {
             value: ServiceValue {
                 service_id,
                 table_size: 0,
+                table_start: 0,
                 affinity_timeout: port.session_affinity_timeout.unwrap_or(0),
                 flags: 0,
                 pad: 0,
+                pad2: 0,
             },
             backend_ids: Vec::new(),
             table: None,
             error: None,
+            job: None,
         };
         let total = port.backends.len() + port.draining.len();
         if total > limits::BACKENDS_PER_SERVICE_MAX || port.backends.len() > table_size as usize {
@@ -568,35 +806,58 @@ impl Syncer {
         if usable.is_empty() {
             return plan;
         }
-        plan.value.table_size = table_size;
+        let size = maglev::table_size_for(usable.len(), table_size);
+        plan.value.table_size = size;
         if port.backends.iter().all(|b| b.state == EndpointState::Terminating) {
             plan.value.flags |= SERVICE_F_FALLBACK;
         }
-        let inputs = digest_inputs(table_size, &usable);
+        let inputs = digest_inputs(size, &usable);
         let live = self.tables.get(&service_id).copied();
-        if live.is_some_and(|t| t.inputs == Some(inputs)) {
-            return plan;
+        if let Some(live) = live.filter(|t| t.size == size) {
+            plan.value.table_start = live.start;
+            if live.inputs == Some(inputs) {
+                return plan;
+            }
         }
         // Sorted identities give every node the same table.
         let mut usable: Vec<(String, u32)> =
             usable.iter().map(|(b, id)| (maglev::identity(&b.cluster, b.ip, b.port), *id)).collect();
         usable.sort();
-        let identities: Vec<&str> = usable.iter().map(|(identity, _)| identity.as_str()).collect();
-        let table: Vec<u32> = maglev::build(&identities, table_size).iter().map(|i| usable[*i as usize].1).collect();
-        let state = TableState { size: table_size, digest: maglev::digest_table(&table), inputs: Some(inputs) };
-        if live.is_some_and(|t| t.size == state.size && t.digest == state.digest) {
-            // Adopted from the maps and unchanged: remember what it was built from.
-            self.tables.insert(service_id, state);
-        } else {
-            plan.table = Some((table, state));
-        }
+        plan.job = Some(TableJob { backends: usable, size, inputs });
         plan
+    }
+
+    /// Builds the tables the plans need (on both cores when it pays) and
+    /// keeps those that differ from the live ones.
+    fn build_tables(&mut self, plans: &mut [PortPlan<'_>]) {
+        let jobs: Vec<&TableJob> = plans.iter().filter_map(|p| p.job.as_ref()).collect();
+        let tables = build_all(&jobs);
+        let mut tables = tables.into_iter();
+        for plan in plans.iter_mut() {
+            let Some(job) = plan.job.take() else { continue };
+            let Some(table) = tables.next() else { break };
+            let service_id = plan.value.service_id;
+            let live = self.tables.get(&service_id).copied();
+            let state = TableState {
+                start: plan.value.table_start,
+                size: job.size,
+                digest: maglev::digest_table(&table),
+                inputs: Some(job.inputs),
+            };
+            if live.is_some_and(|t| t.size == state.size && t.digest == state.digest) {
+                // Adopted from the maps and unchanged: remember what it was built from.
+                self.tables.insert(service_id, state);
+            } else {
+                plan.table = Some((table, state));
+            }
+        }
     }
 
     fn write_port(
         &mut self,
         dp: &mut impl Dataplane,
         plan: &PortPlan<'_>,
+        now: Instant,
         outcome: &mut SyncOutcome,
     ) -> Result<(), DataplaneError> {
         let service_id = plan.value.service_id;
@@ -614,25 +875,57 @@ impl Syncer {
             self.services.insert(wildcard, wildcard_value);
             outcome.writes += 1;
         }
-        // Every slot index the live entry allows must stay inside the live
-        // table: a smaller table goes in after the entry shrinks, a larger
-        // one before the entry grows.
-        let live_size = existing.map_or(0, |v| v.table_size);
-        let entry_first = plan.table.as_ref().is_some_and(|(t, _)| t.len() < live_size as usize);
-        if entry_first {
-            self.put_entry(dp, plan.service_key, plan.value, outcome)?;
-        }
+        let live = self.tables.get(&service_id).copied();
+        let mut value = plan.value;
         if let Some((table, state)) = &plan.table {
-            dp.put_table(service_id, table)?;
-            self.tables.insert(service_id, *state);
-            outcome.writes += 1;
-            outcome.tables_written += 1;
+            let in_place = live.filter(|t| t.size == state.size);
+            let start = match in_place {
+                Some(t) => t.start,
+                // A table of a new size goes to a free run nothing names.
+                None => self.slots.allocate(state.size).ok_or_else(|| DataplaneError::Full {
+                    map: mcs_common::map_names::MAGLEV,
+                    what: format!("placing a Maglev table of {} slots (raise --maglev-slots-max)", state.size),
+                })?,
+            };
+            let written = match dp.write_slots(start, table) {
+                Ok(written) => written,
+                Err(error) => {
+                    if in_place.is_none() {
+                        self.slots.give_back(start, state.size);
+                    } else {
+                        // Partly rewritten: each slot names an old or a new
+                        // backend of the port, both kept; rebuilt next time.
+                        self.tables.insert(service_id, TableState { inputs: None, ..live.unwrap_or(*state) });
+                    }
+                    return Err(error);
+                }
+            };
+            value.table_start = start;
+            if in_place.is_some() {
+                self.tables.insert(service_id, TableState { start, ..*state });
+            }
+            outcome.writes += written;
+            outcome.slots_written += written;
+            if written > 0 {
+                outcome.tables_written += 1;
+            }
+            if in_place.is_none() {
+                if let Err(error) = self.put_entry(dp, plan.service_key, value, outcome) {
+                    self.slots.give_back(start, state.size);
+                    return Err(error);
+                }
+                self.tables.insert(service_id, TableState { start, ..*state });
+                if let Some(old) = live {
+                    self.slots.release(old.start, old.size, now);
+                }
+                return Ok(());
+            }
         }
-        self.put_entry(dp, plan.service_key, plan.value, outcome)?;
-        if plan.value.table_size == 0 && self.tables.contains_key(&service_id) {
-            dp.delete_table(service_id)?;
-            self.tables.remove(&service_id);
-            outcome.writes += 1;
+        self.put_entry(dp, plan.service_key, value, outcome)?;
+        if value.table_size == 0
+            && let Some(old) = self.tables.remove(&service_id)
+        {
+            self.slots.release(old.start, old.size, now);
         }
         Ok(())
     }
@@ -663,6 +956,7 @@ impl Syncer {
             &HashMap<u32, Backend>,
             &BTreeSet<u32>,
         ),
+        candidates: Option<Vec<u32>>,
         now: Instant,
         outcome: &mut SyncOutcome,
     ) {
@@ -672,17 +966,21 @@ impl Syncer {
             .filter(|(k, _)| !k.is_wildcard() && !written_ports.contains(k))
             .map(|(k, v)| (*k, v.service_id))
             .collect();
+        let mut candidates = candidates;
         for (key, service_id) in stale_ports {
+            if let Some(memo) = self.memo.remove(&key)
+                && let Some(c) = &mut candidates
+            {
+                c.extend(memo.backend_ids);
+            }
             let result = dp
                 .delete_service(&key)
                 .and_then(|()| {
                     self.services.remove(&key);
                     outcome.writes += 1;
-                    dp.delete_table(service_id)
-                })
-                .and_then(|()| {
-                    self.tables.remove(&service_id);
-                    outcome.writes += 1;
+                    if let Some(old) = self.tables.remove(&service_id) {
+                        self.slots.release(old.start, old.size, now);
+                    }
                     dp.forget_affinity(service_id)
                 })
                 .and_then(|()| dp.delete_service_stats(service_id));
@@ -703,24 +1001,24 @@ impl Syncer {
                 Err(error) => outcome.errors.push(SyncError::Delete { what: key.to_string(), error }),
             }
         }
-        let named: BTreeSet<u32> = self.services.values().filter(|v| v.table_size != 0).map(|v| v.service_id).collect();
-        let orphan_tables: Vec<u32> = self.tables.keys().filter(|id| !named.contains(id)).copied().collect();
-        for id in orphan_tables {
-            match dp.delete_table(id) {
-                Ok(()) => {
-                    self.tables.remove(&id);
-                    outcome.writes += 1;
-                }
-                Err(error) => {
-                    outcome.errors.push(SyncError::Delete { what: format!("the Maglev table of service {id}"), error });
-                }
+        // Which backends may be unwanted now: every one in a full sync; else
+        // those the written and the deleted ports had, and those in grace.
+        let unwanted: Vec<u32> = match candidates {
+            None => self.backends.keys().copied().collect(),
+            Some(mut c) => {
+                c.extend(self.removed.keys().copied());
+                c.sort_unstable();
+                c.dedup();
+                c
             }
-        }
-        let unwanted: Vec<u32> = self
-            .backends
-            .iter()
-            .filter(|(id, b)| !wanted_backends.contains_key(id) && !failed_services.contains(&b.service_id))
-            .map(|(id, _)| *id)
+        };
+        let unwanted: Vec<u32> = unwanted
+            .into_iter()
+            .filter(|id| {
+                self.backends
+                    .get(id)
+                    .is_some_and(|b| !wanted_backends.contains_key(id) && !failed_services.contains(&b.service_id))
+            })
             .collect();
         for id in wanted_backends.keys() {
             self.removed.remove(id);
@@ -728,7 +1026,7 @@ impl Syncer {
         for id in self.end_of_grace(dp, unwanted, now, outcome) {
             match dp.delete_backend(id) {
                 Ok(()) => {
-                    if let Some(b) = self.backends.remove(&id) {
+                    if let Some(b) = self.forget_backend(id) {
                         self.backend_ids.remove(&BackendIdentity::from(&b));
                     }
                     outcome.writes += 1;
@@ -736,12 +1034,15 @@ impl Syncer {
                 Err(error) => outcome.errors.push(SyncError::Delete { what: format!("backend {id}"), error }),
             }
         }
-        // Ids handed out for backends that were never written are free again.
-        let backends = &self.backends;
-        self.backend_ids.retain(|_, id| backends.contains_key(id));
-        let used_clusters: BTreeSet<u32> = self.backends.values().map(|b| b.cluster_id).collect();
+        // Ids handed out for backends that were never written are free again
+        // (only a failed sync leaves such ids, and the next one is full).
+        if outcome.full {
+            let backends = &self.backends;
+            self.backend_ids.retain(|_, id| backends.contains_key(id));
+        }
+        let refs = &self.cluster_refs;
         let unused_clusters: Vec<u32> =
-            self.clusters.keys().filter(|id| !used_clusters.contains(id)).copied().collect();
+            self.clusters.keys().filter(|id| refs.get(id).is_none_or(|n| *n == 0)).copied().collect();
         for id in unused_clusters {
             match dp.delete_cluster(id) {
                 Ok(()) => {
@@ -784,7 +1085,7 @@ impl Syncer {
                 let flagged = Backend { flags: backend.flags | BACKEND_F_REMOVED, ..backend };
                 match dp.put_backend(id, flagged) {
                     Ok(()) => {
-                        self.backends.insert(id, flagged);
+                        self.remember_backend(id, flagged);
                         outcome.writes += 1;
                     }
                     Err(error) => outcome.errors.push(SyncError::Backend { id, error }),

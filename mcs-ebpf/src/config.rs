@@ -28,3 +28,10 @@ pub fn hairpin_addr() -> u32 {
     // non-service path, which reads nothing else of the settings).
     unsafe { core::ptr::read_volatile(&raw const MCS_CFG.hairpin_addr) }
 }
+
+/// `GUARD_F_*` (`DatapathConfig::guard_flags`).
+#[inline(always)]
+pub fn guard_flags() -> u32 {
+    // SAFETY: a volatile read of a field of a static, as `hairpin_addr`.
+    unsafe { core::ptr::read_volatile(&raw const MCS_CFG.guard_flags) }
+}

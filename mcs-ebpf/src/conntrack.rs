@@ -158,13 +158,19 @@ pub enum Lookup {
     /// The entry of a closing TCP flow whose 5-tuple this SYN reuses: treat
     /// as absent. Carries the time.
     Reused(u64),
+    /// The entry of a flow whose client sends from another interface than
+    /// the packet came in on: left as it was. Carries the time.
+    Foreign(u64),
 }
 
 /// Looks up the entry of `flow` in direction `dir`, records what the
 /// packet tells (flags, time) and, when it has to look at both entries,
-/// takes in the other's view and rebuilds it if it is missing.
+/// takes in the other's view and rebuilds it if it is missing. With a
+/// `client_tag` (`mcs_common::ifindex_tag` of the packet's interface; 0:
+/// any), an entry bound to another interface is [`Lookup::Foreign`] and
+/// nothing is written.
 #[inline(always)]
-pub fn lookup(flow: &Flow, dir: u8) -> Lookup {
+pub fn lookup(flow: &Flow, dir: u8, client_tag: u16) -> Lookup {
     let key = key(&flow.tuple(), flow.proto, dir);
     let Some(ptr) = entry(&key) else {
         return Lookup::Miss;
@@ -174,6 +180,9 @@ pub fn lookup(flow: &Flow, dir: u8) -> Lookup {
     // is copied out, and written back field by field, as the kernel's own
     // conntrack helpers do with their entries.
     let mut v = unsafe { *ptr };
+    if client_tag != 0 && v.client_ifindex != 0 && v.client_ifindex != client_tag {
+        return Lookup::Foreign(now);
+    }
     let bits = own_bits(flow, dir);
     let refresh = now.saturating_sub(v.last_seen_ns) > CT_REFRESH_NS;
     let syn = dir == CT_DIR_FORWARD && flow.is_syn();
@@ -302,14 +311,16 @@ fn taken(key: &CtKey, e: &CtValue, syn: bool, now: u64) -> Taken {
 
 /// Tracks a new flow to `backend` (id `backend_id`, service port
 /// `service_id`), translated with the source address `nat_saddr` (the
-/// client's own, or the hairpin address): finds it a unique translated
-/// source port and writes the reply entry, then the forward one.
+/// client's own, or the hairpin address), whose client sends from interface
+/// `client_ifindex`: finds it a unique translated source port and writes the
+/// reply entry, then the forward one.
 #[inline(always)]
 pub fn create(
     flow: &Flow,
     (backend_id, backend): (u32, &Backend),
     service_id: u32,
     nat_saddr: u32,
+    client_ifindex: u32,
     now: u64,
 ) -> Result<Created, CreateError> {
     let cfg = config::cfg();
@@ -327,7 +338,7 @@ pub fn create(
         service_id,
         own_flags: reply_bits,
         peer_flags: forward_bits,
-        pad: [0; 2],
+        client_ifindex: mcs_common::ifindex_tag(client_ifindex),
         created_ns: now,
         last_seen_ns: now,
     };

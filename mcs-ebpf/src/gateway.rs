@@ -280,13 +280,13 @@ struct Pending {
 /// A packet from an external client to a ClusterSetIP. Conntrack first, as
 /// on the tc path. Each kind of packet has a subprogram of its own, so that
 /// no call chain needs more than the verifier's 512 bytes of stack.
-#[inline(never)]
+#[inline(always)]
 fn forward(ctx: &XdpContext, flow: &Flow) -> Step {
     if !ttl_ok(ctx, flow.l3_off) {
         // The stack answers with a time exceeded from this node.
         return Step::Done(XDP_PASS);
     }
-    let (now, replaced) = match conntrack::lookup(flow, CT_DIR_FORWARD) {
+    let (now, replaced) = match conntrack::lookup(flow, CT_DIR_FORWARD, 0) {
         Lookup::Hit(entry, now) => {
             if service::backend_still_there(&entry) {
                 let route = route_of(ctx, flow.l3_off, flow.proto, &entry);
@@ -302,6 +302,8 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Step {
         }
         Lookup::Stale(now) => (now, Some(Stat::CtExpired)),
         Lookup::Reused(now) => (now, Some(Stat::CtReused)),
+        // Not with client tag 0: the gateway's clients are not bound to an interface.
+        Lookup::Foreign(now) => (now, Some(Stat::CtReused)),
         Lookup::Miss => (conntrack::now(), None),
     };
     let Some(svc) = service::lookup(flow) else {
@@ -315,7 +317,7 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Step {
 
 /// Selects a backend for a new flow, finds the gateway's address towards
 /// it, tracks the flow source-NATed to that address and forwards the packet.
-#[inline(never)]
+#[inline(always)]
 fn new_flow(ctx: &XdpContext, flow: &Flow, svc: &ServiceValue, now: u64) -> Step {
     let selected = match service::select_backend(&service::Choice::of_flow(flow, svc), svc, now) {
         Ok(selected) => selected,
@@ -347,11 +349,11 @@ fn new_flow(ctx: &XdpContext, flow: &Flow, svc: &ServiceValue, now: u64) -> Step
 
 /// Tracks a new flow, source-NATed to the gateway's address towards its
 /// backend, and forwards its first packet.
-#[inline(never)]
+#[inline(always)]
 fn track(ctx: &XdpContext, flow: &Flow, pending: &Pending) -> Step {
     let (b, found, now) = (&pending.backend, &pending.route, pending.now);
     let svc_id = pending.service_id;
-    let created = match conntrack::create(flow, (pending.backend_id, b), svc_id, found.src, now) {
+    let created = match conntrack::create(flow, (pending.backend_id, b), svc_id, found.src, ctx.ifindex(), now) {
         Ok(created) => created,
         Err(CreateError::PortsExhausted) => return Step::Done(drop_flow(ctx, flow, DropReason::NatPortsExhausted)),
         Err(CreateError::InsertFailed) => return Step::Done(drop_flow(ctx, flow, DropReason::CtInsertFailed)),
@@ -371,7 +373,7 @@ fn track(ctx: &XdpContext, flow: &Flow, pending: &Pending) -> Step {
 /// Answers a client from the ClusterSetIP (TCP RST, ICMP port unreachable)
 /// back out of the uplink, as the tc path does; an RST is dropped. A
 /// subprogram of its own: the answers' buffers need the room.
-#[inline(never)]
+#[inline(always)]
 fn refuse(ctx: &XdpContext, flow: &Flow, service_id: u32, reason: DropReason) -> i32 {
     if flow.has(TCP_RST) {
         return drop_flow(ctx, flow, reason);
@@ -404,9 +406,9 @@ fn is_gateway_flow(to: u32, entry: &CtValue) -> bool {
 
 /// A packet to a port of the translated range: a backend's reply to a
 /// gateway flow gets the ClusterSetIP:port and the client back.
-#[inline(never)]
+#[inline(always)]
 fn reply(ctx: &XdpContext, flow: &Flow) -> i32 {
-    let Lookup::Hit(entry, _) = conntrack::lookup(flow, CT_DIR_REPLY) else {
+    let Lookup::Hit(entry, _) = conntrack::lookup(flow, CT_DIR_REPLY, 0) else {
         return XDP_PASS;
     };
     if !is_gateway_flow(flow.daddr, &entry) || !ttl_ok(ctx, flow.l3_off) {
@@ -420,7 +422,7 @@ fn reply(ctx: &XdpContext, flow: &Flow) -> i32 {
 /// A later fragment: to a ClusterSetIP it follows its first fragment's
 /// forward entry (or is dropped when that was not seen); to anything else,
 /// a gateway flow's reply entry (or passes).
-#[inline(never)]
+#[inline(always)]
 fn fragment(ctx: &XdpContext, frag: &Fragment) -> i32 {
     if service::is_cluster_set_ip(frag.daddr) {
         return follow_fragment(ctx, frag, CT_DIR_FORWARD).unwrap_or_else(|| {
@@ -452,7 +454,7 @@ fn follow_fragment(ctx: &XdpContext, frag: &Fragment, dir: u8) -> Option<i32> {
 
 /// An ICMP error: to a ClusterSetIP, about a flow it must quote (or it is
 /// dropped); to anything else, about a gateway flow (or it passes).
-#[inline(never)]
+#[inline(always)]
 fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> i32 {
     if service::is_cluster_set_ip(err.daddr) {
         return translate_icmp(ctx, err, CT_DIR_FORWARD).unwrap_or_else(|| {

@@ -36,6 +36,7 @@ mod conntrack;
 mod csum;
 mod events;
 mod frag;
+mod guard;
 mod gateway;
 mod icmp;
 mod maps;
@@ -55,7 +56,7 @@ use aya_ebpf::{
 use mcs_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, DropReason, ServiceValue, Stat,
     event::{EVENT_FROM_POD, EVENT_TO_POD},
-    proto,
+    proto, rate_kind,
 };
 
 use crate::{
@@ -158,8 +159,23 @@ fn is_hairpin_addr(daddr: u32) -> bool {
 /// tracked flow whose backend exists needs no service lookup.
 #[inline(always)]
 fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
-    // What becomes of the old entry is counted once the service port is known.
-    let (now, replaced) = match conntrack::lookup(flow, CT_DIR_FORWARD) {
+    // What became of an old entry is counted where it is found, so every
+    // path reaches the new-flow code in the same state (the verifier walks
+    // the port probes once, not once per kind of old entry).
+    let ifindex = guard::ifindex(ctx);
+    let client_tag = if guard::validates_sources() { mcs_common::ifindex_tag(ifindex) } else { 0 };
+    let now = match conntrack::lookup(flow, CT_DIR_FORWARD, client_tag) {
+        // A packet with a tracked flow's tuple from another interface than
+        // the flow's client: another pod using the client's address, unless
+        // the node now routes the address here (the client came back on a
+        // new interface), and then it starts a new flow.
+        Lookup::Foreign(now) => {
+            if !guard::source_routes_back(ctx, flow, ifindex) {
+                return drop_flow(ctx, flow, DropReason::SourceInvalid);
+            }
+            stats::stat(Stat::CtReused);
+            now
+        }
         Lookup::Hit(entry, now) => {
             if service::backend_still_there(&entry) {
                 stats::stat(Stat::ForwardEstablished);
@@ -173,24 +189,43 @@ fn forward(ctx: &TcContext, flow: &Flow) -> i32 {
                 conntrack::delete(flow, &entry);
                 return refuse(ctx, flow, entry.service_id, DropReason::BackendGone);
             }
-            (now, (flow.proto == proto::UDP).then_some(Stat::CtReselected))
+            if flow.proto == proto::UDP {
+                stats::stat(Stat::CtReselected);
+            }
+            now
         }
-        Lookup::Stale(now) => (now, Some(Stat::CtExpired)),
-        Lookup::Reused(now) => (now, Some(Stat::CtReused)),
-        Lookup::Miss => (conntrack::now(), None),
+        Lookup::Stale(now) => {
+            stats::stat(Stat::CtExpired);
+            now
+        }
+        Lookup::Reused(now) => {
+            stats::stat(Stat::CtReused);
+            now
+        }
+        Lookup::Miss => conntrack::now(),
     };
     let Some(svc) = service::lookup(flow) else {
         return drop_flow(ctx, flow, DropReason::UnknownPort);
     };
-    if let Some(stat) = replaced {
-        stats::stat(stat);
+    // Nothing is written for a source the node would not answer here.
+    if guard::validates_sources() && !guard::source_routes_back(ctx, flow, ifindex) {
+        return drop_flow(ctx, flow, DropReason::SourceInvalid);
     }
-    new_flow(ctx, flow, &svc, now)
+    new_flow(ctx, flow, &svc, ifindex, now)
 }
 
-/// Selects a backend for a new flow, tracks it and translates the packet.
+/// Selects a backend for a new flow from interface `ifindex`, tracks it and
+/// translates the packet.
 #[inline(always)]
-fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
+fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, ifindex: u32, now: u64) -> i32 {
+    // A TCP segment other than a SYN picks its flow up mid-stream: within
+    // its interface's budget, so made-up segments cannot flood conntrack.
+    if flow.proto == proto::TCP && !flow.is_syn() {
+        let cfg = config::cfg();
+        if !guard::spend(ifindex, rate_kind::PICKUP, cfg.pickup_rate, cfg.pickup_burst, now) {
+            return drop_flow(ctx, flow, DropReason::PickupLimited);
+        }
+    }
     let selected = match service::select_backend(&service::Choice::of_flow(flow, svc), svc, now) {
         Ok(selected) => selected,
         Err(SelectError::NoBackend) => return refuse(ctx, flow, svc.service_id, DropReason::NoBackend),
@@ -204,11 +239,12 @@ fn new_flow(ctx: &TcContext, flow: &Flow, svc: &ServiceValue, now: u64) -> i32 {
     let hairpin = config::hairpin_addr();
     let hairpinned = hairpin != 0 && selected.backend.addr == flow.saddr;
     let nat_saddr = if hairpinned { hairpin } else { flow.saddr };
-    let created = match conntrack::create(flow, (selected.id, &selected.backend), svc.service_id, nat_saddr, now) {
-        Ok(created) => created,
-        Err(CreateError::PortsExhausted) => return drop_flow(ctx, flow, DropReason::NatPortsExhausted),
-        Err(CreateError::InsertFailed) => return drop_flow(ctx, flow, DropReason::CtInsertFailed),
-    };
+    let created =
+        match conntrack::create(flow, (selected.id, &selected.backend), svc.service_id, nat_saddr, ifindex, now) {
+            Ok(created) => created,
+            Err(CreateError::PortsExhausted) => return drop_flow(ctx, flow, DropReason::NatPortsExhausted),
+            Err(CreateError::InsertFailed) => return drop_flow(ctx, flow, DropReason::CtInsertFailed),
+        };
     stats::stat(Stat::ForwardNew);
     events::translated(ctx, EVENT_FROM_POD, &Tuple::of(flow), svc.service_id, (selected.id, &selected.backend));
     if created.probed {
@@ -255,6 +291,10 @@ fn refuse(ctx: &TcContext, flow: &Flow, service_id: u32, reason: DropReason) -> 
     if flow.has(TCP_RST) {
         return drop_flow(ctx, flow, reason);
     }
+    let cfg = config::cfg();
+    if !guard::spend(guard::ifindex(ctx), rate_kind::REJECT, cfg.reject_rate, cfg.reject_burst, conntrack::now()) {
+        return drop_flow(ctx, flow, DropReason::RejectLimited);
+    }
     let (result, stat) = if flow.proto == proto::TCP {
         (reject::tcp_rst(ctx, flow), Stat::RejectTcp)
     } else {
@@ -277,7 +317,7 @@ fn refuse(ctx: &TcContext, flow: &Flow, service_id: u32, reason: DropReason) -> 
 /// back to the pod.
 #[inline(always)]
 fn hairpin_reply(ctx: &TcContext, flow: &Flow) -> i32 {
-    let Lookup::Hit(entry, _) = conntrack::lookup(flow, CT_DIR_REPLY) else {
+    let Lookup::Hit(entry, _) = conntrack::lookup(flow, CT_DIR_REPLY, 0) else {
         return VERDICT_NEXT;
     };
     if nat::rewrite(ctx, flow, &nat_tuple(&entry)).is_err() {
@@ -337,7 +377,7 @@ fn icmp_error(ctx: &TcContext, err: &IcmpError, dir: u8) -> Option<i32> {
 pub fn mcs_to_pod(ctx: TcContext) -> i32 {
     match parse::parse(&ctx) {
         Packet::Flow(flow) => {
-            let Lookup::Hit(entry, _) = conntrack::lookup(&flow, CT_DIR_REPLY) else {
+            let Lookup::Hit(entry, _) = conntrack::lookup(&flow, CT_DIR_REPLY, 0) else {
                 return VERDICT_NEXT;
             };
             if nat::rewrite(&ctx, &flow, &nat_tuple(&entry)).is_err() {

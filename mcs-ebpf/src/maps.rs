@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use mcs_common::{
     AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue,
-    MAGLEV_TABLE_FLAGS, MaglevPair, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, limits,
-    maglev_elements,
+    MAGLEV_TABLE_FLAGS, MaglevPair, RateKey, RateValue, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
+    SockRevValue, limits, maglev_elements,
 };
 
 /// `BPF_F_NO_PREALLOC`: the service map is sized for the largest fleet but
@@ -30,15 +30,19 @@ pub static MCS_SERVICES: HashMap<ServiceKey, ServiceValue, { limits::SERVICES_MA
 #[btf_map]
 pub static MCS_BACKENDS: Array<Backend, { limits::BACKENDS_MAX as usize }, MMAPABLE> = Array::new();
 
-/// Maglev tables by service id: slot → backend id, two slots an element
-/// (`mcs_common::MaglevPair`). The template's size is the default table
-/// size; `mcs_common::MAGLEV_TABLE_FLAGS` (shared with the agent) lets
-/// tables of any size in.
+/// The flat Maglev array, the one entry of this hash of maps
+/// (`mcs_common::MAGLEV_ARRAY_KEY`): every service port's table, slot →
+/// backend id, two slots an element (`mcs_common::MaglevPair`); a port's
+/// table is its entry's `table_size` slots from `table_start`. The agent
+/// creates the array once at load (`--maglev-slots-max`; the template's size
+/// does not bind it, `MAGLEV_TABLE_FLAGS`) and writes its slots in place
+/// through a shared mapping. A plain array map in its place costs the
+/// verifier more than its limit in `mcs_from_pod` (docs/datapath.md).
 #[btf_map]
 pub static MCS_MAGLEV: HashOfMaps<
     u32,
     Array<MaglevPair, { maglev_elements(limits::MAGLEV_TABLE_SIZE) as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
-    { limits::SERVICE_PORTS_MAX as usize },
+    1,
     NO_PREALLOC,
 > = HashOfMaps::new();
 
@@ -63,6 +67,12 @@ pub static MCS_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { limits::AFFINI
 /// cookie and backend: `recvmsg` and `getpeername` show it.
 #[btf_map]
 pub static MCS_SOCK_REV: LruHashMap<SockRevKey, SockRevValue, { limits::SOCK_REV_MAX as usize }> = LruHashMap::new();
+
+/// Token buckets of fail-fast answers and mid-stream pickups, per pod
+/// interface (module `guard`). LRU: an interface that is gone, or quiet,
+/// makes room; a bucket that comes back starts full.
+#[btf_map]
+pub static MCS_RATE: LruHashMap<RateKey, RateValue, { limits::RATE_BUCKETS_MAX as usize }> = LruHashMap::new();
 
 /// Cluster names by id; written by the agent, read by `inspect`.
 #[btf_map]

@@ -4,8 +4,8 @@
 //! differ only in what they hash and who the client is ([`Choice`]).
 use aya_ebpf::bindings::BPF_ANY;
 use mcs_common::{
-    AffinityKey, AffinityValue, BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CtValue, NS_PER_SEC,
-    SERVICE_F_FALLBACK, ServiceKey, ServiceValue, flow_hash, maglev_slot, socket_hash,
+    AffinityKey, AffinityValue, BACKEND_F_REMOVED, BACKEND_F_TERMINATING, Backend, CtValue, MAGLEV_ARRAY_KEY,
+    NS_PER_SEC, SERVICE_F_FALLBACK, ServiceKey, ServiceValue, flow_hash, maglev_slot, socket_hash,
 };
 
 use crate::{
@@ -133,10 +133,12 @@ pub fn select_backend(choice: &Choice, svc: &ServiceValue, now: u64) -> Result<S
     {
         return Ok(Selected { id, backend, by_affinity: true });
     }
-    let slot = maglev_slot(choice.hash, svc.table_size);
+    // The slot in the flat array of every table (wrapping: a corrupt entry
+    // lands somewhere the bounds check or the service check refuses).
+    let slot = svc.table_start.wrapping_add(maglev_slot(choice.hash, svc.table_size));
     // SAFETY: the inner map is an array: its elements never move or alias;
     // the id is copied out at once.
-    let pair = unsafe { MCS_MAGLEV.get_value(&svc.service_id, &(slot / 2)) }.copied().ok_or(SelectError::Missing)?;
+    let pair = unsafe { MCS_MAGLEV.get_value(&MAGLEV_ARRAY_KEY, &(slot / 2)) }.copied().ok_or(SelectError::Missing)?;
     // Not `pair[slot & 1]`: LLVM may turn that stack offset into an OR the
     // verifier refuses on a pointer.
     let id = if slot & 1 == 0 { pair[0] } else { pair[1] };

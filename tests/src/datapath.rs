@@ -40,6 +40,22 @@ pub const DROP: u32 = 2;
 /// hairpinned packet).
 pub const REDIRECT: u32 = 7;
 
+/// Size of `struct __sk_buff` as `test_run` takes it (up to `hwtstamp`).
+pub const SK_BUFF_LEN: usize = 192;
+/// Offset of `ingress_ifindex` in `struct __sk_buff`.
+const SK_BUFF_INGRESS_IFINDEX: usize = 36;
+/// Offset of `ifindex` in `struct __sk_buff`.
+const SK_BUFF_IFINDEX: usize = 40;
+
+/// The `struct __sk_buff` `test_run` takes for a packet arriving on
+/// interface `ifindex` (`ingress_ifindex` and `ifindex`, as tc ingress sees them).
+#[must_use]
+pub fn skb_arriving_on(ifindex: u32) -> [u8; SK_BUFF_LEN] {
+    let mut ctx = [0u8; SK_BUFF_LEN];
+    ctx[SK_BUFF_INGRESS_IFINDEX..SK_BUFF_INGRESS_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
 /// `XDP_DROP`, as the XDP gateway returns it.
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`: to the stack, untouched (or translated, for the stack to forward).
@@ -192,12 +208,25 @@ impl Datapath {
         Self::load_with(DatapathConfig::DEFAULT)
     }
 
-    /// The object with `config` (and [`TABLE_SIZE`]).
+    /// The object with `config` (and [`TABLE_SIZE`]), source validation off:
+    /// `test_run` delivers packets on `lo` of the test's namespace, where no
+    /// pod address routes. [`Datapath::load_guarded`] keeps it on.
     ///
     /// # Panics
     /// When it cannot be loaded.
     #[must_use]
     pub fn load_with(config: DatapathConfig) -> Self {
+        Self::load_guarded(DatapathConfig { guard_flags: 0, ..config })
+    }
+
+    /// The object with `config` as it is (and [`TABLE_SIZE`]): with its
+    /// `guard_flags`, for tests that run packets in a namespace whose routes
+    /// make sources valid or not ([`Datapath::run_on`]).
+    ///
+    /// # Panics
+    /// When it cannot be loaded.
+    #[must_use]
+    pub fn load_guarded(config: DatapathConfig) -> Self {
         Self::load_options(&LoadOptions {
             config: DatapathConfig { maglev_table_size: TABLE_SIZE, ..config },
             ..LoadOptions::default()
@@ -297,11 +326,34 @@ impl Datapath {
     /// # Panics
     /// When the program is missing.
     pub fn try_run(&self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        self.try_run_ctx(program, frame, None)
+    }
+
+    /// As [`Datapath::run`], with the packet arriving on interface `ifindex`
+    /// of the calling thread's network namespace (`__sk_buff.ifindex`, as
+    /// tc ingress sees it); enter the namespace first ([`crate::netns::NetNs::enter`]).
+    ///
+    /// # Panics
+    /// When `test_run` fails.
+    #[must_use]
+    pub fn run_on(&self, program: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.try_run_ctx(program, frame, Some(&skb_arriving_on(ifindex))).unwrap_or_else(|e| {
+            panic!("test_run of {program} on a {}-byte frame arriving on ifindex {ifindex}: {e}", frame.len())
+        })
+    }
+
+    fn try_run_ctx(
+        &self,
+        program: &str,
+        frame: &[u8],
+        ctx: Option<&[u8]>,
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
         let prog: &SchedClassifier = self.ebpf.program(program).expect("program").try_into().expect("tc program");
         let mut out = vec![0u8; frame.len() + 256];
         let result = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             ..TestRunOptions::default()
         })?;
         out.truncate(result.data_size_out as usize);
@@ -354,6 +406,17 @@ impl Datapath {
     fn ct_map(&mut self, protocol: u8) -> HashMap<&mut MapData, CtKey, CtValue> {
         let name = if protocol == proto::TCP { map_names::CONNTRACK_TCP } else { map_names::CONNTRACK_ANY };
         HashMap::try_from(self.ebpf.map_mut(name).expect("conntrack map")).expect("an LRU hash map")
+    }
+
+    /// How many instructions the verifier walked to accept `program`: how
+    /// close it is to the kernel's limit of 1,000,000.
+    ///
+    /// # Panics
+    /// When the program is missing or the kernel gives no count.
+    #[must_use]
+    pub fn verified_insns(&self, program: &str) -> u32 {
+        let prog: &SchedClassifier = self.ebpf.program(program).expect("program").try_into().expect("tc program");
+        prog.info().expect("program info").verified_instruction_count().expect("a verified instruction count")
     }
 
     /// The conntrack entry at `key`.

@@ -309,6 +309,19 @@ impl NetNs {
         })
     }
 
+    /// The index of interface `name` in this namespace.
+    ///
+    /// # Panics
+    /// When there is no such interface.
+    #[must_use]
+    pub fn ifindex(&self, name: &str) -> u32 {
+        let c_name = std::ffi::CString::new(name).expect("an interface name has no NUL");
+        // SAFETY: a valid C string; the call reads nothing else.
+        let index = self.enter(|| unsafe { libc::if_nametoindex(c_name.as_ptr()) });
+        assert!(index != 0, "no interface {name} in {}", self.name);
+        index
+    }
+
     /// Sets the sysctl `key` (dotted, as `sysctl` spells it: `net.ipv4.tcp_tw_reuse`) to
     /// `value` in this namespace. Only `net.*` keys are per namespace.
     ///

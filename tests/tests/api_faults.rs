@@ -60,6 +60,14 @@ fn http_status(topology: &Topology, path: &str) -> String {
 }
 
 /// The backends (cluster/ip) with slots in the table of the service, from the pins.
+/// `mcs_source_api_up` of `/metrics` (`"1"`, `"0"`), or what went wrong.
+fn api_up(topology: &Topology) -> String {
+    let body = http_status(topology, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("mcs_source_api_up "))
+        .map_or_else(|| format!("no mcs_source_api_up in {body:.200}"), str::to_owned)
+}
+
 fn table_backends(agent: &AgentGuard) -> Result<BTreeSet<String>, String> {
     let state = try_inspect_json(&agent.pin_path, &[])?;
     let backends = inspected_backends(&state, VIP, HTTP, "TCP").ok_or("the service port is not in the maps")?;
@@ -184,26 +192,35 @@ fn the_agent_keeps_the_last_good_dataplane_through_api_faults_and_recovers_witho
         (step.start)(&api);
         let end = Instant::now() + step.hold;
         let mut ready_seen = BTreeSet::new();
+        let mut api_seen = BTreeSet::new();
         for _ in 0..10_000 {
             agent.assert_running();
             ping_all(&mut streams, step.name);
             let got = table_backends(&agent).unwrap_or_else(|e| panic!("{}: {e}", step.name));
             assert_eq!(got, expected(extra), "{}: the last good dataplane is kept", step.name);
             ready_seen.insert(http_status(&topology, "/readyz"));
+            api_seen.insert(api_up(&topology));
             if Instant::now() >= end {
                 break;
             }
             thread::sleep(Duration::from_millis(250));
         }
         (step.end)(&api);
+        if step.name == "server down" {
+            assert!(api_seen.contains("0"), "while the server is down the metrics say so: {api_seen:?}");
+        }
         // Recovery without a restart: a change made after the fault arrives.
         let recovering = Instant::now();
         extra = !extra;
         api.apply(east(extra));
         wait_backends(&mut agent, &expected(extra), &format!("after {}: the change is followed", step.name));
         assert_eq!(agent.pid(), Some(pid), "{}: the same agent, never restarted", step.name);
+        wait_until(Duration::from_secs(40), Duration::from_millis(100), "the API server up again", || {
+            let up = api_up(&topology);
+            if up == "1" { Ok(()) } else { Err(up) }
+        });
         summary.push(format!(
-            "{} for {:?}: maps kept, /readyz {ready_seen:?}, next change followed {:.1} s after the fault ended",
+            "{} for {:?}: maps kept, /readyz {ready_seen:?}, mcs_source_api_up {api_seen:?}, next change followed {:.1} s after the fault ended",
             step.name,
             step.hold,
             recovering.elapsed().as_secs_f64()

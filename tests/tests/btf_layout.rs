@@ -5,8 +5,8 @@
 use std::{collections::BTreeMap, mem::offset_of, process::Command};
 
 use mcs_common::{
-    AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue, ServiceKey,
-    ServiceStats, ServiceValue, SockRevKey, SockRevValue, event::Event,
+    AffinityKey, AffinityValue, Backend, ClusterName, CtKey, CtValue, DatapathConfig, FragKey, FragValue, RateKey,
+    RateValue, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, event::Event,
 };
 
 /// A struct's size in bytes and its fields as (name, bit offset).
@@ -70,7 +70,7 @@ fn shared_map_types_match_the_object_btf() {
     let btf = btf_structs();
     let expected = [
         layout!(ServiceKey, [addr, port, proto, pad]),
-        layout!(ServiceValue, [service_id, table_size, affinity_timeout, flags, pad]),
+        layout!(ServiceValue, [service_id, table_size, table_start, affinity_timeout, flags, pad, pad2]),
         layout!(Backend, [addr, port, proto, flags, cluster_id, service_id]),
         layout!(CtKey, [saddr, daddr, sport, dport, proto, dir, pad]),
         layout!(
@@ -84,7 +84,7 @@ fn shared_map_types_match_the_object_btf() {
                 service_id,
                 own_flags,
                 peer_flags,
-                pad,
+                client_ifindex,
                 created_ns,
                 last_seen_ns
             ]
@@ -94,6 +94,8 @@ fn shared_map_types_match_the_object_btf() {
         layout!(AffinityKey, [client, service_id, kind]),
         layout!(SockRevKey, [cookie, addr, port, pad]),
         layout!(SockRevValue, [addr, port, pad]),
+        layout!(RateKey, [ifindex, kind]),
+        layout!(RateValue, [credit_ns, last_ns]),
         layout!(AffinityValue, [backend_id, pad, last_seen_ns]),
         layout!(ClusterName, [name]),
         layout!(ServiceStats, [packets, bytes, new_flows, rejected, socket_translated, socket_refused]),
@@ -134,7 +136,13 @@ fn shared_map_types_match_the_object_btf() {
                 nat_port_max,
                 layout_version,
                 socket_flags,
-                host_netns_cookie
+                host_netns_cookie,
+                guard_flags,
+                reject_rate,
+                reject_burst,
+                pickup_rate,
+                pickup_burst,
+                pad
             ]
         ),
     ];

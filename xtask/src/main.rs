@@ -66,7 +66,8 @@ enum Cmd {
         /// Small sizes and short durations (about a minute; what CI runs).
         #[arg(long)]
         quick: bool,
-        /// Only these sections, comma separated: datapath, e2e, flows, control.
+        /// Only these sections, comma separated: datapath, e2e, flows, control (both sources), control-file,
+        /// control-kube.
         #[arg(long)]
         only: Option<String>,
     },

@@ -59,7 +59,10 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::{Problem, Snapshot};
+use super::{
+    Problem, Snapshot,
+    health::{ApiHealth, Health},
+};
 use crate::k8s::Object as _;
 use crate::{
     k8s::{self, GkeServiceImport, ServiceImport},
@@ -332,7 +335,7 @@ impl Drop for Watchers {
 }
 
 impl Watchers {
-    fn start(client: &Client, found: &Discovered, changes: &watch::Sender<u64>) -> Self {
+    fn start(client: &Client, found: &Discovered, changes: &watch::Sender<u64>, health: &Arc<Health>) -> Self {
         let mut synced = Vec::new();
         let mut tasks = Vec::new();
         let mut spawn = |task: (JoinHandle<()>, Arc<AtomicBool>)| {
@@ -343,21 +346,42 @@ impl Watchers {
             let writer = Writer::new(ar.clone());
             let store = writer.as_reader();
             let api = Api::<DynamicObject>::all_with(client.clone(), ar);
-            spawn(watch_into(api, watcher::Config::default(), writer, "ServiceImport", changes.clone()));
+            spawn(watch_into(
+                api,
+                watcher::Config::default(),
+                writer,
+                "ServiceImport",
+                changes.clone(),
+                Arc::clone(health),
+            ));
             store
         });
         let slices = {
             let writer = Writer::new(());
             let store = writer.as_reader();
             let config = watcher::Config::default().labels(k8s::LABEL_SERVICE_NAME);
-            spawn(watch_into(Api::all(client.clone()), config, writer, "EndpointSlice", changes.clone()));
+            spawn(watch_into(
+                Api::all(client.clone()),
+                config,
+                writer,
+                "EndpointSlice",
+                changes.clone(),
+                Arc::clone(health),
+            ));
             store
         };
         let gke = found.gke_imports.as_ref().map(|ar| {
             let import_writer = Writer::new(ar.clone());
             let import_store = import_writer.as_reader();
             let api = Api::<DynamicObject>::all_with(client.clone(), ar);
-            spawn(watch_into(api, watcher::Config::default(), import_writer, "GKE ServiceImport", changes.clone()));
+            spawn(watch_into(
+                api,
+                watcher::Config::default(),
+                import_writer,
+                "GKE ServiceImport",
+                changes.clone(),
+                Arc::clone(health),
+            ));
             let endpoints_writer = Writer::new(());
             let endpoints_store = endpoints_writer.as_reader();
             spawn(watch_into(
@@ -366,6 +390,7 @@ impl Watchers {
                 endpoints_writer,
                 "Endpoints",
                 changes.clone(),
+                Arc::clone(health),
             ));
             let slices_writer = Writer::new(());
             let slices_store = slices_writer.as_reader();
@@ -376,6 +401,7 @@ impl Watchers {
                 slices_writer,
                 "EndpointSlice (GKE derived)",
                 changes.clone(),
+                Arc::clone(health),
             ));
             (import_store, endpoints_store, slices_store)
         });
@@ -388,13 +414,15 @@ impl Watchers {
 }
 
 /// Runs a watcher into `writer` until aborted: every change bumps `changes`,
-/// the first completed list marks the returned flag.
+/// the first completed list marks the returned flag, and `health` hears of
+/// every event and error.
 fn watch_into<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     what: &'static str,
     changes: watch::Sender<u64>,
+    health: Arc<Health>,
 ) -> (JoinHandle<()>, Arc<AtomicBool>)
 where
     K: Resource
@@ -409,6 +437,7 @@ where
 {
     let synced = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&synced);
+    health.started(what);
     let task = tokio::spawn(async move {
         let stream = watcher(api, config)
             .default_backoff()
@@ -416,6 +445,12 @@ where
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
+            match &item {
+                Ok(_) => health.event(what),
+                // A relist the server asked for is not a failure.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
+                Err(e) => health.error(what, &e.to_string()),
+            }
             match item {
                 Ok(watcher::Event::InitDone) => {
                     if !flag.swap(true, Ordering::AcqRel) {
@@ -433,10 +468,14 @@ where
                 Err(e) => warn!(resource = what, error = %e, "watch failed; retrying with backoff"),
             }
         }
+        health.error(what, "the watch stream ended");
         warn!(resource = what, "watch stream ended");
     });
     (task, synced)
 }
+
+/// The name [`Health`] reports API discovery under.
+const DISCOVERY: &str = "discovery";
 
 /// The watching source.
 pub struct KubeSource {
@@ -444,6 +483,7 @@ pub struct KubeSource {
     converter: Mutex<Converter>,
     changes: watch::Receiver<u64>,
     supervisor: JoinHandle<()>,
+    health: Arc<Health>,
 }
 
 impl KubeSource {
@@ -462,8 +502,16 @@ impl KubeSource {
     pub fn start_with_client(client: Client) -> Self {
         let current = Arc::new(Mutex::new(None));
         let (tx, changes) = watch::channel(0_u64);
-        let supervisor = tokio::spawn(supervise(client, Arc::clone(&current), tx));
-        Self { current, converter: Mutex::new(Converter::default()), changes, supervisor }
+        let health = Arc::new(Health::default());
+        health.started(DISCOVERY);
+        let supervisor = tokio::spawn(supervise(client, Arc::clone(&current), tx, Arc::clone(&health)));
+        Self { current, converter: Mutex::new(Converter::default()), changes, supervisor, health }
+    }
+
+    /// How discovery and each watch are doing.
+    #[must_use]
+    pub fn health(&self) -> ApiHealth {
+        self.health.snapshot()
     }
 
     /// Waits until a watcher recorded a change.
@@ -511,23 +559,35 @@ impl Drop for KubeSource {
 
 /// Discovers what is served, starts the watchers, and restarts them when
 /// what is served changes.
-async fn supervise(client: Client, current: Arc<Mutex<Option<Arc<Watchers>>>>, changes: watch::Sender<u64>) {
+async fn supervise(
+    client: Client,
+    current: Arc<Mutex<Option<Arc<Watchers>>>>,
+    changes: watch::Sender<u64>,
+    health: Arc<Health>,
+) {
     let mut found: Option<Discovered> = None;
     let mut backoff = Duration::from_millis(500);
     loop {
         match discover(&client).await {
             Ok(now) => {
+                health.event(DISCOVERY);
                 backoff = Duration::from_millis(500);
                 if found.as_ref() != Some(&now) {
                     describe(&now);
-                    let watchers = Watchers::start(&client, &now, &changes);
+                    let watchers = Watchers::start(&client, &now, &changes, &health);
                     *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(watchers));
                     changes.send_modify(|generation| *generation += 1);
                     found = Some(now);
                 }
-                tokio::time::sleep(REDISCOVER_INTERVAL).await;
+                // Again in a while, or as soon as a watch fails: then a
+                // successful discovery says the server answers again.
+                tokio::select! {
+                    () = tokio::time::sleep(REDISCOVER_INTERVAL) => {}
+                    () = health.probe_requested() => {}
+                }
             }
             Err(e) => {
+                health.error(DISCOVERY, &format!("{e:#}"));
                 warn!(error = %format!("{e:#}"), retry_in = ?backoff, "API discovery failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(DISCOVERY_BACKOFF_MAX);

@@ -6,6 +6,7 @@
 //! ([`Source::snapshot`]), translate and sync, and it never syncs before
 //! [`Source::synced`] holds.
 pub mod file;
+pub mod health;
 pub mod kube;
 
 use std::{path::PathBuf, time::Duration};
@@ -107,6 +108,16 @@ impl Source {
         match self {
             Self::File(s) => s.synced(),
             Self::Kube(s) => s.synced(),
+        }
+    }
+
+    /// How the source's connection to the API server is doing; `None` for
+    /// the file source.
+    #[must_use]
+    pub fn health(&self) -> Option<health::ApiHealth> {
+        match self {
+            Self::File(_) => None,
+            Self::Kube(s) => Some(s.health()),
         }
     }
 

@@ -82,7 +82,7 @@ fn entry(dp: &FakeDataplane, (vip, port, proto): (Ipv4Addr, u16, u8)) -> Service
 fn table_share(dp: &FakeDataplane, (vip, port, proto): (Ipv4Addr, u16, u8)) -> BTreeMap<(Ipv4Addr, u16), usize> {
     let value = entry(dp, (vip, port, proto));
     let mut share = BTreeMap::new();
-    for id in dp.tables.get(&value.service_id).map(Vec::as_slice).unwrap_or_default() {
+    for id in &dp.table_of(value.service_id).unwrap_or_default() {
         let b = dp.backends[id];
         *share.entry((mcs_common::ipv4_from_nbo(b.addr), u16::from_be(b.port))).or_insert(0) += 1;
     }
@@ -119,14 +119,15 @@ fn first_sync_writes_clusters_backends_table_then_entry() {
             (Ipv4Addr::new(198, 18, 2, 10), 9090)
         ]
     );
-    // 251 slots over 3 backends: 83 or 84 each.
-    assert!(share.values().all(|n| (83..=84).contains(n)), "{share:?}");
-    assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, dp.table_size);
+    // 3 backends get the ladder's 331 slots: 110 or 111 each.
+    assert!(share.values().all(|n| (110..=111).contains(n)), "{share:?}");
+    assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, 331);
+    assert_eq!(outcome.slots_written, 331);
     assert!(dp.services.contains_key(&ServiceKey::wildcard(VIP_A)));
     assert_eq!(dp.clusters.values().cloned().collect::<Vec<_>>(), vec!["c1".to_owned(), "c2".to_owned()]);
     let cluster = position(&dp.ops, |op| matches!(op, Op::PutCluster(..)));
     let backend = position(&dp.ops, |op| matches!(op, Op::PutBackend(..)));
-    let table = position(&dp.ops, |op| matches!(op, Op::PutTable(..)));
+    let table = position(&dp.ops, |op| matches!(op, Op::PutSlot(..)));
     let entry_at = position(&dp.ops, |op| matches!(op, Op::PutService(k, _) if !k.is_wildcard()));
     assert!(cluster < backend && backend < table && table < entry_at, "{:?}", dp.ops);
 }
@@ -144,25 +145,98 @@ fn second_sync_of_the_same_state_writes_nothing() {
 }
 
 #[test]
-fn removing_a_cluster_swaps_in_a_new_table_before_deleting_its_backend() {
+fn removing_a_cluster_moves_the_port_to_a_smaller_table_before_deleting_its_backend() {
     let mut dp = FakeDataplane::default();
     let mut syncer = Syncer::new();
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
-    let before = dp.tables.values().next().expect("table").clone();
+    let old = entry(&dp, (VIP_A, 80, proto::TCP));
     let only_c1: Vec<_> = two_clusters().into_iter().filter(|b| b.cluster == "c1").collect();
     let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), only_c1).0);
     assert_eq!(outcome.tables_written, 1);
     assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 2);
     assert_eq!(dp.backends.len(), 2, "c2's backend is deleted");
     assert_eq!(dp.clusters.values().collect::<Vec<_>>(), vec!["c1"], "c2's name is deleted with its last backend");
-    let table = position(&dp.ops, |op| matches!(op, Op::PutTable(..)));
+    // Two backends take 223 slots: a new run, written while nothing names
+    // it; the entry moves to it with one write; then the backend goes.
+    let new = entry(&dp, (VIP_A, 80, proto::TCP));
+    assert_eq!((old.table_size, new.table_size), (331, 223));
+    let runs_overlap = new.table_start < old.table_start + old.table_size && old.table_start < new.table_start + 223;
+    assert!(!runs_overlap, "the old run is not reused at once: {old:?} {new:?}");
+    let last_slot = dp.ops.iter().rposition(|op| matches!(op, Op::PutSlot(..))).expect("slots written");
+    let entry_at = position(&dp.ops, |op| matches!(op, Op::PutService(k, _) if !k.is_wildcard()));
     let delete = position(&dp.ops, |op| matches!(op, Op::DeleteBackend(..)));
-    assert!(table < delete, "{:?}", dp.ops);
-    // Maglev: slots of the surviving backends (almost all) stay where they were.
-    let after = dp.tables.values().next().expect("table");
-    let kept = before.iter().zip(after).filter(|(b, a)| dp.backends.contains_key(b) && b == a).count();
-    let surviving = before.iter().filter(|b| dp.backends.contains_key(b)).count();
-    assert!((surviving - kept) * 100 <= surviving, "{} of {surviving} surviving slots moved", surviving - kept);
+    assert!(last_slot < entry_at && entry_at < delete, "{:?}", dp.ops);
+}
+
+/// Six backends of cluster `c1` and the given extra ones.
+fn six_and(extra: &[DesiredBackend]) -> Vec<DesiredBackend> {
+    let mut all: Vec<_> = (0..6).map(|i| backend("c1", [198, 18, 1, 10 + i], 8080)).collect();
+    all.extend_from_slice(extra);
+    all
+}
+
+#[test]
+fn a_table_of_the_same_size_is_rewritten_in_place_only_where_it_changes() {
+    // Five and six backends both take 683 slots (at least 100 each).
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::new();
+    let key = (VIP_A, 80, Protocol::Tcp);
+    sync_checked(&mut syncer, &mut dp, &Desired::default().port(key, six_and(&[])).0);
+    let old = entry(&dp, (VIP_A, 80, proto::TCP));
+    let before = dp.table_of(old.service_id).expect("a table");
+    let gone = dp.backends.iter().find(|(_, b)| b.addr == mcs_common::ipv4_to_nbo(Ipv4Addr::new(198, 18, 1, 15)));
+    let gone = *gone.expect("the sixth backend").0;
+    // One backend leaves: only its slots (and Maglev's few others) change,
+    // each in place, and the backend goes after the last of them.
+    let five: Vec<_> = six_and(&[]).into_iter().take(5).collect();
+    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port(key, five.clone()).0);
+    let new = entry(&dp, (VIP_A, 80, proto::TCP));
+    assert_eq!((new.table_start, new.table_size), (old.table_start, 683), "the same run");
+    let after = dp.table_of(new.service_id).expect("a table");
+    let changed = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let owned = before.iter().filter(|b| **b == gone).count();
+    assert_eq!(outcome.slots_written, changed);
+    // At 100 slots a backend, Maglev moves a few percent of the others' slots too.
+    assert!(changed >= owned && changed <= owned + 683 / 20, "{changed} slots changed, {owned} were the backend's");
+    assert!(dp.ops.iter().all(|op| !matches!(op, Op::PutService(..))), "the entry is untouched: {:?}", dp.ops);
+    let last_slot = dp.ops.iter().rposition(|op| matches!(op, Op::PutSlot(..))).expect("slots written");
+    assert!(last_slot < position(&dp.ops, |op| *op == Op::DeleteBackend(gone)), "{:?}", dp.ops);
+    // One joins: written before any slot names it.
+    let joining = backend("c2", [198, 18, 2, 10], 8080);
+    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port(key, [five, vec![joining]].concat()).0);
+    assert!(outcome.slots_written > 0 && outcome.slots_written < 683 / 3, "{outcome:?}");
+    let put = position(&dp.ops, |op| matches!(op, Op::PutBackend(..)));
+    let first_slot = position(&dp.ops, |op| matches!(op, Op::PutSlot(..)));
+    assert!(put < first_slot, "{:?}", dp.ops);
+    assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_start, old.table_start);
+}
+
+#[test]
+fn runs_left_by_tables_wait_before_another_table_takes_them() {
+    let mut dp = FakeDataplane { maglev: vec![0; 1000], ..FakeDataplane::default() };
+    let mut syncer = Syncer::new();
+    let t0 = Instant::now();
+    let a = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
+    let b = Desired::default().port((VIP_B, 80, Protocol::Tcp), two_clusters()).0;
+    let both = Desired::default()
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 80, Protocol::Tcp), two_clusters())
+        .0;
+    sync_checked_at(&mut syncer, &mut dp, &both, t0);
+    // A leaves; C (another address) cannot take A's run yet: with B's 331
+    // slots and A's waiting, 338 are free, and C needs 331 of them.
+    sync_checked_at(&mut syncer, &mut dp, &b, t0);
+    let c = Desired::default()
+        .port((VIP_B, 80, Protocol::Tcp), two_clusters())
+        .port((Ipv4Addr::new(198, 19, 0, 12), 80, Protocol::Tcp), two_clusters())
+        .port((Ipv4Addr::new(198, 19, 0, 13), 80, Protocol::Tcp), two_clusters())
+        .0;
+    let outcome = sync_checked_at(&mut syncer, &mut dp, &c, t0 + REUSE_DELAY / 2);
+    assert_eq!(outcome.errors.len(), 1, "one fits the free run, the other waits: {outcome:?}");
+    assert!(outcome.errors[0].contains("--maglev-slots-max"), "{}", outcome.errors[0]);
+    let outcome = sync_checked_at(&mut syncer, &mut dp, &c, t0 + REUSE_DELAY);
+    assert!(outcome.errors.is_empty(), "{outcome:?}");
+    let _ = a;
 }
 
 #[test]
@@ -179,13 +253,14 @@ fn deleting_a_service_removes_every_entry_in_one_sync() {
     sync_checked(&mut syncer, &mut dp, &only_b);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B), "{:?}", dp.services.keys());
     assert_eq!(dp.backends.len(), 1);
-    assert!(!dp.tables.contains_key(&a_id) && !dp.service_stats.contains_key(&a_id));
+    assert!(dp.table_of(a_id).is_none() && !dp.service_stats.contains_key(&a_id));
     assert!(dp.ops.contains(&Op::ForgetAffinity(a_id)));
     let entry_gone = position(&dp.ops, |op| matches!(op, Op::DeleteService(k) if k.ip() == VIP_A && !k.is_wildcard()));
-    let table_gone = position(&dp.ops, |op| *op == Op::DeleteTable(a_id));
-    assert!(entry_gone < table_gone, "the entry goes before its table: {:?}", dp.ops);
+    let backend_gone = position(&dp.ops, |op| matches!(op, Op::DeleteBackend(..)));
+    assert!(entry_gone < backend_gone, "the entry goes before its backends: {:?}", dp.ops);
+    assert!(!dp.ops.iter().any(|op| matches!(op, Op::PutSlot(..))), "a table left is not written: {:?}", dp.ops);
     sync_checked(&mut syncer, &mut dp, &DesiredState::default());
-    assert!(dp.services.is_empty() && dp.backends.is_empty() && dp.tables.is_empty(), "{dp:?}");
+    assert!(dp.services.is_empty() && dp.backends.is_empty(), "{dp:?}");
     assert!(dp.clusters.is_empty() && dp.service_stats.is_empty());
 }
 
@@ -223,7 +298,7 @@ fn a_restarted_syncer_adopts_the_maps_and_rewrites_no_table() {
     assert!(outcome.full);
     assert_eq!(outcome.writes, 0, "{:?}", dp.ops);
     assert_eq!(dp.services, before.services, "service ids survive a restart");
-    assert_eq!(dp.tables, before.tables);
+    assert_eq!(dp.maglev, before.maglev);
     assert_eq!(dp.clusters, before.clusters, "cluster ids survive a restart");
     // The restarted syncer remembers what it adopted: a change of one port
     // rewrites that port's table only.
@@ -238,20 +313,23 @@ fn a_restart_with_another_table_size_rebuilds_every_table_safely() {
     let mut dp = FakeDataplane::default();
     let desired = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked(&mut Syncer::new(), &mut dp, &desired);
-    for size in [101, 509] {
-        // Smaller, then larger: the entry and the table change places.
-        dp.table_size = size;
+    for (max, size) in [(101, 101), (16_381, 331)] {
+        // A smaller largest size caps the table; a larger one gives the
+        // ladder's size back. Each time the table moves to another run.
+        dp.table_size = max;
         let outcome = sync_checked(&mut Syncer::new(), &mut dp, &desired);
-        assert_eq!(outcome.tables_written, 1);
-        assert_eq!(entry(&dp, (VIP_A, 80, proto::TCP)).table_size, size);
-        assert_eq!(dp.tables.values().next().expect("table").len(), size as usize);
+        // (A restarted syncer may find a run that already holds the table.)
+        assert!(outcome.errors.is_empty() && outcome.tables_written <= 1, "{outcome:?}");
+        let value = entry(&dp, (VIP_A, 80, proto::TCP));
+        assert_eq!(value.table_size, size);
+        assert_eq!(dp.table_of(value.service_id).expect("table").len(), size as usize);
     }
 }
 
 #[test]
 fn a_full_map_fails_one_service_cleanly_and_writes_the_others() {
     // Room for one table only.
-    let mut dp = FakeDataplane { tables_capacity: Some(1), ..FakeDataplane::default() };
+    let mut dp = FakeDataplane { maglev: vec![0; 400], ..FakeDataplane::default() };
     let mut syncer = Syncer::new();
     let desired = Desired::default()
         .port((VIP_A, 80, Protocol::Tcp), two_clusters())
@@ -263,7 +341,7 @@ fn a_full_map_fails_one_service_cleanly_and_writes_the_others() {
     assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 3);
     assert!(!dp.services.contains_key(&ServiceKey::new(VIP_B, 80, proto::TCP)), "no half-written service");
     // The next sync is a full one; with room it completes.
-    dp.tables_capacity = None;
+    dp.maglev.resize(1 << 16, 0);
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
     assert_eq!(table_share(&dp, (VIP_B, 80, proto::TCP)).len(), 3);
@@ -292,7 +370,7 @@ fn a_changed_cluster_set_ip_moves_in_one_sync() {
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_B, 80, Protocol::Tcp), two_clusters()).0);
     assert!(dp.services.keys().all(|k| k.ip() == VIP_B));
     assert_eq!(table_share(&dp, (VIP_B, 80, proto::TCP)).len(), 3);
-    assert_eq!(dp.tables.len(), 1);
+    assert_eq!(dp.services.values().filter(|v| v.table_size != 0).count(), 1);
 }
 
 #[test]
@@ -303,10 +381,10 @@ fn a_service_without_backends_has_no_table_and_fails_fast() {
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), Vec::new()).0);
     let value = entry(&dp, (VIP_A, 80, proto::TCP));
     assert_eq!(value.table_size, 0);
-    assert!(dp.tables.is_empty() && dp.backends.is_empty());
+    assert!(dp.table_of(value.service_id).is_none() && dp.backends.is_empty());
     let entry_at = position(&dp.ops, |op| matches!(op, Op::PutService(k, _) if !k.is_wildcard()));
-    let table_gone = position(&dp.ops, |op| matches!(op, Op::DeleteTable(..)));
-    assert!(entry_at < table_gone, "the entry stops naming the table before it goes: {:?}", dp.ops);
+    let backend_gone = position(&dp.ops, |op| matches!(op, Op::DeleteBackend(..)));
+    assert!(entry_at < backend_gone, "the entry stops naming the table before its backends go: {:?}", dp.ops);
 }
 
 #[test]
@@ -429,14 +507,16 @@ fn a_periodic_full_sync_keeps_what_the_tables_were_built_from() {
     // and rewritten at the next full sync.
     let b_id = entry(&dp, (VIP_B, 443, proto::TCP)).service_id;
     let a_id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
-    let a_table = dp.tables[&a_id].clone();
-    dp.tables.get_mut(&b_id).expect("a table")[0] = 0;
+    let a_table = dp.table_of(a_id).expect("a table");
+    let b_start = entry(&dp, (VIP_B, 443, proto::TCP)).table_start;
+    let b_slot = dp.maglev[b_start as usize];
+    dp.maglev[b_start as usize] = 0;
     syncer.invalidate();
     let outcome = sync_checked(&mut syncer, &mut dp, &desired);
     assert_eq!(outcome.tables_written, 1, "{:?}", dp.ops);
-    assert_eq!(dp.ops, [Op::PutTable(b_id, dp.tables[&b_id].clone())]);
-    assert!(dp.tables[&b_id].iter().all(|id| *id != 0));
-    assert_eq!(dp.tables[&a_id], a_table);
+    assert_eq!(dp.ops, [Op::PutSlot(b_start, b_slot)], "only the slot that drifted is written");
+    assert!(dp.table_of(b_id).expect("a table").iter().all(|id| *id != 0));
+    assert_eq!(dp.table_of(a_id).expect("a table"), a_table);
     assert!(syncer.tables.values().all(|t| t.inputs.is_some()), "{:?}", syncer.tables);
 }
 
@@ -489,7 +569,8 @@ fn a_backend_back_within_the_grace_gets_its_id_and_its_table_back() {
     let mut syncer = Syncer::with_removal_grace(Duration::from_secs(30));
     let all = Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0;
     sync_checked_at(&mut syncer, &mut dp, &all, t0);
-    let (ids, table) = (dp.backends.clone(), dp.tables.clone());
+    let service_id = dp.services.values().find(|v| v.table_size != 0).expect("a port").service_id;
+    let (ids, table) = (dp.backends.clone(), dp.table_of(service_id));
     let only_c1 = Desired::default()
         .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
         .0;
@@ -498,7 +579,7 @@ fn a_backend_back_within_the_grace_gets_its_id_and_its_table_back() {
     sync_checked_at(&mut syncer, &mut dp, &all, t0 + Duration::from_secs(2));
 
     assert_eq!(dp.backends, ids, "the same ids, the flag cleared");
-    assert_eq!(dp.tables, table, "the same table: its flows never noticed");
+    assert_eq!(dp.table_of(service_id), table, "the same table: its flows never noticed");
     assert_eq!(syncer.backends_in_grace(), 0);
 }
 
@@ -511,7 +592,7 @@ fn the_backends_of_a_deleted_service_keep_their_flows_through_the_grace() {
     let id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
 
     sync_checked_at(&mut syncer, &mut dp, &DesiredState::default(), t0);
-    assert!(dp.services.is_empty() && dp.tables.is_empty(), "the port is gone in one sync");
+    assert!(dp.services.is_empty(), "the port is gone in one sync");
     assert!(backends_of(&dp, id).iter().all(|b| b.2 & BACKEND_F_REMOVED != 0) && dp.backends.len() == 3);
     // Its id is not handed out while its backends linger.
     let other = Desired::default().port((VIP_B, 53, Protocol::Udp), two_clusters()).0;
@@ -520,4 +601,73 @@ fn the_backends_of_a_deleted_service_keep_their_flows_through_the_grace() {
     sync_checked_at(&mut syncer, &mut dp, &other, t0 + Duration::from_secs(31));
     assert!(backends_of(&dp, id).is_empty(), "{dp:?}");
     assert_eq!(dp.backends.len(), 3, "the other port's");
+}
+
+#[test]
+fn a_sync_that_is_not_full_writes_only_the_ports_that_changed() {
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::new();
+    let vips: Vec<Ipv4Addr> = (20..40).map(|i| Ipv4Addr::new(198, 19, 0, i)).collect();
+    let all = |changed: Option<Ipv4Addr>| {
+        let mut d = Desired::default();
+        for vip in &vips {
+            let mut backends = two_clusters();
+            if changed == Some(*vip) {
+                backends.push(backend("c3", [198, 18, 3, 10], 8080));
+            }
+            d = d.port((*vip, 80, Protocol::Tcp), backends);
+        }
+        d.0
+    };
+    sync_checked(&mut syncer, &mut dp, &all(None));
+    let before = dp.clone();
+    let outcome = sync_checked(&mut syncer, &mut dp, &all(Some(vips[7])));
+    assert!(!outcome.full && outcome.errors.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.tables_written, 1, "{:?}", dp.ops);
+    let changed_id = entry(&dp, (vips[7], 80, proto::TCP)).service_id;
+    for (id, b) in &before.backends {
+        if b.service_id != changed_id {
+            assert_eq!(dp.backends.get(id), Some(b), "backend {id} of an unchanged port is kept as it was");
+        }
+    }
+    // And back: the joined backend leaves, its cluster name with it.
+    let outcome = sync_checked(&mut syncer, &mut dp, &all(None));
+    assert!(outcome.errors.is_empty(), "{outcome:?}");
+    assert_eq!(dp.backends.len(), before.backends.len());
+    assert_eq!(dp.clusters, before.clusters, "c3's name goes with its last backend");
+}
+
+#[test]
+fn a_full_sync_rewrites_what_drifted_and_skips_the_rest() {
+    let mut dp = FakeDataplane::default();
+    let mut syncer = Syncer::new();
+    let vip_c = Ipv4Addr::new(198, 19, 0, 12);
+    let desired = Desired::default()
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters())
+        .port((VIP_B, 443, Protocol::Tcp), vec![backend("c3", [198, 18, 3, 10], 8443)])
+        .port((vip_c, 80, Protocol::Tcp), two_clusters())
+        .0;
+    sync_checked(&mut syncer, &mut dp, &desired);
+    // B's backend vanishes behind the syncer's back.
+    let b_id = entry(&dp, (VIP_B, 443, proto::TCP)).service_id;
+    let gone = *dp.backends.iter().find(|(_, b)| b.service_id == b_id).expect("B's backend").0;
+    dp.backends.remove(&gone);
+    syncer.invalidate();
+    // (The maps start inconsistent, so only the end state is checked.)
+    dp.ops.clear();
+    let outcome = syncer.sync(&mut dp, &desired).expect("sync");
+    assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
+    dp.check_consistent().expect("consistent again");
+    assert_eq!(table_share(&dp, (VIP_B, 443, proto::TCP)).len(), 1, "B is whole again");
+    // Only B was written: its backend, and its table's slots if the
+    // backend got another id.
+    let b = entry(&dp, (VIP_B, 443, proto::TCP));
+    for op in &dp.ops {
+        let ok = match op {
+            Op::PutBackend(_, backend) => backend.service_id == b.service_id,
+            Op::PutSlot(slot, _) => (b.table_start..b.table_start + b.table_size).contains(slot),
+            _ => false,
+        };
+        assert!(ok, "{op:?} is not B's: {:?}", dp.ops);
+    }
 }

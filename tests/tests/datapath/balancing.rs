@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use mcs_agent::dataplane::Dataplane as _;
 use mcs_common::{
-    AffinityKey, BACKEND_F_REMOVED, DropReason, NS_PER_SEC, Stat, ipv4_from_nbo, ipv4_to_nbo, program_names,
+    AffinityKey, BACKEND_F_REMOVED, DropReason, NS_PER_SEC, ServiceKey, Stat, ipv4_from_nbo, ipv4_to_nbo, program_names,
 };
 use mcs_tests::{
     datapath::{DROP, Datapath, NEXT, REDIRECT, ServicePort, forward_key, monotonic_ns},
@@ -220,8 +220,11 @@ fn when_only_terminating_backends_remain_they_take_new_flows() {
 fn a_missing_table_is_dropped_not_forwarded() {
     let mut dp = Datapath::load();
     dp.program(ServicePort::tcp(VIP, 80).ready(&BACKENDS));
-    let id = dp.service_id(VIP, 80, TCP);
-    dp.dp.delete_table(id).expect("remove the table behind the sync's back");
+    let value = dp.dp.services().expect("read services").into_iter().find(|(k, _)| *k == ServiceKey::new(VIP, 80, TCP));
+    let value = value.expect("the port's entry").1;
+    // Slots that name no backend (id 0): the table is gone behind the sync's back.
+    let zeros = vec![0; value.table_size as usize];
+    dp.dp.write_slots(value.table_start, &zeros).expect("clear the table behind the sync's back");
     let frame = syn(CLIENT_EP, (VIP, 80));
     assert_eq!(dp.run(FROM_POD, &frame), (DROP, frame.clone()));
     assert_eq!(dp.drops(DropReason::BackendMissing), 1);

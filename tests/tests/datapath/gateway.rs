@@ -109,7 +109,6 @@ fn ttl(frame: &[u8]) -> u8 {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn a_new_tcp_flow_is_dnated_snated_to_the_gateway_and_redirected_and_its_reply_comes_back() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[EAST[0], EAST[1], WEST]));
@@ -159,7 +158,6 @@ fn a_new_tcp_flow_is_dnated_snated_to_the_gateway_and_redirected_and_its_reply_c
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn udp_flows_of_many_clients_share_the_gateway_address_with_ports_unique_per_backend() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::udp(VIP, 53).ready(&[EAST[0]]));
@@ -194,7 +192,6 @@ fn udp_flows_of_many_clients_share_the_gateway_address_with_ports_unique_per_bac
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn a_backend_on_the_uplinks_own_subnet_is_reached_with_xdp_tx() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[ON_UPLINK]));
@@ -208,7 +205,6 @@ fn a_backend_on_the_uplinks_own_subnet_is_reached_with_xdp_tx() {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn everything_else_passes_untouched_and_unlisted_ports_are_dropped() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[EAST[0]]));
@@ -251,7 +247,6 @@ fn fix_ip_checksum(frame: &mut [u8]) {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn a_service_without_backends_is_refused_at_once_back_out_of_the_uplink() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80));
@@ -286,7 +281,6 @@ fn assert_rst_for_uplink(out: &[u8], original: &PacketSpec) {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn an_unresolved_next_hop_goes_to_the_stack_translated_and_no_route_is_dropped() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[UNRESOLVED]));
@@ -306,7 +300,6 @@ fn an_unresolved_next_hop_goes_to_the_stack_translated_and_no_route_is_dropped()
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn a_packet_whose_ttl_would_expire_goes_to_the_stack_untouched() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[EAST[0]]));
@@ -319,7 +312,6 @@ fn a_packet_whose_ttl_would_expire_goes_to_the_stack_untouched() {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn icmp_errors_are_translated_both_ways() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::udp(VIP, 53).ready(&[EAST[0]]));
@@ -361,7 +353,6 @@ fn icmp_errors_are_translated_both_ways() {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn fragments_follow_their_first_both_ways() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::udp(VIP, 53).ready(&[EAST[0]]));
@@ -396,7 +387,6 @@ fn fragments_follow_their_first_both_ways() {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn replies_of_a_pods_own_tc_flow_are_left_to_the_tc_program() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[EAST[0]]));
@@ -417,7 +407,6 @@ fn replies_of_a_pods_own_tc_flow_are_left_to_the_tc_program() {
 }
 
 #[test]
-#[ignore = "mcs_gateway does not pass the verifier yet: its call chains need more than 512 bytes of stack"]
 fn a_tcp_flow_whose_backend_is_gone_is_reset_from_the_gateway() {
     with_gateway(|dp, links| {
         dp.program(ServicePort::tcp(VIP, 80).ready(&[EAST[0]]));

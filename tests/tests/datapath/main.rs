@@ -8,6 +8,7 @@ mod capacity;
 mod conntrack;
 mod failfast;
 mod fragments;
+mod guard;
 mod gateway;
 mod hairpin;
 mod icmp;

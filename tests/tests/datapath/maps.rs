@@ -8,7 +8,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use mcs_agent::{
-    dataplane::AyaDataplane,
+    dataplane::{AyaDataplane, Dataplane as _},
     ebpf::{self, LoadOptions},
     sync::Syncer,
     translate::DesiredState,
@@ -75,11 +75,13 @@ fn pinned_maps_are_adopted_by_a_second_load_and_read_by_inspect() {
     let v = mcs_agent::inspect::to_json(&snapshot);
     let service = &v["services"][0];
     assert_eq!((service["ip"].as_str(), service["port"].as_u64()), (Some("198.19.0.10"), Some(80)), "{v:#}");
-    assert_eq!(service["tableSize"], TABLE_SIZE);
+    // Three backends: the ladder's size for them, below the largest size.
+    let size = mcs_agent::maglev::table_size_for(BACKENDS.len(), TABLE_SIZE);
+    assert_eq!(service["tableSize"], size);
     let backends = service["backends"].as_array().expect("backends");
     assert_eq!(backends.len(), 3);
     let slots: u64 = backends.iter().map(|b| b["slots"].as_u64().expect("slots")).sum();
-    assert_eq!(slots, u64::from(TABLE_SIZE));
+    assert_eq!(slots, u64::from(size));
     assert!(backends.iter().all(|b| ["c1", "c2"].contains(&b["cluster"].as_str().expect("cluster"))), "{v:#}");
     assert_eq!(service["counters"]["newFlows"], 1);
     let flows = v["conntrack"].as_array().expect("flows");
@@ -120,6 +122,7 @@ fn map_capacities_come_from_the_flags_and_a_full_map_is_a_per_service_error() {
         service_ports_max: 8,
         conntrack_max: 1024,
         conntrack_max_non_tcp: 512,
+        maglev_slots_max: 4096,
         ..Default::default()
     };
     let options = LoadOptions {
@@ -149,9 +152,11 @@ fn map_capacities_come_from_the_flags_and_a_full_map_is_a_per_service_error() {
             map_names::CONNTRACK_ANY
         ]
         .map(max_entries),
-        [4, 64, 8, 8, 1024, 512]
+        [4, 64, 1, 8, 1024, 512],
+        "MCS_MAGLEV holds one entry: the flat array"
     );
     let mut dp = AyaDataplane::from_ebpf(&mut ebpf).expect("maps");
+    assert_eq!(dp.maglev_slots(), 4096, "the flat Maglev array has --maglev-slots-max slots");
     let two: Vec<(Ipv4Addr, u16)> = (1..=2).map(|i| (Ipv4Addr::new(198, 18, 9, i), 8080)).collect();
     let desired = desired([
         ServicePort::tcp(VIP, 80).ready(&BACKENDS).named("fits"),

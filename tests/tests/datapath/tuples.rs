@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use mcs_common::{
     CT_DIR_FORWARD, CT_F_SEEN_REPLY, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtValue, DatapathConfig, DropReason, Stat,
-    ipv4_to_nbo, program_names,
+    ipv4_to_nbo, limits, program_names,
 };
 use mcs_tests::{
     datapath::{DROP, Datapath, NEXT, ServicePort, forward_key, monotonic_ns, next_tick, reply_key},
@@ -139,19 +139,21 @@ fn a_new_syn_on_a_closed_flows_5_tuple_takes_its_port_back() {
 
 #[test]
 fn with_every_port_held_a_syn_takes_over_a_closed_flow_and_otherwise_is_refused() {
-    // A range of 16 ports: the walk of a new flow covers all of it.
-    let config = DatapathConfig { nat_port_min: 61_000, nat_port_max: 61_015, ..DatapathConfig::DEFAULT };
+    // A range as long as the walk of a new flow: the walk covers all of it.
+    let n = u16::try_from(limits::NAT_PORT_PROBES).expect("a few ports");
+    let last = 61_000 + n - 1;
+    let config = DatapathConfig { nat_port_min: 61_000, nat_port_max: last, ..DatapathConfig::DEFAULT };
     let mut dp = Datapath::load_with(config);
     dp.program(ServicePort::tcp(VIP, 80).ready(&[B]));
     let mut ports = std::collections::BTreeSet::new();
-    for i in 0..16 {
+    for i in 0..n {
         let (verdict, out) = dp.run(FROM_POD, &syn((CLIENT, 30_000 + i), (VIP, 80)));
         assert_eq!(verdict, NEXT, "flow {i}");
         let p = parse_and_verify(&out);
         let _ = dp.run(TO_POD, &PacketSpec::tcp(B, (CLIENT, p.sport), SYN | ACK).build());
         ports.insert(p.sport);
     }
-    assert_eq!(ports, (61_000..=61_015).collect(), "16 live flows, 16 tuples");
+    assert_eq!(ports, (61_000..=last).collect(), "{n} live flows, {n} tuples");
 
     let frame = syn(CLIENT_EP, (VIP, 80));
     assert_eq!(dp.run(FROM_POD, &frame), (DROP, frame.clone()), "no tuple is free");

@@ -70,6 +70,15 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// What the agent reads.
+#[derive(Clone, Copy, Debug)]
+pub enum AgentSource<'a> {
+    /// `--source file --manifests DIR --poll-interval-ms 10`.
+    File(&'a Path),
+    /// `--source kubernetes --kubeconfig FILE`.
+    Kube(&'a Path),
+}
+
 /// A running agent; dropping it stops it (SIGTERM, then SIGKILL) and removes its pins.
 pub struct Agent {
     child: Option<Child>,
@@ -95,19 +104,37 @@ impl Agent {
     /// # Errors
     /// When it cannot be spawned.
     pub fn start_with(node: &NetNs, manifests: &Path, interfaces: &str, tag: &str, extra: &[String]) -> Result<Self> {
+        Self::start_source(node, AgentSource::File(manifests), interfaces, tag, extra)
+    }
+
+    /// As [`Agent::start_with`], reading `source`.
+    ///
+    /// # Errors
+    /// When it cannot be spawned.
+    pub fn start_source(
+        node: &NetNs,
+        source: AgentSource<'_>,
+        interfaces: &str,
+        tag: &str,
+        extra: &[String],
+    ) -> Result<Self> {
         let pin_path = PathBuf::from(format!("{PIN_PREFIX}{}-{tag}", std::process::id()));
         if pin_path.exists() {
             fs::remove_dir_all(&pin_path).with_context(|| format!("removing stale {}", pin_path.display()))?;
         }
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", node.path().display()))
-            .arg("--")
-            .arg(mcs_tests::agent_path())
-            .args(["run", "--source", "file", "--manifests"])
-            .arg(manifests)
-            .args(["--interfaces", interfaces, "--cluster-id", "local", "--pin-path"])
+        cmd.arg(format!("--net={}", node.path().display())).arg("--").arg(mcs_tests::agent_path());
+        match source {
+            AgentSource::File(manifests) => {
+                cmd.args(["run", "--source", "file", "--manifests"]).arg(manifests).args(["--poll-interval-ms", "10"]);
+            }
+            AgentSource::Kube(kubeconfig) => {
+                cmd.args(["run", "--source", "kubernetes", "--kubeconfig"]).arg(kubeconfig);
+            }
+        }
+        cmd.args(["--interfaces", interfaces, "--cluster-id", "local", "--pin-path"])
             .arg(&pin_path)
-            .args(["--poll-interval-ms", "10", "--metrics-addr", ""])
+            .args(["--metrics-addr", ""])
             // The socket programs attach only to a child cgroup a bench makes, never to the root.
             .args(mcs_tests::agent::socket_lb_off(extra))
             .args(extra)

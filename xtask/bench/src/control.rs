@@ -35,8 +35,10 @@ use mcs_tests::{
     packet::{PacketSpec, SYN},
 };
 
+use mcs_tests::fakeapi::{FakeApi, FakeApiOptions};
+
 use crate::{
-    agent::{Agent, TempDir},
+    agent::{Agent, AgentSource, TempDir},
     interrupted,
     mgen::{self, Export, Port, Service},
     stats,
@@ -66,9 +68,72 @@ pub struct Settings {
     pub change_budget: Duration,
 }
 
+/// Which source the agent reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Manifest files, polled every 10 ms.
+    #[default]
+    File,
+    /// The Kubernetes API: the fake API server of the tests
+    /// (`mcs_tests::fakeapi`: list, then watch), in the agent's namespace.
+    Kube,
+}
+
+impl Source {
+    /// Its `--only` selector (`control` selects both).
+    #[must_use]
+    pub const fn selector(self) -> &'static str {
+        match self {
+            Self::File => "control-file",
+            Self::Kube => "control-kube",
+        }
+    }
+
+    /// Its name in the report.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::File => "file source",
+            Self::Kube => "Kubernetes source, fake API server",
+        }
+    }
+}
+
+impl Settings {
+    /// The quick run's settings (small enough for CI) or the full run's.
+    #[must_use]
+    pub const fn for_run(quick: bool) -> Self {
+        if quick {
+            Self {
+                imports: 1000,
+                ports: 2,
+                clusters: 5,
+                per_cluster: 20,
+                changes: 20,
+                cold_timeout: Duration::from_mins(1),
+                change_timeout: Duration::from_secs(5),
+                change_budget: Duration::from_secs(30),
+            }
+        } else {
+            Self {
+                imports: 10_000,
+                ports: 2,
+                clusters: 5,
+                per_cluster: 20,
+                changes: 100,
+                cold_timeout: Duration::from_mins(5),
+                change_timeout: Duration::from_secs(30),
+                change_budget: Duration::from_mins(8),
+            }
+        }
+    }
+}
+
 /// The control-plane section of the report.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// The source measured.
+    pub source: Source,
     /// What was loaded.
     pub setup: String,
     /// Service ports expected.
@@ -97,6 +162,9 @@ pub struct Report {
     pub peak_rss_mib: f64,
     /// memlock per map name, bytes.
     pub memlock: BTreeMap<String, u64>,
+    /// Maglev slots the tables use after the cold start (the sum of the
+    /// entries' table sizes).
+    pub table_slots: u64,
 }
 
 impl Report {
@@ -143,6 +211,14 @@ fn count_keys<K: aya::Pod, V: aya::Pod>(pin_path: &Path, name: &str) -> Result<u
     Ok(map.keys().flatten().count() as u64)
 }
 
+/// Slots the live tables use: the sum of the pinned entries' table sizes.
+fn table_slots(pin_path: &Path) -> Result<u64> {
+    use mcs_agent::dataplane::Dataplane as _;
+    let dp = mcs_agent::dataplane::AyaDataplane::from_pins(pin_path)?;
+    let services = dp.services().context("reading MCS_SERVICES")?;
+    Ok(services.iter().filter(|(k, _)| !k.is_wildcard()).map(|(_, v)| u64::from(v.table_size)).sum())
+}
+
 /// Backends in the pinned `MCS_BACKENDS` array (elements that hold one).
 fn present_backends(pin_path: &Path) -> Result<u64> {
     use mcs_agent::dataplane::Dataplane as _;
@@ -150,21 +226,19 @@ fn present_backends(pin_path: &Path) -> Result<u64> {
     Ok(dp.backends().context("reading MCS_BACKENDS")?.len() as u64)
 }
 
-/// The memlock of the Maglev tables: they are inner maps of `MCS_MAGLEV`,
-/// neither pinned nor held by the agent, so they are counted here: the
-/// number of tables times the memlock of one (all have the same size).
-fn maglev_memlock(pin_path: &Path) -> Result<(u64, u64)> {
+/// The memlock of the flat Maglev array (every table's slots): it is the
+/// inner map of `MCS_MAGLEV`, neither pinned nor held by the agent as a pin,
+/// so it is counted here. Returns its map id, slots and memlock.
+fn maglev_memlock(pin_path: &Path) -> Result<(u32, u64, u64)> {
     use aya::maps::{HashOfMaps, IterableMap as _, MapData};
     let outer: HashOfMaps<MapData, u32, aya::maps::Array<MapData, mcs_common::MaglevPair>> =
         HashOfMaps::try_from(mcs_agent::dataplane::open_pinned(pin_path, map_names::MAGLEV)?)
             .context("MCS_MAGLEV as a hash of maps")?;
-    let tables = outer.keys().flatten().count() as u64;
-    let Some(first) = outer.keys().next() else { return Ok((0, 0)) };
-    let inner = outer.get(&first.context("a key of MCS_MAGLEV")?, 0).context("a Maglev table")?;
-    let id = inner.map().info().context("the table's map info")?.id();
-    let out = Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]).output()?;
+    let inner = outer.get(&mcs_common::MAGLEV_ARRAY_KEY, 0).context("the Maglev array")?;
+    let info = inner.map().info().context("the array's map info")?;
+    let out = Command::new("bpftool").args(["-j", "map", "show", "id", &info.id().to_string()]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    Ok((tables, v["bytes_memlock"].as_u64().unwrap_or(0)))
+    Ok((info.id(), u64::from(info.max_entries()) * 2, v["bytes_memlock"].as_u64().unwrap_or(0)))
 }
 
 /// memlock of every map the agent holds an fd of, or pinned under its directory.
@@ -230,23 +304,40 @@ fn probe(prog: &SchedClassifier, port: u16) -> Option<Ipv4Addr> {
 /// # Errors
 /// When the agent cannot start or the manifests cannot be written.
 #[expect(clippy::too_many_lines, reason = "one sequential procedure: set up, cold start, changes, read-out")]
-pub fn run(s: Settings) -> Result<Report> {
+pub fn run(s: Settings, source: Source) -> Result<Report> {
     let prefix = unique_prefix("bench");
     let node = NetNs::new(&format!("{prefix}-cp"));
     node.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
     node.ip(&["link", "set", "d0", "up"]);
+    node.ip(&["link", "set", "lo", "up"]);
     let dir = TempDir::new(&format!("{prefix}-manifests"))?;
     let t = Instant::now();
     let fillers = s.imports.saturating_sub(1);
-    mgen::write_services(
-        &dir.0,
-        (0..fillers)
-            .map(|i| mgen::filler(i, mgen::Shape { ports: s.ports, clusters: s.clusters, per_cluster: s.per_cluster })),
-        500,
-    )?;
+    let shape = mgen::Shape { ports: s.ports, clusters: s.clusters, per_cluster: s.per_cluster };
     let probe_file = dir.0.join("zz-probe.json");
-    mgen::write_list(&probe_file, &probe_service(probe_address(0)).objects())?;
+    let kubeconfig = dir.0.join("kubeconfig");
+    // The fake API server listens in the agent's namespace.
+    let api = match source {
+        Source::File => {
+            mgen::write_services(&dir.0, (0..fillers).map(|i| mgen::filler(i, shape)), 500)?;
+            mgen::write_list(&probe_file, &probe_service(probe_address(0)).objects())?;
+            None
+        }
+        Source::Kube => {
+            let listener = node.enter(|| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
+            let api = FakeApi::start_with(listener, FakeApiOptions::default());
+            for object in (0..fillers).flat_map(|i| mgen::filler(i, shape).objects()) {
+                api.apply(object);
+            }
+            for object in probe_service(probe_address(0)).objects() {
+                api.apply(object);
+            }
+            api.write_kubeconfig(&kubeconfig);
+            Some(api)
+        }
+    };
     let mut report = Report {
+        source,
         setup: format!(
             "{} imports ({} x {} ports x {} clusters x {} endpoints, plus the probe import of 1 port and 1 endpoint), \
              generated in {:.1} s",
@@ -265,14 +356,26 @@ pub fn run(s: Settings) -> Result<Report> {
     // Capacities for the set, with room for the changes (a new backend is
     // written before the old one goes).
     let backends = u64::from(fillers) * u64::from(s.ports) * u64::from(s.clusters) * u64::from(s.per_cluster) + 1;
+    // Every filler port's table has the ladder's size for its backends; room
+    // for the probe's and for tables that wait before their run is reused.
+    let table = u64::from(mcs_agent::maglev::table_size_for(
+        usize::try_from(s.clusters * s.per_cluster).unwrap_or(usize::MAX),
+        mcs_common::limits::MAGLEV_TABLE_SIZE,
+    ));
+    let slots = u64::from(fillers) * u64::from(s.ports) * table + (1 << 20);
     let capacities = [
         ("--backends-max", backends + 1024),
         ("--services-max", report.expected_ports + u64::from(s.imports) + 1024),
         ("--service-ports-max", report.expected_ports + 1024),
+        ("--maglev-slots-max", slots),
     ];
     report.capacities = capacities.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(" ");
     let extra: Vec<String> = capacities.iter().flat_map(|(k, v)| [(*k).to_owned(), v.to_string()]).collect();
-    let mut agent = Agent::start_with(&node, &dir.0, "d0", &prefix, &extra)?;
+    let agent_source = match source {
+        Source::File => AgentSource::File(&dir.0),
+        Source::Kube => AgentSource::Kube(&kubeconfig),
+    };
+    let mut agent = Agent::start_source(&node, agent_source, "d0", &prefix, &extra)?;
     let first = agent.wait_synced(s.cold_timeout, |_| true)?;
     let phases = |l: &crate::agent::Line| {
         let f = |k: &str| l.field(k).and_then(|v| v.trim_matches('"').parse::<f64>().ok()).unwrap_or(f64::NAN);
@@ -294,6 +397,7 @@ pub fn run(s: Settings) -> Result<Report> {
         count_keys::<mcs_common::ServiceKey, mcs_common::ServiceValue>(&agent.pin_path, map_names::SERVICES)?,
         present_backends(&agent.pin_path)?,
     );
+    report.table_slots = table_slots(&agent.pin_path)?;
     println!(
         "   first sync after {:.2} s: {} of {expected} service ports, {} errors; fully programmed: {}; maps hold {} \
          service and {} backend entries",
@@ -330,9 +434,18 @@ pub fn run(s: Settings) -> Result<Report> {
         }
         while agent.lines.try_recv().is_ok() {}
         let want = probe_address(i);
-        mgen::write_list(&aside, &probe_service(want).objects())?;
-        fs::rename(&aside, &probe_file).context("renaming the probe manifest into place")?;
-        let written = Instant::now();
+        let objects = probe_service(want).objects();
+        let written = if let Some(api) = &api {
+            // The slice only (the import is as it was): one watch event.
+            for object in objects.into_iter().skip(1) {
+                api.apply(object);
+            }
+            Instant::now()
+        } else {
+            mgen::write_list(&aside, &objects)?;
+            fs::rename(&aside, &probe_file).context("renaming the probe manifest into place")?;
+            Instant::now()
+        };
         let deadline = written + s.change_timeout;
         let mut seen = None;
         for _ in 0..10_000_000 {
@@ -368,13 +481,17 @@ pub fn run(s: Settings) -> Result<Report> {
     });
     report.memlock = memlock(&agent);
     match maglev_memlock(&agent.pin_path) {
-        Ok((tables, each)) if tables > 0 => {
-            report.memlock.insert(format!("Maglev tables ({tables} x {} KiB)", each / 1024), tables * each);
+        Ok((id, slots, bytes)) => {
+            // The agent holds its fd: fdinfo found it too, under its id.
+            report.memlock.remove(&format!("map id {id}"));
+            report
+                .memlock
+                .insert(format!("the Maglev array ({slots} slots, {} used by tables)", report.table_slots), bytes);
         }
-        Ok(_) => {}
-        Err(e) => eprintln!("   Maglev tables' memlock not measured: {e:#}"),
+        Err(e) => eprintln!("   the Maglev array's memlock not measured: {e:#}"),
     }
     drop(ebpf);
     drop(agent);
+    drop(api);
     Ok(report)
 }

@@ -51,11 +51,15 @@ use mcs_agent::{
     translate::{self, Config},
 };
 use mcs_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SEEN_REPLY, CtKey, CtValue, DatapathConfig, DropReason, Stat,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SEEN_REPLY, CtKey, CtValue, DatapathConfig, DropReason, GUARD_F_SOURCE_FIB,
+    Stat,
     event::{EVENT_DROP, EVENT_FLAGS_MAP, EVENTS_BYTES, EVENTS_DROPS, EVENTS_MAP, Event},
     ipv4_to_nbo, map_names, program_names, proto,
 };
-use mcs_tests::packet::{ACK, PacketSpec, SYN};
+use mcs_tests::{
+    netns::NetNs,
+    packet::{ACK, PacketSpec, SYN},
+};
 use serde_json::json;
 
 use crate::{
@@ -223,11 +227,36 @@ fn drops_with_events(ebpf: &mut Ebpf, frame: &[u8], reason: DropReason, on: bool
 
 /// Single-shot runs of `frames(i)`, returning each run's kernel ns.
 fn single_shots(ebpf: &Ebpf, program_name: &str, n: u32, frame: impl Fn(u32) -> Vec<u8>) -> Result<Vec<f64>> {
+    single_shots_on(ebpf, program_name, None, n, frame)
+}
+
+/// [`single_shots`], the packets arriving on `ifindex` of the calling
+/// thread's namespace when given.
+fn single_shots_on(
+    ebpf: &Ebpf,
+    program_name: &str,
+    ifindex: Option<u32>,
+    n: u32,
+    frame: impl Fn(u32) -> Vec<u8>,
+) -> Result<Vec<f64>> {
     let prog = program(ebpf, program_name)?;
+    let ctx = ifindex.map(mcs_tests::datapath::skb_arriving_on);
     let mut v = Vec::with_capacity(n as usize);
     let deadline = Instant::now() + Duration::from_mins(2);
     for i in 0..n {
-        let (verdict, _, ns) = test_run(prog, &frame(i), 1)?;
+        let frame = frame(i);
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ctx_in: ctx.as_ref().map(<[u8; mcs_tests::datapath::SK_BUFF_LEN]>::as_slice),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        #[expect(clippy::cast_precision_loss, reason = "nanoseconds per packet")]
+        let ns = result.duration.as_nanos() as f64;
+        let verdict = result.return_value;
         ensure!(verdict == NEXT, "{program_name}: verdict {verdict} on single shot {i}");
         v.push(ns);
         if Instant::now() > deadline {
@@ -320,7 +349,9 @@ fn plant_ping_pong(ebpf: &mut Ebpf, ids: [(u32, u32); 2]) -> Result<()> {
             service_id,
             own_flags: 0,
             peer_flags: CT_F_SEEN_REPLY,
-            pad: [0; 2],
+            // `test_run` delivers on `lo`: the flow's client interface, so
+            // the established path's interface check passes as a pod's would.
+            client_ifindex: 1,
             created_ns: now,
             last_seen_ns: now,
         };
@@ -341,6 +372,31 @@ fn plant_ping_pong(ebpf: &mut Ebpf, ids: [(u32, u32); 2]) -> Result<()> {
     Ok(())
 }
 
+/// The new-flow single shots with source validation on (the agent's
+/// default): the packets arrive on a veth of a namespace of the bench's own
+/// that routes their sources back out of it, so each new flow pays the FIB
+/// lookup and passes it. Returns each run's kernel ns.
+fn new_flows_validated(s: Settings, ct: u32) -> Result<Vec<f64>> {
+    let ns = NetNs::new(&mcs_tests::netns::unique_prefix("bench-guard"));
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.ip(&["link", "add", "pod0", "type", "veth", "peer", "name", "pod0p"]);
+    ns.ip(&["link", "set", "pod0p", "up"]);
+    ns.ip(&["link", "set", "pod0", "up"]);
+    ns.ip(&["route", "add", "198.18.0.0/24", "dev", "pod0"]);
+    let ifindex = ns.ifindex("pod0");
+    ns.enter(|| {
+        let config = DatapathConfig { conntrack_max: ct, ..DatapathConfig::DEFAULT };
+        ensure!(config.guard_flags & GUARD_F_SOURCE_FIB != 0, "source validation is the default");
+        let mut ebpf = ebpf::load(&LoadOptions { config, ..LoadOptions::default() })?;
+        program_services(&mut ebpf, s.fillers)?;
+        let before = stat(&ebpf, Stat::ForwardNew)?;
+        let v = single_shots_on(&ebpf, program_names::FROM_POD, Some(ifindex), s.single, new_flow_frame)?;
+        let delta = stat(&ebpf, Stat::ForwardNew)? - before;
+        ensure!(delta == v.len() as u64, "validated new flows: {delta} counted as new of {} sent", v.len());
+        Ok(v)
+    })
+}
+
 fn new_flow_frame(i: u32) -> Vec<u8> {
     let src = Ipv4Addr::new(198, 18, 0, u8::try_from(10 + i / 60_000).unwrap_or(250));
     let port = 1024 + u16::try_from(i % 60_000).unwrap_or(0);
@@ -354,7 +410,9 @@ fn new_flow_frame(i: u32) -> Vec<u8> {
 pub fn run(s: Settings) -> Result<Report> {
     // Room for every single-shot flow (two entries each) without eviction.
     let ct = (s.single.saturating_mul(4)).max(mcs_common::limits::CONNTRACK_MAX);
-    let config = DatapathConfig { conntrack_max: ct, ..DatapathConfig::DEFAULT };
+    // Source validation off: `test_run` delivers on `lo` of this namespace,
+    // where no pod address routes (the netns tests cover the check).
+    let config = DatapathConfig { conntrack_max: ct, guard_flags: 0, ..DatapathConfig::DEFAULT };
     let mut ebpf = ebpf::load(&LoadOptions { config, ..LoadOptions::default() })?;
     let setup = program_services(&mut ebpf, s.fillers)?;
 
@@ -394,6 +452,8 @@ pub fn run(s: Settings) -> Result<Report> {
         "new flows: {new_delta} counted as new of {} sent; the measurement would mix paths",
         new1.len()
     );
+    drop(ebpf);
+    let validated = new_flows_validated(s, ct)?;
 
     let floor_r = stats::median(&floor);
     let floor_s = stats::median(&floor1);
@@ -427,6 +487,7 @@ pub fn run(s: Settings) -> Result<Report> {
         single_case("no-op program (single-shot floor)", &floor1),
         single_case("established flow (single-shot)", &est1),
         single_case("first packet of a new flow", &new1),
+        single_case("first packet of a new flow, source validated (the default)", &validated),
     ];
     Ok(Report {
         cases,

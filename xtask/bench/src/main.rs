@@ -37,7 +37,8 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-/// `mcs-bench [--quick] [--out DIR] [--only datapath,e2e,flows,control]`.
+/// `mcs-bench [--quick] [--out DIR] [--only datapath,e2e,flows,control]`
+/// (`control` is both sources; `control-file` or `control-kube` one).
 #[derive(Parser)]
 struct Args {
     /// Small sizes and short durations (about a minute).
@@ -86,7 +87,7 @@ fn main() -> Result<()> {
         datapath: None,
         e2e: None,
         flows: None,
-        control: None,
+        control: Vec::new(),
         seconds: 0.0,
     };
     if want("datapath") {
@@ -130,33 +131,14 @@ fn main() -> Result<()> {
         let report = flows::run(&s)?;
         results.flows = Some((s, report));
     }
-    if want("control") {
-        println!("== control plane (file source)");
-        let s = if args.quick {
-            control::Settings {
-                imports: 1000,
-                ports: 2,
-                clusters: 5,
-                per_cluster: 20,
-                changes: 20,
-                cold_timeout: Duration::from_mins(1),
-                change_timeout: Duration::from_secs(5),
-                change_budget: Duration::from_secs(30),
-            }
-        } else {
-            control::Settings {
-                imports: 10_000,
-                ports: 2,
-                clusters: 5,
-                per_cluster: 20,
-                changes: 100,
-                cold_timeout: Duration::from_mins(5),
-                change_timeout: Duration::from_secs(30),
-                change_budget: Duration::from_mins(4),
-            }
-        };
-        let r = control::run(s)?;
-        results.control = Some((s, r));
+    for source in [control::Source::File, control::Source::Kube] {
+        if !(want("control") || want(source.selector())) {
+            continue;
+        }
+        println!("== control plane ({})", source.name());
+        let s = control::Settings::for_run(args.quick);
+        let r = control::run(s, source)?;
+        results.control.push((s, r));
     }
     results.seconds = start.elapsed().as_secs_f64();
     println!();
