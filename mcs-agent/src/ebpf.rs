@@ -650,19 +650,21 @@ pub fn attach_xdp(ebpf: &mut Ebpf, interface: &str, pin_path: Option<&Path>) -> 
         matches!(e, aya::programs::ProgramError::SyscallError(SyscallError { io_error, .. })
             if matches!(io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)))
     };
+    let someone_elses = |e: &aya::programs::ProgramError| {
+        anyhow::anyhow!(
+            "interface {interface} already has an XDP program that is not mcs-agent's; it is left alone: \
+             detach it (`ip link set dev {interface} xdp off`) or leave {interface} out of --xdp-interfaces ({e})"
+        )
+    };
     let (id, mode) = match program.attach(interface, XdpMode::Driver) {
         Ok(id) => (id, XdpAttach::Native),
-        Err(e) if busy(&e) => bail!(
-            "interface {interface} already has an XDP program that is not mcs-agent's; it is left alone:              detach it (`ip link set dev {interface} xdp off`) or leave {interface} out of --xdp-interfaces ({e})"
-        ),
+        Err(e) if busy(&e) => return Err(someone_elses(&e)),
         Err(native) => match program.attach(interface, XdpMode::Skb) {
             Ok(id) => {
                 info!(interface, error = %native, "no native XDP on this driver; using generic XDP");
                 (id, XdpAttach::Generic)
             }
-            Err(e) if busy(&e) => bail!(
-                "interface {interface} already has an XDP program that is not mcs-agent's; it is left alone:                  detach it (`ip link set dev {interface} xdp off`) or leave {interface} out of --xdp-interfaces ({e})"
-            ),
+            Err(e) if busy(&e) => return Err(someone_elses(&e)),
             Err(e) => {
                 return Err(e).with_context(|| format!("attaching mcs_gateway to {interface} (native: {native})"));
             }

@@ -277,6 +277,9 @@ pub struct FlowView {
     pub state: &'static str,
     /// Whether the client reached itself (source-NATed to the hairpin address).
     pub hairpin: bool,
+    /// Whether the flow came through the XDP gateway: a client that runs no
+    /// agent, source-NATed to this node's own address (`translatedClient`).
+    pub gateway: bool,
     /// Whether the flow's reply entry is there (it is rebuilt when missing).
     pub reply_entry: bool,
     /// Seconds since the flow began, to a tenth.
@@ -334,7 +337,8 @@ impl Inspection {
                         translated_client: endpoint(v.nat_saddr, v.nat_sport),
                         service_id: v.service_id,
                         state: state_name(flow_state, k.proto),
-                        hairpin: v.nat_saddr != k.saddr,
+                        hairpin: v.nat_saddr != k.saddr && v.nat_saddr == config.hairpin_addr,
+                        gateway: v.nat_saddr != k.saddr && v.nat_saddr != config.hairpin_addr,
                         reply_entry: reply.is_some(),
                         age_seconds: seconds(s.now_ns.saturating_sub(v.created_ns)),
                         idle_seconds: seconds(idle),
@@ -500,7 +504,11 @@ pub fn to_table(s: &Snapshot) -> String {
                 json_number(f.age_seconds),
                 json_number(f.idle_seconds),
                 if f.expired { "yes" } else { "no" },
-                if f.hairpin { " (hairpin)" } else { "" },
+                match (f.hairpin, f.gateway) {
+                    (true, _) => " (hairpin)".to_owned(),
+                    (false, true) => format!(" (gateway, as {})", f.translated_client),
+                    (false, false) => String::new(),
+                },
             );
         }
     }

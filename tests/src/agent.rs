@@ -163,7 +163,10 @@ impl AgentGuard {
             .arg(agent_path())
             .arg("run")
             .args(&self.source_args)
-            .args(["--interfaces", &self.interfaces, "--cluster-id", &self.cluster_id, "--pin-path"])
+            // A pure gateway node (`--xdp-interfaces` only) has no `--interfaces`.
+            .args(if self.interfaces.is_empty() { None } else { Some("--interfaces") })
+            .args(if self.interfaces.is_empty() { None } else { Some(&self.interfaces) })
+            .args(["--cluster-id", &self.cluster_id, "--pin-path"])
             .arg(&self.pin_path)
             .args(["--poll-interval-ms", "50"])
             // The socket programs attach only where a test asks (a child
@@ -330,10 +333,11 @@ impl<'a> AgentBuilder<'a> {
     /// Starts it.
     ///
     /// # Panics
-    /// When no interface was given, the directory cannot be prepared or the agent cannot start.
+    /// When no interface (nor `--xdp-interfaces`) was given, the directory cannot be prepared or the agent cannot start.
     #[must_use]
     pub fn start(self) -> AgentGuard {
-        assert!(!self.interfaces.is_empty(), "the agent needs at least one interface");
+        let gateway = self.extra.iter().any(|a| a.starts_with("--xdp-interfaces"));
+        assert!(!self.interfaces.is_empty() || gateway, "the agent needs at least one interface");
         let pin_path = PathBuf::from(format!("/sys/fs/bpf/mcs-test-{}", self.prefix));
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         AgentGuard::launch(

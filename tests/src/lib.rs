@@ -21,6 +21,7 @@ pub mod packet;
 pub mod pair;
 pub mod probe;
 pub mod topology;
+pub mod xdp;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

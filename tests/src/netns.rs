@@ -322,6 +322,54 @@ impl NetNs {
         index
     }
 
+    /// Turns transmit checksum offload off on `interface` (what
+    /// `ethtool -K <interface> tx off` does, through `SIOCETHTOOL`): its
+    /// packets then carry complete TCP and UDP checksums, as frames from a
+    /// wire do. A veth otherwise hands packets on with only the pseudo-header
+    /// sum in the checksum field (`CHECKSUM_PARTIAL`), which an XDP program
+    /// that forwards the frame itself can neither see nor complete.
+    ///
+    /// # Panics
+    /// When the interface does not exist or the call fails.
+    pub fn disable_tx_checksum(&self, interface: &str) {
+        /// `ETHTOOL_STXCSUM`: set transmit checksum offload.
+        const ETHTOOL_STXCSUM: u32 = 0x17;
+        /// `SIOCETHTOOL`.
+        const SIOCETHTOOL: libc::c_ulong = 0x8946;
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        #[repr(C)]
+        struct IfReq {
+            name: [libc::c_char; libc::IFNAMSIZ],
+            data: *mut EthtoolValue,
+            pad: [u8; 16],
+        }
+        assert!(interface.len() < libc::IFNAMSIZ, "interface name too long: {interface}");
+        let result = self.enter(|| {
+            let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+            let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &raw mut value, pad: [0; 16] };
+            for (dst, src) in req.name.iter_mut().zip(interface.bytes()) {
+                *dst = libc::c_char::from_ne_bytes([src]);
+            }
+            // SAFETY: a plain socket call.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `req` is a valid `struct ifreq` whose data points at a
+            // live `struct ethtool_value`, both outliving the call.
+            let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut req) };
+            let result = if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            // SAFETY: our own fd.
+            unsafe { libc::close(fd) };
+            result
+        });
+        result.unwrap_or_else(|e| panic!("netns {}: ethtool -K {interface} tx off: {e}", self.name));
+    }
+
     /// Sets the sysctl `key` (dotted, as `sysctl` spells it: `net.ipv4.tcp_tw_reuse`) to
     /// `value` in this namespace. Only `net.*` keys are per namespace.
     ///

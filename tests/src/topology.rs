@@ -41,6 +41,13 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 254, 1);
 /// `ClusterSetIP` range, blackholed in every node.
 pub const CLUSTERSET_CIDR: &str = "198.19.0.0/16";
+/// The external client's address ([`Topology::add_external_client`]): a host
+/// outside the `ClusterSet` that runs no agent.
+pub const EXTERNAL_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 2);
+/// `node(0)`'s address on the uplink to the external client.
+pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 1);
+/// Name, inside `node(0)`, of the uplink to the external client.
+pub const UPLINK_IFACE: &str = "up0";
 /// Name, inside `node(0)`, of the host side of the client pod's veth.
 pub const CLIENT_IFACE: &str = "cpod";
 /// Pod-side interface name in every pod namespace.
@@ -81,6 +88,7 @@ impl ClusterSpec {
 pub struct Topology {
     // NOTE: fields drop in declaration order; this order IS the teardown order.
     servers: Vec<(usize, usize, Child)>,
+    external: Option<NetNs>,
     client: NetNs,
     pods: Vec<Vec<NetNs>>,
     nodes: Vec<NetNs>,
@@ -238,7 +246,16 @@ impl Topology {
             pods.push(list);
         }
 
-        Topology { servers: Vec::new(), client, pods, nodes, fabric, prefix: prefix.to_owned(), spec: spec.clone() }
+        Topology {
+            servers: Vec::new(),
+            external: None,
+            client,
+            pods,
+            nodes,
+            fabric,
+            prefix: prefix.to_owned(),
+            spec: spec.clone(),
+        }
     }
 
     /// The prefix passed to [`Topology::build`].
@@ -281,6 +298,37 @@ impl Topology {
     #[must_use]
     pub fn client(&self) -> &NetNs {
         &self.client
+    }
+
+    /// Adds a host outside the `ClusterSet` (`<prefix>-ext`, 198.18.250.2 on
+    /// `eth0`), linked to `node(0)`'s uplink `up0` (198.18.250.1/24) like a
+    /// VM or a host of another network routed to a gateway node: it routes
+    /// the `ClusterSetIP` range via `node(0)`, and no other node has a route
+    /// back to it, so only a gateway that source-NATs gets answers to it.
+    /// Plain ARP on the link; dropping the topology removes it first.
+    ///
+    /// # Panics
+    /// When it exists already or cannot be built.
+    pub fn add_external_client(&mut self) -> &NetNs {
+        assert!(self.external.is_none(), "the topology has its external client already");
+        let ext = NetNs::new(&format!("{}-ext", self.prefix));
+        let node = &self.nodes[0];
+        node.ip(&["link", "add", UPLINK_IFACE, "type", "veth", "peer", "name", POD_IFACE, "netns", ext.name()]);
+        node.ip(&["addr", "add", &format!("{UPLINK_IP}/24"), "dev", UPLINK_IFACE]);
+        node.ip(&["link", "set", UPLINK_IFACE, "up"]);
+        ext.ip(&["addr", "add", &format!("{EXTERNAL_CLIENT_IP}/24"), "dev", POD_IFACE]);
+        ext.ip(&["link", "set", POD_IFACE, "up"]);
+        ext.ip(&["route", "add", CLUSTERSET_CIDR, "via", &UPLINK_IP.to_string(), "dev", POD_IFACE]);
+        self.external.insert(ext)
+    }
+
+    /// The external client ([`Topology::add_external_client`]).
+    ///
+    /// # Panics
+    /// When it was not added.
+    #[must_use]
+    pub fn external_client(&self) -> &NetNs {
+        self.external.as_ref().expect("the topology has no external client (add_external_client)")
     }
 
     /// 198.18.0.2.
@@ -388,6 +436,7 @@ impl Topology {
         let mut v = vec![self.fabric.name().to_owned(), self.client.name().to_owned()];
         v.extend(self.nodes.iter().map(|n| n.name().to_owned()));
         v.extend(self.pods.iter().flatten().map(|p| p.name().to_owned()));
+        v.extend(self.external.iter().map(|e| e.name().to_owned()));
         v
     }
 
