@@ -76,13 +76,7 @@ fn gateway_ns() -> (NetNs, Links) {
         ns.ip(&["neigh", "replace", &ip.to_string(), "lladdr", &mac_text(mac), "dev", dev, "nud", "permanent"]);
     }
     ns.ip(&["route", "add", "198.18.2.0/24", "via", &ROUTER.to_string(), "dev", "dn0"]);
-    let index = |name: &str| {
-        let c = std::ffi::CString::new(name).expect("no NUL");
-        // SAFETY: a valid C string; the call only reads it.
-        ns.enter(|| unsafe { libc::if_nametoindex(c.as_ptr()) })
-    };
-    let links = Links { up: index("up0"), dn: index("dn0") };
-    assert!(links.up != 0 && links.dn != 0, "interfaces of the gateway namespace");
+    let links = Links { up: ns.ifindex("up0"), dn: ns.ifindex("dn0") };
     (ns, links)
 }
 

@@ -132,7 +132,11 @@ impl Agent {
                 cmd.args(["run", "--source", "kubernetes", "--kubeconfig"]).arg(kubeconfig);
             }
         }
-        cmd.args(["--interfaces", interfaces, "--cluster-id", "local", "--pin-path"])
+        // A pure gateway node (`--xdp-interfaces` only) has no `--interfaces`.
+        if !interfaces.is_empty() {
+            cmd.args(["--interfaces", interfaces]);
+        }
+        cmd.args(["--cluster-id", "local", "--pin-path"])
             .arg(&pin_path)
             .args(["--metrics-addr", ""])
             // The socket programs attach only to a child cgroup a bench makes, never to the root.

@@ -258,7 +258,7 @@ fn latency(addr: SocketAddrV4, pings: u32) -> Result<Vec<f64>> {
 /// from the client first, so the client keeps the `TIME_WAIT` and, with `tcp_tw_reuse=1`, the
 /// kernel reuses its ports); returns the rate, each connection's connect + first byte time and
 /// the failures.
-fn connections(addr: SocketAddrV4, time: Duration) -> (f64, Vec<f64>, u64) {
+pub(crate) fn connections(addr: SocketAddrV4, time: Duration) -> (f64, Vec<f64>, u64) {
     let start = Instant::now();
     let mut lat = Vec::new();
     let mut errors = 0;

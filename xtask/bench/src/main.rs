@@ -3,12 +3,14 @@
 //! - [`datapath`]: ns per packet with `BPF_PROG_TEST_RUN`, against a no-op floor;
 //! - [`e2e`]: client to backend through the node, direct / ours / iptables / nftables;
 //! - [`flows`]: the clash sequence and the PMTU upload, ours beside iptables and direct;
+//! - [`gateway`]: an agent-less client through a gateway node: XDP, tc, iptables, routing;
 //! - [`control`]: cold start, change latency, RSS and map memory of the agent.
 mod agent;
 mod control;
 mod datapath;
 mod e2e;
 mod flows;
+mod gateway;
 mod kproxy;
 mod mgen;
 mod plot;
@@ -37,7 +39,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-/// `mcs-bench [--quick] [--out DIR] [--only datapath,e2e,flows,control]`
+/// `mcs-bench [--quick] [--out DIR] [--only datapath,e2e,flows,gateway,control]`
 /// (`control` is both sources; `control-file` or `control-kube` one).
 #[derive(Parser)]
 struct Args {
@@ -47,7 +49,7 @@ struct Args {
     /// Where REPORT.md and the charts go.
     #[arg(long)]
     out: PathBuf,
-    /// Only these sections (datapath, e2e, flows, control); all when empty.
+    /// Only these sections (datapath, e2e, flows, gateway, control); all when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -87,6 +89,7 @@ fn main() -> Result<()> {
         datapath: None,
         e2e: None,
         flows: None,
+        gateway: None,
         control: Vec::new(),
         seconds: 0.0,
     };
@@ -130,6 +133,15 @@ fn main() -> Result<()> {
         };
         let report = flows::run(&s)?;
         results.flows = Some((s, report));
+    }
+    if want("gateway") {
+        println!("== the gateway: a client without the agent, XDP against tc, iptables and routing");
+        let s = if args.quick {
+            gateway::Settings { udp_time: Duration::from_secs(1), conn_time: Duration::from_secs(1), reps: 2 }
+        } else {
+            gateway::Settings { udp_time: Duration::from_secs(3), conn_time: Duration::from_secs(3), reps: 3 }
+        };
+        results.gateway = Some((s, gateway::run(s)?));
     }
     for source in [control::Source::File, control::Source::Kube] {
         if !(want("control") || want(source.selector())) {

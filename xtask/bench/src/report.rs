@@ -24,6 +24,8 @@ pub struct Results {
     pub e2e: Option<(crate::e2e::Settings, Vec<Sample>)>,
     /// Section 2, the flows that used to break.
     pub flows: Option<(flows::Settings, flows::Report)>,
+    /// Section 2, the gateway.
+    pub gateway: Option<(crate::gateway::Settings, Vec<crate::gateway::Sample>)>,
     /// Section 3.
     pub control: Vec<(control::Settings, control::Report)>,
     /// Wall time of the run, seconds.
@@ -196,6 +198,44 @@ fn spread1(v: &[f64]) -> String {
     if v.len() < 2 { String::new() } else { format!("[{lo:.1}-{hi:.1}]") }
 }
 
+/// The gateway's table: each path beside routing in its own topology.
+fn gateway_table(s: &crate::gateway::Settings, samples: &[crate::gateway::Sample]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "### The gateway (a client without the agent, through a gateway node)\n");
+    let _ = writeln!(
+        t,
+        "External client -> gateway node's uplink -> fabric -> remote node -> backend pod, each path in a fresh \
+         topology. UDP: 18-byte datagrams (60-byte frames) from one socket with `sendmmsg` for {:.0} s, counted as \
+         delivered in the backend pod; sent beside. New conn/s: connect, read the greeting, close with a FIN, for \
+         {:.0} s. {} repetitions, each right after the same to the pod IP in the same topology; figures are medians, \
+         `/ routing` the median of those pairs' ratios.\n",
+        s.udp_time.as_secs_f64(),
+        s.conn_time.as_secs_f64(),
+        s.reps
+    );
+    let _ = writeln!(
+        t,
+        "| path | UDP pkt/s delivered | UDP / routing | UDP pkt/s sent | new conn/s | conn / routing | conn errors (routing beside) |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for g in samples {
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {} ({}) |",
+            g.path.name(),
+            stats::median(&g.udp_pps),
+            g.udp_ratio(),
+            stats::median(&g.udp_sent_pps),
+            stats::median(&g.conn),
+            g.conn_ratio(),
+            g.conn_errors.0,
+            g.conn_errors.1
+        );
+    }
+    let _ = writeln!(t);
+    t
+}
+
 /// The tables, in markdown (also printed as is: markdown tables read fine in a terminal).
 #[must_use]
 pub fn tables(r: &Results) -> String {
@@ -214,6 +254,9 @@ pub fn tables(r: &Results) -> String {
     }
     if let Some((settings, f)) = &r.flows {
         t.push_str(&flow_tables(settings, f));
+    }
+    if let Some((settings, g)) = &r.gateway {
+        t.push_str(&gateway_table(settings, g));
     }
     for (s, c) in &r.control {
         let (p50, p99) = c.change();
