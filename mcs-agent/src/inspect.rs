@@ -260,6 +260,7 @@ pub struct CountersView {
 /// One tracked flow.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[expect(clippy::struct_excessive_bools, reason = "independent yes/no fields of the JSON output, read by scripts")]
 pub struct FlowView {
     /// The client's `ip:port`.
     pub client: String,

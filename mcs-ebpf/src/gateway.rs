@@ -306,9 +306,9 @@ fn forward(ctx: &XdpContext, flow: &Flow) -> Step {
             (now, (flow.proto == proto::UDP).then_some(Stat::CtReselected))
         }
         Lookup::Stale(now) => (now, Some(Stat::CtExpired)),
-        Lookup::Reused(now) => (now, Some(Stat::CtReused)),
-        // Not with client tag 0: the gateway's clients are not bound to an interface.
-        Lookup::Foreign(now) => (now, Some(Stat::CtReused)),
+        // `Foreign` does not happen with client tag 0 (the gateway's clients
+        // are not bound to an interface); were it to, the flow starts over.
+        Lookup::Reused(now) | Lookup::Foreign(now) => (now, Some(Stat::CtReused)),
         Lookup::Miss => (conntrack::now(), None),
     };
     let Some(svc) = service::lookup(flow) else {

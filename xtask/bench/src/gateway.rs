@@ -16,7 +16,7 @@
 //!   programs on the uplink: DNAT on ingress, reverse NAT on egress; no SNAT,
 //!   the backend's replies come back through the gateway by routing);
 //! - iptables: the `ClusterSetIP`, `nat` rules in the gateway: DNAT to the
-//!   backend in `PREROUTING`, `MASQUERADE` of what was DNATed in `POSTROUTING`.
+//!   backend in `PREROUTING`, `MASQUERADE` of what was translated in `POSTROUTING`.
 //!
 //! In every topology the client and the backend pod send complete checksums
 //! (transmit checksum offload off, as frames from a wire have them) and the far
@@ -182,7 +182,7 @@ fn udp_rate(topo: &Topology, to: SocketAddrV4, time: Duration) -> Result<(f64, f
     Ok((got as f64 / secs, sent as f64 / secs))
 }
 
-/// The gateway's iptables rules: DNAT to the backend, MASQUERADE what was DNATed.
+/// The gateway's iptables rules: DNAT to the backend, MASQUERADE what was translated.
 fn iptables_rules(backend: Ipv4Addr) -> String {
     format!(
         "*nat\n\
@@ -194,7 +194,7 @@ fn iptables_rules(backend: Ipv4Addr) -> String {
 }
 
 /// Builds the topology of one path.
-fn topology(prefix: &str) -> Result<(Topology, XdpPass)> {
+fn topology(prefix: &str) -> (Topology, XdpPass) {
     let spec = TopologySpec { clusters: vec![ClusterSpec::new("local", 0), ClusterSpec::new("east", 1)] };
     let mut topo = Topology::build(prefix, &spec);
     topo.start_servers(HTTP, DNS);
@@ -205,13 +205,13 @@ fn topology(prefix: &str) -> Result<(Topology, XdpPass)> {
     topo.node(1).ip(&["route", "add", "198.18.250.0/24", "via", &node_fabric_ip(0).to_string()]);
     topo.external_client().ip(&["route", "add", "198.18.1.0/24", "via", &UPLINK_IP.to_string()]);
     topo.external_client().sysctl("net.ipv4.tcp_tw_reuse", "1");
-    Ok((topo, pass))
+    (topo, pass)
 }
 
 /// Measures one path.
 fn one(path: Path, s: Settings) -> Result<Sample> {
     let prefix = unique_prefix("bench");
-    let (topo, _pass) = topology(&prefix)?;
+    let (topo, _pass) = topology(&prefix);
     let backend = topo.pod_ip(1, 0);
     let _sink = topo.pod(1, 0).enter(|| UdpSocket::bind(("0.0.0.0", SINK))).context("the UDP sink")?;
     let mut _dir = None;
@@ -228,7 +228,7 @@ fn one(path: Path, s: Settings) -> Result<Sample> {
         } else {
             Agent::start_with(topo.node(0), &dir.0, UPLINK_IFACE, &prefix, &[])?
         };
-        agent.wait_synced(Duration::from_secs(60), |l| {
+        agent.wait_synced(Duration::from_mins(1), |l| {
             l.number("service_ports") == Some(2) && l.number("errors") == Some(0)
         })?;
         _agent = Some(agent);
