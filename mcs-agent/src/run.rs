@@ -34,7 +34,7 @@ use crate::{
     sockets,
     source::{Snapshot, Source, SourceConfig},
     sync::Syncer,
-    translate::{self, Config},
+    translate::{self, incremental::Incremental},
 };
 
 /// How often the interface list is rescanned without a link event.
@@ -210,7 +210,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// The state of the sync side of the loop.
 struct Syncing {
-    config: Config,
+    translator: Incremental,
     syncer: Syncer,
     schedule: Schedule,
     logged: Logged,
@@ -233,18 +233,23 @@ impl Syncing {
         if full {
             self.syncer.invalidate();
         }
-        let snapshot = source.snapshot();
+        let (snapshot, changes) = source.take();
         let translate_started = Instant::now();
-        let (desired, report) = translate::translate(&snapshot.inputs, &self.config);
+        let updated = self.translator.update(&snapshot.inputs, &changes);
         let translate_ms = translate_started.elapsed().as_secs_f64() * 1e3;
-        self.logged.update(&snapshot, &report);
+        let (desired, report) = (self.translator.state(), self.translator.report());
+        self.logged.update(&snapshot, report);
         self.metrics.set_source_problems(snapshot.problems.len());
         // Let the source take its objects back without copying them.
         drop(snapshot);
-        self.metrics.set_translation(&desired, &report);
-        self.events.names().set_services(&desired);
+        let unchanged = updated.changed.as_ref().is_some_and(std::collections::BTreeSet::is_empty);
+        if !unchanged {
+            self.metrics.set_translation(desired, report);
+            self.events.names().set_services(desired);
+        }
+        debug!(groups = updated.groups, mode = ?updated.mode, translate_ms, "translated");
         let sync_started = Instant::now();
-        let synced = self.syncer.sync(dataplane, &desired);
+        let synced = self.syncer.sync_changed(dataplane, desired, updated.changed.as_ref());
         let sync_ms = sync_started.elapsed().as_secs_f64() * 1e3;
         let errors = match &synced {
             Ok(outcome) => outcome.errors.iter().map(ToString::to_string).collect(),
@@ -383,7 +388,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
     events.names().set_interfaces(&all_attached(&interfaces, &uplinks));
 
     let mut syncing = Syncing {
-        config: options.translate.clone(),
+        translator: Incremental::new(options.translate.clone()),
         syncer: Syncer::with_removal_grace(options.backend_removal_grace),
         schedule: Schedule::new(options.min_sync_interval, options.max_sync_interval),
         logged: Logged::default(),

@@ -571,6 +571,37 @@ impl Syncer {
         desired: &DesiredState,
         now: Instant,
     ) -> Result<SyncOutcome, SyncError> {
+        self.sync_changed_at(dp, desired, None, now)
+    }
+
+    /// [`Syncer::sync`], told which service ports may differ from the
+    /// desired state of the previous call: `changed` lists every port that
+    /// was added, changed or removed since then (it may list more). A sync
+    /// that is not a full one then looks only at those, and at the ports
+    /// whose last write failed; `None` means any port may have changed.
+    ///
+    /// # Errors
+    /// As [`Syncer::sync`].
+    pub fn sync_changed(
+        &mut self,
+        dp: &mut impl Dataplane,
+        desired: &DesiredState,
+        changed: Option<&BTreeSet<ServicePortKey>>,
+    ) -> Result<SyncOutcome, SyncError> {
+        self.sync_changed_at(dp, desired, changed, Instant::now())
+    }
+
+    /// [`Syncer::sync_changed`] at the time `now`.
+    ///
+    /// # Errors
+    /// As [`Syncer::sync`].
+    pub fn sync_changed_at(
+        &mut self,
+        dp: &mut impl Dataplane,
+        desired: &DesiredState,
+        changed: Option<&BTreeSet<ServicePortKey>>,
+        now: Instant,
+    ) -> Result<SyncOutcome, SyncError> {
         let mut outcome = SyncOutcome { full: self.stale, ..SyncOutcome::default() };
         if self.stale {
             self.reload(dp).map_err(SyncError::Reload)?;
@@ -589,9 +620,16 @@ impl Syncer {
         let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
         // Backends of the ports skipped in a full sync: wanted as they are.
         let mut kept: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        // A port the caller says is unchanged, whose last write succeeded
+        // (it has a memo), is as it was written: no digest is needed.
+        let listed = |key: &ServicePortKey| full || changed.is_none_or(|c| c.contains(key));
         for (key, port) in &desired.services {
-            let digest = port_digest(port, table_size);
             let service_key = ServiceKey::new(key.ip, key.port, key.protocol.number());
+            if !listed(key) && self.memo.contains_key(&service_key) && self.services.contains_key(&service_key) {
+                written_ports.insert(service_key);
+                continue;
+            }
+            let digest = port_digest(port, table_size);
             if let Some(memo) = self.memo.get(&service_key).filter(|m| m.digest == digest)
                 && self.services.contains_key(&service_key)
             {

@@ -22,7 +22,7 @@ use std::{
 use mcs_agent::k8s::Object as _;
 use mcs_agent::{
     source::{Snapshot, kube::KubeSource},
-    translate::{self, Config},
+    translate::{self, Config, incremental::Incremental},
 };
 use mcs_tests::{
     agent::AgentGuard,
@@ -54,8 +54,15 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Waits (at most `limit`) until the source is synced and `ok` holds for its
 /// snapshot; returns that snapshot.
+///
+/// Snapshots are taken the way the agent takes them ([`KubeSource::take`]:
+/// kept and brought up to date in place, with the groups that changed), and
+/// fed to `tracked` as the agent feeds its translation. Once `ok` holds, the
+/// taken snapshot must hold what a snapshot assembled from scratch holds,
+/// and the incremental translation what a whole one gives.
 async fn wait_for(
     source: &mut KubeSource,
+    tracked: &mut Incremental,
     api: &FakeApi,
     limit: Duration,
     what: &str,
@@ -65,8 +72,11 @@ async fn wait_for(
     let mut last = Snapshot::default();
     for _ in 0..10_000 {
         if source.synced() {
-            last = source.snapshot();
+            let (taken, changes) = source.take();
+            tracked.update(&taken.inputs, &changes);
+            last = (*taken).clone();
             if ok(&last) {
+                agrees_with_scratch(source, tracked, &last, what).await;
                 return last;
             }
         }
@@ -80,6 +90,37 @@ async fn wait_for(
         source.synced(),
         render_requests(&api.requests())
     );
+}
+
+/// Slices, imports and problems of a snapshot, in name order.
+fn contents(snapshot: &Snapshot) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut slices: Vec<String> = snapshot.inputs.slices.iter().map(|s| format!("{s:?}")).collect();
+    slices.sort();
+    let mut imports: Vec<String> = snapshot.inputs.imports.iter().map(|i| format!("{i:?}")).collect();
+    imports.sort();
+    (slices, imports, snapshot.problems.iter().map(ToString::to_string).collect())
+}
+
+/// Checks the taken snapshot and the incremental translation against ones
+/// made from scratch; an event that lands in between is taken and checked
+/// again (at most 20 times, 50 ms apart).
+async fn agrees_with_scratch(source: &KubeSource, tracked: &mut Incremental, taken: &Snapshot, what: &str) {
+    let mut taken = taken.clone();
+    for _ in 0..20 {
+        let scratch = source.snapshot();
+        let whole = translate::translate(&scratch.inputs, &Config::default());
+        if contents(&taken) == contents(&scratch) && (tracked.state(), tracked.report()) == (&whole.0, &whole.1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (again, changes) = source.take();
+        tracked.update(&again.inputs, &changes);
+        taken = (*again).clone();
+    }
+    let scratch = source.snapshot();
+    assert_eq!(contents(&taken), contents(&scratch), "{what}: the kept snapshot differs from a fresh one");
+    let whole = translate::translate(&scratch.inputs, &Config::default());
+    assert_eq!((tracked.state(), tracked.report()), (&whole.0, &whole.1), "{what}: incremental translation");
 }
 
 fn slice_names(snapshot: &Snapshot) -> BTreeSet<String> {
@@ -109,6 +150,7 @@ fn kube_source_follows_the_api_through_watch_and_relist() {
     in_netns("kubelib", follows_the_api);
 }
 
+#[expect(clippy::too_many_lines, reason = "one story of a source: created, changed, malformed, deleted, relisted")]
 fn follows_the_api() {
     let api = FakeApi::start();
     let dir = temp_dir("mcs-kubecfg");
@@ -126,15 +168,18 @@ fn follows_the_api() {
 
     runtime().block_on(async {
         let mut source = KubeSource::start(Some(&kubeconfig)).await.expect("start the source");
+        let mut tracked = Incremental::new(Config::default());
         let limit = Duration::from_secs(10);
-        let snapshot = wait_for(&mut source, &api, limit, "initial list", |s| s.inputs.imports.len() == 1).await;
+        let snapshot =
+            wait_for(&mut source, &mut tracked, &api, limit, "initial list", |s| s.inputs.imports.len() == 1).await;
         assert_eq!(slice_names(&snapshot), BTreeSet::from(["web-east".to_owned()]), "only MCS-labelled slices");
         assert_eq!(snapshot.inputs.imports[0].api_version, MCS_V1BETA1, "v1beta1 is preferred");
         assert_eq!(backends(&snapshot), ["198.19.0.10:80 -> east/198.18.1.10:8080"]);
 
         // Created: a second cluster's slice.
         api.apply(json(&slice("demo", "web", "west").ports(&[("http", "TCP", 9080)]).ready_all(["198.18.2.10"])));
-        let snapshot = wait_for(&mut source, &api, limit, "west slice added", |s| s.inputs.slices.len() == 2).await;
+        let snapshot =
+            wait_for(&mut source, &mut tracked, &api, limit, "west slice added", |s| s.inputs.slices.len() == 2).await;
         assert_eq!(
             backends(&snapshot),
             ["198.19.0.10:80 -> east/198.18.1.10:8080", "198.19.0.10:80 -> west/198.18.2.10:9080"]
@@ -142,7 +187,7 @@ fn follows_the_api() {
 
         // Changed: the import's ClusterSetIP.
         api.apply(json(&import("demo", "web").ip("198.19.0.20").family("IPv4").ports(&http)));
-        let snapshot = wait_for(&mut source, &api, limit, "ip changed", |s| {
+        let snapshot = wait_for(&mut source, &mut tracked, &api, limit, "ip changed", |s| {
             s.inputs.imports.first().is_some_and(|i| i.spec.ips == ["198.19.0.20"])
         })
         .await;
@@ -154,7 +199,8 @@ fn follows_the_api() {
         broken["spec"]["ports"][0]["port"] = json!("eighty");
         api.apply(broken);
         let snapshot =
-            wait_for(&mut source, &api, limit, "malformed import reported", |s| !s.problems.is_empty()).await;
+            wait_for(&mut source, &mut tracked, &api, limit, "malformed import reported", |s| !s.problems.is_empty())
+                .await;
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
         let problem = snapshot.problems[0].to_string();
         assert!(problem.contains("demo/broken") && problem.contains("spec.ports[0].port"), "{problem}");
@@ -165,20 +211,24 @@ fn follows_the_api() {
                 .ports(&[("http", "TCP", 9080)])
                 .ready_all(["198.18.2.11"]),
         ));
-        wait_for(&mut source, &api, limit, "changes after the malformed import", |s| s.inputs.slices.len() == 3).await;
+        wait_for(&mut source, &mut tracked, &api, limit, "changes after the malformed import", |s| {
+            s.inputs.slices.len() == 3
+        })
+        .await;
 
         // Deleted, seen by the watch.
         assert!(api.delete(SLICE_API, "EndpointSlice", "demo", "web-west-2"));
-        wait_for(&mut source, &api, limit, "slice deleted", |s| s.inputs.slices.len() == 2).await;
+        wait_for(&mut source, &mut tracked, &api, limit, "slice deleted", |s| s.inputs.slices.len() == 2).await;
 
         // Deleted while the watch is down: the resumed watch gets 410 Gone,
         // the relist shows the object gone, and the store drops it.
         let lists_before = api.requests().iter().filter(|r| !r.contains("watch=")).count();
         assert!(api.delete_unseen(SLICE_API, "EndpointSlice", "demo", "web-east"));
-        let snapshot = wait_for(&mut source, &api, limit, "slice deleted during the gap collected", |s| {
-            !slice_names(s).contains("web-east")
-        })
-        .await;
+        let snapshot =
+            wait_for(&mut source, &mut tracked, &api, limit, "slice deleted during the gap collected", |s| {
+                !slice_names(s).contains("web-east")
+            })
+            .await;
         assert_eq!(slice_names(&snapshot), BTreeSet::from(["web-west".to_owned()]));
         assert_eq!(backends(&snapshot), ["198.19.0.20:80 -> west/198.18.2.10:9080"]);
         assert!(api.gone_sent() > 0, "no watch got 410 Gone:\n{}", render_requests(&api.requests()));
@@ -187,7 +237,8 @@ fn follows_the_api() {
 
         // Everything keeps flowing after the relist; the import goes.
         assert!(api.delete(MCS_V1BETA1, "ServiceImport", "demo", "web"));
-        let snapshot = wait_for(&mut source, &api, limit, "import deleted", |s| s.inputs.imports.is_empty()).await;
+        let snapshot =
+            wait_for(&mut source, &mut tracked, &api, limit, "import deleted", |s| s.inputs.imports.is_empty()).await;
         assert!(backends(&snapshot).is_empty());
 
         // The one-shot snapshot (`mcs-agent plan` without --manifests) sees the same.
@@ -260,7 +311,8 @@ fn discovers_versions_and_gke_imports() {
     }
     runtime().block_on(async {
         let mut source = KubeSource::start(Some(&kubeconfig)).await.expect("start the source");
-        let snapshot = wait_for(&mut source, &api, Duration::from_secs(10), "initial list", |s| {
+        let mut tracked = Incremental::new(Config::default());
+        let snapshot = wait_for(&mut source, &mut tracked, &api, Duration::from_secs(10), "initial list", |s| {
             s.inputs.imports.len() == 1 && s.inputs.gke_imports.len() == 1 && !s.inputs.endpoints.is_empty()
         })
         .await;

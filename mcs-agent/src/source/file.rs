@@ -28,7 +28,7 @@ use tracing::error;
 use super::{Problem, Snapshot};
 use crate::{
     manifests::{self, LoadError},
-    translate::Inputs,
+    translate::{Inputs, incremental::Changes},
 };
 
 /// What identifies one version of a file: it is read again when any of it changes.
@@ -89,7 +89,7 @@ struct Parsed {
 }
 
 /// Files read again in a round, and files gone since the last one.
-type Changes = (BTreeMap<PathBuf, Parsed>, Vec<PathBuf>);
+type Rescan = (BTreeMap<PathBuf, Parsed>, Vec<PathBuf>);
 
 /// The per-file cache of a manifest directory.
 #[derive(Debug, Default)]
@@ -104,18 +104,20 @@ pub(crate) struct DirCache {
     parses: u64,
 }
 
-/// Moves the next `n` items of `from` into `to`, or drops them.
-fn carry<T>(from: &mut impl Iterator<Item = T>, n: usize, to: Option<&mut Vec<T>>) {
-    match to {
-        Some(to) => to.extend(from.by_ref().take(n)),
-        None => from.by_ref().take(n).for_each(drop),
+/// Moves the next `n` items of `from` into `to`, or drops them after
+/// showing each to `dropped`.
+fn carry<T>(from: &mut impl Iterator<Item = T>, n: usize, to: Option<&mut Vec<T>>, mut dropped: impl FnMut(&T)) {
+    if let Some(to) = to {
+        to.extend(from.by_ref().take(n));
+    } else {
+        from.by_ref().take(n).for_each(|item| dropped(&item));
     }
 }
 
 impl DirCache {
     /// Lists `dir` and reads the files that changed. Returns `None` when
     /// nothing changed, else what to apply to the union.
-    fn scan(&mut self, dir: &Path) -> Result<Option<Changes>> {
+    fn scan(&mut self, dir: &Path) -> Result<Option<Rescan>> {
         let (files, listing_errors) = manifests::manifest_files(dir)?;
         let mut parsed = BTreeMap::new();
         for (path, meta) in &files {
@@ -136,7 +138,14 @@ impl DirCache {
 
     /// Rebuilds `inputs` (the union as of the last round) with the files
     /// read in this round, keeping every other file's objects in place.
-    fn apply(&mut self, inputs: &mut Inputs, mut parsed: BTreeMap<PathBuf, Parsed>, removed: &[PathBuf]) {
+    /// Records in `changes` the groups of every object dropped or added.
+    fn apply(
+        &mut self,
+        inputs: &mut Inputs,
+        mut parsed: BTreeMap<PathBuf, Parsed>,
+        removed: &[PathBuf],
+        changes: &mut Changes,
+    ) {
         let old = std::mem::take(inputs);
         let mut imports = old.imports.into_iter();
         let mut slices = old.slices.into_iter();
@@ -152,13 +161,16 @@ impl DirCache {
                 // is unchanged, dropped when it changed or went away.
                 let keep = fresh.is_none() && !removed.contains(&path);
                 let c = cached.counts;
-                carry(&mut imports, c.imports, keep.then_some(&mut inputs.imports));
-                carry(&mut slices, c.slices, keep.then_some(&mut inputs.slices));
-                carry(&mut gke_imports, c.gke_imports, keep.then_some(&mut inputs.gke_imports));
-                carry(&mut endpoints, c.endpoints, keep.then_some(&mut inputs.endpoints));
+                carry(&mut imports, c.imports, keep.then_some(&mut inputs.imports), |i| changes.import(i));
+                carry(&mut slices, c.slices, keep.then_some(&mut inputs.slices), |s| changes.slice(s));
+                carry(&mut gke_imports, c.gke_imports, keep.then_some(&mut inputs.gke_imports), |i| {
+                    changes.gke_import(i);
+                });
+                carry(&mut endpoints, c.endpoints, keep.then_some(&mut inputs.endpoints), |e| changes.endpoints(e));
             }
             if let Some(Parsed { stamp, inputs: file_inputs, errors }) = fresh {
                 let counts = Counts::from(&file_inputs);
+                changes.inputs(&file_inputs);
                 inputs.extend(file_inputs);
                 self.files.insert(path, Cached { stamp, counts, errors });
             } else if removed.contains(&path) {
@@ -184,17 +196,23 @@ impl DirCache {
     /// # Errors
     /// When `dir` cannot be listed; `snapshot` is then left as it was.
     #[cfg(test)]
-    pub(crate) fn refresh(&mut self, dir: &Path, snapshot: &mut Snapshot) -> Result<bool> {
+    pub(crate) fn refresh(&mut self, dir: &Path, snapshot: &mut Snapshot, changes: &mut Changes) -> Result<bool> {
         let Some((parsed, removed)) = self.scan(dir)? else { return Ok(false) };
-        self.apply(&mut snapshot.inputs, parsed, &removed);
+        self.apply(&mut snapshot.inputs, parsed, &removed, changes);
         snapshot.problems = self.problems();
         Ok(true)
     }
 }
 
+/// What the polling task last read, and what changed since a sync last took it.
+struct Latest {
+    snapshot: Option<Arc<Snapshot>>,
+    changes: Changes,
+}
+
 /// The file source: a polling task and what it last read.
 pub struct FileSource {
-    latest: Arc<Mutex<Option<Arc<Snapshot>>>>,
+    latest: Arc<Mutex<Latest>>,
     changes: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
@@ -207,7 +225,7 @@ impl FileSource {
     /// is reported and waited for).
     pub fn start(dir: PathBuf, interval: Duration) -> Result<Self> {
         manifests::manifest_files(&dir)?;
-        let latest = Arc::new(Mutex::new(None));
+        let latest = Arc::new(Mutex::new(Latest { snapshot: None, changes: Changes::everything() }));
         let (tx, changes) = watch::channel(0_u64);
         let task = tokio::spawn(poll(dir, interval, Arc::clone(&latest), tx));
         Ok(Self { latest, changes, task })
@@ -224,13 +242,16 @@ impl FileSource {
     /// Whether the directory has been read once.
     #[must_use]
     pub fn synced(&self) -> bool {
-        self.latest.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.latest.lock().unwrap_or_else(PoisonError::into_inner).snapshot.is_some()
     }
 
-    /// What the directory held when it was last read (shared, not copied).
+    /// What the directory held when it was last read (shared, not copied),
+    /// and the groups that changed since the last call (everything before
+    /// the first).
     #[must_use]
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.latest.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default()
+    pub fn take(&self) -> (Arc<Snapshot>, Changes) {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        (latest.snapshot.clone().unwrap_or_default(), std::mem::take(&mut latest.changes))
     }
 }
 
@@ -240,7 +261,7 @@ impl Drop for FileSource {
     }
 }
 
-async fn poll(dir: PathBuf, interval: Duration, latest: Arc<Mutex<Option<Arc<Snapshot>>>>, tx: watch::Sender<u64>) {
+async fn poll(dir: PathBuf, interval: Duration, latest: Arc<Mutex<Latest>>, tx: watch::Sender<u64>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cache = DirCache::default();
@@ -267,11 +288,12 @@ async fn poll(dir: PathBuf, interval: Duration, latest: Arc<Mutex<Option<Arc<Sna
             // Reading and parsing happened above; only the moves happen under
             // the lock. The union is copied only if a sync holds it now.
             let mut guard = latest.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut snapshot = guard.take().unwrap_or_default();
+            let latest = &mut *guard;
+            let mut snapshot = latest.snapshot.take().unwrap_or_default();
             let union = Arc::make_mut(&mut snapshot);
-            cache.apply(&mut union.inputs, parsed, &removed);
+            cache.apply(&mut union.inputs, parsed, &removed, &mut latest.changes);
             union.problems = cache.problems();
-            *guard = Some(snapshot);
+            latest.snapshot = Some(snapshot);
         }
         tx.send_modify(|generation| *generation += 1);
     }
@@ -288,7 +310,9 @@ mod tests {
         let mut source = FileSource::start(dir.clone(), Duration::from_millis(10)).expect("the directory exists");
         tokio::time::timeout(Duration::from_secs(5), source.changed()).await.expect("first read").expect("running");
         assert!(source.synced());
-        assert!(source.snapshot().inputs.imports.is_empty());
+        let (snapshot, changes) = source.take();
+        assert!(snapshot.inputs.imports.is_empty());
+        assert!(changes.is_everything(), "the first read is a change of everything");
 
         // Nothing changes: no notification within a few polls.
         let quiet = tokio::time::timeout(Duration::from_millis(100), source.changed()).await;
@@ -303,8 +327,10 @@ mod tests {
         fs::write(dir.join("broken.yaml"), "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\nspec: 7\n")
             .expect("write manifest");
         tokio::time::timeout(Duration::from_secs(5), source.changed()).await.expect("change seen").expect("running");
-        let snapshot = source.snapshot();
+        let (snapshot, changes) = source.take();
         assert_eq!(snapshot.inputs.imports.len(), 1, "{snapshot:?}");
+        assert!(changes.contains("demo", "web") && changes.len() == 1, "{changes:?}");
+        assert!(source.take().1.is_empty(), "taken: nothing changed since");
         assert_eq!(snapshot.problems.len(), 1, "{snapshot:?}");
         assert!(snapshot.problems[0].to_string().contains("broken.yaml"), "{:?}", snapshot.problems);
     }
@@ -339,24 +365,36 @@ mod tests {
             assert_eq!(snapshot.problems, problems);
         };
 
+        // The groups recorded by one read, taken.
+        let mut changes = Changes::default();
+        let taken = |changes: &mut Changes| {
+            let got = std::mem::take(changes);
+            ["a", "b1", "b2", "b3", "bb", "c", "c2", "d"]
+                .into_iter()
+                .filter(|n| got.contains("demo", n))
+                .collect::<Vec<_>>()
+        };
         let mut cache = DirCache::default();
         let mut snapshot = Snapshot::default();
-        assert!(cache.refresh(&dir, &mut snapshot).expect("first read"), "the first read is a change");
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("first read"), "the first read is a change");
+        assert_eq!(taken(&mut changes), ["a", "b1", "b2", "c"]);
         assert_eq!(cache.parses, 4);
         assert_eq!(names(&snapshot), ["a", "b1", "b2", "c"]);
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
         assert!(snapshot.problems[0].to_string().contains("d.yaml document 1"), "{:?}", snapshot.problems);
         same_as_load_dir(&snapshot);
 
-        assert!(!cache.refresh(&dir, &mut snapshot).expect("second read"), "nothing changed");
+        assert!(!cache.refresh(&dir, &mut snapshot, &mut changes).expect("second read"), "nothing changed");
+        assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(cache.parses, 4, "an unchanged file is not parsed again");
 
         // Rewritten in place (another size), and replaced by a rename (another inode).
         fs::write(dir.join("b.yaml"), import("b3")).expect("rewrite b");
         fs::write(dir.join("c.tmp"), import("c2")).expect("write aside");
         fs::rename(dir.join("c.tmp"), dir.join("c.yaml")).expect("rename into place");
-        assert!(cache.refresh(&dir, &mut snapshot).expect("third read"));
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("third read"));
         assert_eq!(cache.parses, 6, "only the two changed files are parsed again");
+        assert_eq!(taken(&mut changes), ["b1", "b2", "b3", "c", "c2"], "what went and what came");
         assert_eq!(names(&snapshot), ["a", "b3", "c2"]);
         same_as_load_dir(&snapshot);
 
@@ -364,8 +402,9 @@ mod tests {
         fs::remove_file(dir.join("a.yaml")).expect("remove a");
         fs::write(dir.join("bb.yaml"), import("bb")).expect("write bb");
         fs::write(dir.join("d.yaml"), import("d")).expect("fix d");
-        assert!(cache.refresh(&dir, &mut snapshot).expect("fourth read"));
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("fourth read"));
         assert_eq!(cache.parses, 8);
+        assert_eq!(taken(&mut changes), ["a", "bb", "d"], "the broken d had no object");
         assert_eq!(names(&snapshot), ["b3", "bb", "c2", "d"]);
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
         same_as_load_dir(&snapshot);

@@ -49,7 +49,7 @@ use kube::{
     runtime::{
         WatchStreamExt as _,
         reflector::{
-            Lookup,
+            Lookup, ObjectRef,
             store::{Store, Writer},
         },
         watcher,
@@ -66,7 +66,7 @@ use super::{
 use crate::k8s::Object as _;
 use crate::{
     k8s::{self, GkeServiceImport, ServiceImport},
-    translate::Inputs,
+    translate::{Inputs, incremental::Changes},
 };
 
 /// Versions of the MCS API tried, most preferred first.
@@ -335,7 +335,28 @@ impl Drop for Watchers {
 }
 
 impl Watchers {
-    fn start(client: &Client, found: &Discovered, changes: &watch::Sender<u64>, health: &Arc<Health>) -> Self {
+    fn start(
+        client: &Client,
+        found: &Discovered,
+        (changes, touched): (&watch::Sender<u64>, &Arc<Mutex<Touched>>),
+        health: &Arc<Health>,
+    ) -> Self {
+        let crd = |o: &DynamicObject, t: &mut Touched| {
+            t.groups.mark(k8s::namespace_of(&o.metadata), &o.name_any());
+            t.others = true;
+        };
+        let slice = |o: &EndpointSlice, t: &mut Touched| {
+            t.groups.slice(o);
+            t.slices.insert((k8s::namespace_of(&o.metadata).to_owned(), k8s::name_of(&o.metadata).to_owned()));
+        };
+        let derived_slice = |o: &EndpointSlice, t: &mut Touched| {
+            t.groups.slice(o);
+            t.others = true;
+        };
+        let endpoints = |o: &Endpoints, t: &mut Touched| {
+            t.groups.endpoints(o);
+            t.others = true;
+        };
         let mut synced = Vec::new();
         let mut tasks = Vec::new();
         let mut spawn = |task: (JoinHandle<()>, Arc<AtomicBool>)| {
@@ -351,7 +372,7 @@ impl Watchers {
                 watcher::Config::default(),
                 writer,
                 "ServiceImport",
-                changes.clone(),
+                (changes.clone(), Arc::clone(touched), crd),
                 Arc::clone(health),
             ));
             store
@@ -365,7 +386,7 @@ impl Watchers {
                 config,
                 writer,
                 "EndpointSlice",
-                changes.clone(),
+                (changes.clone(), Arc::clone(touched), slice),
                 Arc::clone(health),
             ));
             store
@@ -379,7 +400,7 @@ impl Watchers {
                 watcher::Config::default(),
                 import_writer,
                 "GKE ServiceImport",
-                changes.clone(),
+                (changes.clone(), Arc::clone(touched), crd),
                 Arc::clone(health),
             ));
             let endpoints_writer = Writer::new(());
@@ -389,7 +410,7 @@ impl Watchers {
                 watcher::Config::default(),
                 endpoints_writer,
                 "Endpoints",
-                changes.clone(),
+                (changes.clone(), Arc::clone(touched), endpoints),
                 Arc::clone(health),
             ));
             let slices_writer = Writer::new(());
@@ -400,7 +421,7 @@ impl Watchers {
                 config,
                 slices_writer,
                 "EndpointSlice (GKE derived)",
-                changes.clone(),
+                (changes.clone(), Arc::clone(touched), derived_slice),
                 Arc::clone(health),
             ));
             (import_store, endpoints_store, slices_store)
@@ -413,6 +434,29 @@ impl Watchers {
     }
 }
 
+/// What the watchers saw change since a sync last took it.
+#[derive(Debug, Default)]
+struct Touched {
+    /// The groups, for the translation.
+    groups: Changes,
+    /// The MCS `EndpointSlice`s, by (namespace, name): the snapshot replaces
+    /// just these.
+    slices: BTreeSet<(String, String)>,
+    /// Whether anything but an MCS `EndpointSlice` changed: the snapshot
+    /// then converts the imports again.
+    others: bool,
+}
+
+impl Touched {
+    fn everything() -> Self {
+        Self { groups: Changes::everything(), slices: BTreeSet::new(), others: true }
+    }
+}
+
+/// What a watcher tells of a change: the generation counter to bump, what
+/// changed, and how to record an object in it.
+type Recorders<K> = (watch::Sender<u64>, Arc<Mutex<Touched>>, fn(&K, &mut Touched));
+
 /// Runs a watcher into `writer` until aborted: every change bumps `changes`,
 /// the first completed list marks the returned flag, and `health` hears of
 /// every event and error.
@@ -421,7 +465,7 @@ fn watch_into<K>(
     config: watcher::Config,
     writer: Writer<K>,
     what: &'static str,
-    changes: watch::Sender<u64>,
+    (changes, touched, record): Recorders<K>,
     health: Arc<Health>,
 ) -> (JoinHandle<()>, Arc<AtomicBool>)
 where
@@ -452,13 +496,18 @@ where
                 Err(e) => health.error(what, &e.to_string()),
             }
             match item {
+                // The reflector has applied the event to the store before
+                // it reaches here, so a sync that takes the changes before
+                // reading the stores never misses one.
                 Ok(watcher::Event::InitDone) => {
                     if !flag.swap(true, Ordering::AcqRel) {
                         info!(resource = what, "initial list done");
                     }
+                    *touched.lock().unwrap_or_else(PoisonError::into_inner) = Touched::everything();
                     changes.send_modify(|generation| *generation += 1);
                 }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    record(&object, &mut touched.lock().unwrap_or_else(PoisonError::into_inner));
                     changes.send_modify(|generation| *generation += 1);
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
@@ -477,9 +526,45 @@ where
 /// The name [`Health`] reports API discovery under.
 const DISCOVERY: &str = "discovery";
 
+/// A snapshot handed out, and where each of its slices is.
+struct Assembled {
+    snapshot: Arc<Snapshot>,
+    /// Position in `snapshot.inputs.slices` by (namespace, name).
+    index: HashMap<(String, String), usize>,
+}
+
+impl Assembled {
+    /// Puts the slice `key` as the store holds it now (`None`: gone). The
+    /// slices' order changes; the translation does not depend on it.
+    fn put_slice(&mut self, key: (String, String), current: Option<&EndpointSlice>) {
+        let slices = &mut Arc::make_mut(&mut self.snapshot).inputs.slices;
+        match (current, self.index.get(&key).copied()) {
+            (Some(slice), Some(at)) => slices[at] = slice.clone(),
+            (Some(slice), None) => {
+                self.index.insert(key, slices.len());
+                slices.push(slice.clone());
+            }
+            (None, Some(at)) => {
+                self.index.remove(&key);
+                slices.swap_remove(at);
+                if let Some(moved) = slices.get(at) {
+                    let moved =
+                        (k8s::namespace_of(&moved.metadata).to_owned(), k8s::name_of(&moved.metadata).to_owned());
+                    self.index.insert(moved, at);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 /// The watching source.
 pub struct KubeSource {
     current: Arc<Mutex<Option<Arc<Watchers>>>>,
+    /// What the watchers saw change since a sync last took it.
+    touched: Arc<Mutex<Touched>>,
+    /// The last snapshot handed out, kept to be brought up to date in place.
+    assembled: Mutex<Option<Assembled>>,
     converter: Mutex<Converter>,
     changes: watch::Receiver<u64>,
     supervisor: JoinHandle<()>,
@@ -504,8 +589,18 @@ impl KubeSource {
         let (tx, changes) = watch::channel(0_u64);
         let health = Arc::new(Health::default());
         health.started(DISCOVERY);
-        let supervisor = tokio::spawn(supervise(client, Arc::clone(&current), tx, Arc::clone(&health)));
-        Self { current, converter: Mutex::new(Converter::default()), changes, supervisor, health }
+        let touched = Arc::new(Mutex::new(Touched::everything()));
+        let supervisor =
+            tokio::spawn(supervise(client, Arc::clone(&current), (tx, Arc::clone(&touched)), Arc::clone(&health)));
+        Self {
+            current,
+            touched,
+            assembled: Mutex::new(None),
+            converter: Mutex::new(Converter::default()),
+            changes,
+            supervisor,
+            health,
+        }
     }
 
     /// How discovery and each watch are doing.
@@ -526,6 +621,58 @@ impl KubeSource {
     #[must_use]
     pub fn synced(&self) -> bool {
         self.current.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|w| w.synced())
+    }
+
+    /// What the stores hold now, and the groups that changed since the last
+    /// call (everything before the first, and after a relist or a restart
+    /// of the watchers). The changes are taken first: one that lands while
+    /// the stores are read is reported again by the next call.
+    ///
+    /// The snapshot is shared, not copied: the one handed out last is
+    /// brought up to date, replacing only the MCS `EndpointSlice`s that
+    /// changed, and converting the imports again only when an import (or a
+    /// GKE object) changed. It is assembled anew after a relist, and while
+    /// GKE imports exist.
+    #[must_use]
+    pub fn take(&self) -> (Arc<Snapshot>, Changes) {
+        let touched = std::mem::take(&mut *self.touched.lock().unwrap_or_else(PoisonError::into_inner));
+        let Some(watchers) = self.current.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+            return (Arc::default(), touched.groups);
+        };
+        let gke = watchers.gke.as_ref().is_some_and(|(imports, _, _)| !imports.is_empty());
+        let mut assembled = self.assembled.lock().unwrap_or_else(PoisonError::into_inner);
+        match assembled.as_mut() {
+            Some(kept) if !touched.groups.is_everything() && !gke => {
+                let snapshot = Arc::make_mut(&mut kept.snapshot);
+                if touched.others {
+                    let imports = watchers.imports.as_ref().map(Store::state).unwrap_or_default();
+                    let objects =
+                        Objects { imports: imports.iter().map(AsRef::as_ref).collect(), ..Objects::default() };
+                    let fresh = self.converter.lock().unwrap_or_else(PoisonError::into_inner).assemble(&objects);
+                    snapshot.inputs.imports = fresh.inputs.imports;
+                    snapshot.problems = fresh.problems;
+                }
+                for (namespace, name) in touched.slices {
+                    let current = watchers.slices.get(&ObjectRef::new(&name).within(&namespace));
+                    kept.put_slice((namespace, name), current.as_deref());
+                }
+            }
+            _ => {
+                let snapshot = self.snapshot();
+                let index = snapshot
+                    .inputs
+                    .slices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        ((k8s::namespace_of(&s.metadata).to_owned(), k8s::name_of(&s.metadata).to_owned()), i)
+                    })
+                    .collect();
+                *assembled = Some(Assembled { snapshot: Arc::new(snapshot), index });
+            }
+        }
+        let snapshot = assembled.as_ref().map(|a| Arc::clone(&a.snapshot)).unwrap_or_default();
+        (snapshot, touched.groups)
     }
 
     /// What the stores hold now.
@@ -562,7 +709,7 @@ impl Drop for KubeSource {
 async fn supervise(
     client: Client,
     current: Arc<Mutex<Option<Arc<Watchers>>>>,
-    changes: watch::Sender<u64>,
+    (changes, touched): (watch::Sender<u64>, Arc<Mutex<Touched>>),
     health: Arc<Health>,
 ) {
     let mut found: Option<Discovered> = None;
@@ -574,8 +721,9 @@ async fn supervise(
                 backoff = Duration::from_millis(500);
                 if found.as_ref() != Some(&now) {
                     describe(&now);
-                    let watchers = Watchers::start(&client, &now, &changes, &health);
+                    let watchers = Watchers::start(&client, &now, (&changes, &touched), &health);
                     *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(watchers));
+                    *touched.lock().unwrap_or_else(PoisonError::into_inner) = Touched::everything();
                     changes.send_modify(|generation| *generation += 1);
                     found = Some(now);
                 }

@@ -14,7 +14,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 use tokio::sync::watch;
 
-use crate::{manifests::LoadError, translate::Inputs};
+use crate::{
+    manifests::LoadError,
+    translate::{Inputs, incremental::Changes},
+};
 
 /// Which source to start, and its settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,12 +125,13 @@ impl Source {
     }
 
     /// The objects held now (the file source shares its copy rather than
-    /// copying it).
+    /// copying it), and the groups that changed since the last call:
+    /// everything before the first.
     #[must_use]
-    pub fn snapshot(&self) -> std::sync::Arc<Snapshot> {
+    pub fn take(&self) -> (std::sync::Arc<Snapshot>, Changes) {
         match self {
-            Self::File(s) => s.snapshot(),
-            Self::Kube(s) => std::sync::Arc::new(s.snapshot()),
+            Self::File(s) => s.take(),
+            Self::Kube(s) => s.take(),
         }
     }
 }

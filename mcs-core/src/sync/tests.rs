@@ -671,3 +671,77 @@ fn a_full_sync_rewrites_what_drifted_and_skips_the_rest() {
         assert!(ok, "{op:?} is not B's: {:?}", dp.ops);
     }
 }
+
+/// The keys whose entries differ between two desired states.
+fn differing(before: &DesiredState, after: &DesiredState) -> BTreeSet<ServicePortKey> {
+    let keys: BTreeSet<&ServicePortKey> = before.services.keys().chain(after.services.keys()).collect();
+    keys.into_iter().filter(|k| before.services.get(k) != after.services.get(k)).copied().collect()
+}
+
+/// An entry, and its table's backends as (address, port).
+type Seen = (ServiceKey, ServiceValue, Vec<(u32, u16)>);
+
+/// What a packet sees: each entry (without where its table starts, which
+/// depends on when freed runs became free again) and its table's backends.
+fn seen(dp: &FakeDataplane) -> Vec<Seen> {
+    dp.services
+        .iter()
+        .map(|(k, v)| {
+            let table = dp.table_of(v.service_id).unwrap_or_default();
+            let table = table.iter().map(|id| (dp.backends[id].addr, dp.backends[id].port)).collect();
+            (*k, ServiceValue { table_start: 0, ..*v }, table)
+        })
+        .collect()
+}
+
+#[test]
+fn a_sync_told_what_changed_ends_where_an_untold_one_does() {
+    let vips: Vec<Ipv4Addr> = (20..32).map(|i| Ipv4Addr::new(198, 19, 0, i)).collect();
+    // Each step: which vips exist, and which of them have a third backend.
+    let state = |present: &[usize], grown: &[usize]| {
+        let mut d = Desired::default();
+        for i in present {
+            let mut backends = two_clusters();
+            if grown.contains(i) {
+                backends.push(backend("c3", [198, 18, 3, 10], 8080));
+            }
+            d = d.port((vips[*i], 80, Protocol::Tcp), backends);
+        }
+        d.0
+    };
+    let all: Vec<usize> = (0..vips.len()).collect();
+    let steps = [
+        state(&all, &[]),
+        state(&all, &[3]),
+        state(&all, &[3, 4, 9]),
+        state(&all[1..], &[4]),
+        state(&all[..11], &[]),
+        state(&all, &[0, 11]),
+    ];
+    let (mut told, mut untold) = (Syncer::new(), Syncer::new());
+    let (mut told_dp, mut untold_dp) = (FakeDataplane::default(), FakeDataplane::default());
+    let mut previous = DesiredState::default();
+    for (i, desired) in steps.iter().enumerate() {
+        let changed = differing(&previous, desired);
+        let before = FakeDataplane { ops: Vec::new(), ..told_dp.clone() };
+        told_dp.ops.clear();
+        let outcome = told.sync_changed(&mut told_dp, desired, Some(&changed)).expect("sync reads the fake");
+        assert!(outcome.errors.is_empty(), "step {i}: {outcome:?}");
+        assert_every_step_consistent(&before, &told_dp.ops);
+        sync_checked(&mut untold, &mut untold_dp, desired);
+        assert_eq!(seen(&told_dp), seen(&untold_dp), "step {i}");
+        assert_eq!(told_dp.backends, untold_dp.backends, "step {i}: backends");
+        assert_eq!(told_dp.clusters, untold_dp.clusters, "step {i}: clusters");
+        previous = desired.clone();
+    }
+    // The list is what a sync that is not full goes by: a port left off it
+    // stays as it was until the next full sync.
+    let grown = state(&all, &[0, 5, 11]);
+    let outcome = told.sync_changed(&mut told_dp, &grown, Some(&BTreeSet::new())).expect("sync");
+    assert_eq!(outcome.writes, 0, "{:?}", told_dp.ops);
+    assert_eq!(table_share(&told_dp, (vips[5], 80, proto::TCP)).len(), 3, "vips[5] kept its two clusters' backends");
+    told.invalidate();
+    let outcome = told.sync_changed(&mut told_dp, &grown, Some(&BTreeSet::new())).expect("sync");
+    assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
+    assert_eq!(table_share(&told_dp, (vips[5], 80, proto::TCP)).len(), 4, "a full sync reads every port");
+}

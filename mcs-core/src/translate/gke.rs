@@ -34,9 +34,9 @@ pub(super) enum DerivedSource<'a> {
 }
 
 impl<'a> DerivedIndex<'a> {
-    pub(super) fn new(slices: &'a [EndpointSlice], endpoints: &'a [Endpoints]) -> Self {
+    pub(super) fn new(slices: &[&'a EndpointSlice], endpoints: &[&'a Endpoints]) -> Self {
         let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in slices {
+        for &slice in slices {
             if let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) {
                 by_service.entry((k8s::namespace_of(&slice.metadata), service)).or_default().push(slice);
             }
@@ -45,7 +45,7 @@ impl<'a> DerivedIndex<'a> {
             list.sort_by_key(|s| k8s::name_of(&s.metadata));
         }
         let mut by_name: BTreeMap<(&str, &str), Vec<&Endpoints>> = BTreeMap::new();
-        for object in endpoints {
+        for &object in endpoints {
             let key = (k8s::namespace_of(&object.metadata), k8s::name_of(&object.metadata));
             by_name.entry(key).or_default().push(object);
         }

@@ -21,6 +21,7 @@
 
 mod backends;
 mod gke;
+pub mod incremental;
 mod slices;
 mod validate;
 
@@ -342,6 +343,31 @@ pub struct Report {
 /// state, and reports what was skipped, excluded or questionable.
 #[must_use]
 pub fn translate(inputs: &Inputs, config: &Config) -> (DesiredState, Report) {
+    translate_parts(&Parts::of(inputs), config)
+}
+
+/// The inputs, borrowed: all of them, or one group's ([`incremental`]).
+#[derive(Default)]
+struct Parts<'a> {
+    imports: Vec<&'a ServiceImport>,
+    slices: Vec<&'a EndpointSlice>,
+    gke_imports: Vec<&'a GkeServiceImport>,
+    endpoints: Vec<&'a Endpoints>,
+}
+
+impl<'a> Parts<'a> {
+    fn of(inputs: &'a Inputs) -> Self {
+        Self {
+            imports: inputs.imports.iter().collect(),
+            slices: inputs.slices.iter().collect(),
+            gke_imports: inputs.gke_imports.iter().collect(),
+            endpoints: inputs.endpoints.iter().collect(),
+        }
+    }
+}
+
+/// [`translate`] over borrowed inputs.
+fn translate_parts(inputs: &Parts<'_>, config: &Config) -> (DesiredState, Report) {
     let mut warnings = BTreeSet::new();
     let index = SliceIndex::new(&inputs.slices, &mut warnings);
     // Only GKE imports read derived services: without them, nothing to index.
@@ -356,8 +382,13 @@ pub fn translate(inputs: &Inputs, config: &Config) -> (DesiredState, Report) {
     // Which import owns each key: the first in (namespace, name, kind) order.
     let mut owners: BTreeMap<ServicePortKey, String> = BTreeMap::new();
 
-    let mut ordered: Vec<ImportRef<'_>> =
-        inputs.imports.iter().map(ImportRef::Mcs).chain(inputs.gke_imports.iter().map(ImportRef::Gke)).collect();
+    let mut ordered: Vec<ImportRef<'_>> = inputs
+        .imports
+        .iter()
+        .copied()
+        .map(ImportRef::Mcs)
+        .chain(inputs.gke_imports.iter().copied().map(ImportRef::Gke))
+        .collect();
     ordered.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     for same in ordered.chunk_by(|a, b| a.sort_key() == b.sort_key()) {
         let import = same[0];

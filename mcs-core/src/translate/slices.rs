@@ -22,9 +22,9 @@ pub(super) struct SliceIndex<'a> {
 }
 
 impl<'a> SliceIndex<'a> {
-    pub(super) fn new(slices: &'a [EndpointSlice], warnings: &mut BTreeSet<String>) -> Self {
+    pub(super) fn new(slices: &[&'a EndpointSlice], warnings: &mut BTreeSet<String>) -> Self {
         let mut by_service: BTreeMap<(&str, &str), ClusterSlices<'a>> = BTreeMap::new();
-        for slice in slices {
+        for &slice in slices {
             let meta = &slice.metadata;
             let Some(service) = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
                 continue; // Not an MCS slice.

@@ -154,6 +154,9 @@ pub struct Report {
     pub cold_phases: (f64, f64),
     /// `translate_ms` and `sync_ms` of each change's `synced` line.
     pub change_phases: Vec<(f64, f64)>,
+    /// `translate_ms` and `sync_ms` of each periodic full resync seen
+    /// while the changes ran.
+    pub full_resyncs: Vec<(f64, f64)>,
     /// The map capacities the agent was given.
     pub capacities: String,
     /// Changes that were not seen within the timeout.
@@ -432,7 +435,11 @@ pub fn run(s: Settings, source: Source) -> Result<Report> {
             println!("   change budget of {:?} spent after {} changes", s.change_budget, i - 1);
             break;
         }
-        while agent.lines.try_recv().is_ok() {}
+        while let Ok(line) = agent.lines.try_recv() {
+            if line.is_synced() && line.field("full") == Some("true") {
+                report.full_resyncs.push(phases(&line));
+            }
+        }
         let want = probe_address(i);
         let objects = probe_service(want).objects();
         let written = if let Some(api) = &api {
@@ -465,6 +472,9 @@ pub fn run(s: Settings, source: Source) -> Result<Report> {
         // The synced line that followed the write, if it came.
         let log_deadline = Instant::now() + Duration::from_secs(2);
         while let Ok(line) = agent.lines.recv_timeout(log_deadline.saturating_duration_since(Instant::now())) {
+            if line.is_synced() && line.field("full") == Some("true") {
+                report.full_resyncs.push(phases(&line));
+            }
             if line.is_synced() && line.at >= written {
                 report.change_log_ms.push((line.at - written).as_secs_f64() * 1e3);
                 report.change_phases.push(phases(&line));

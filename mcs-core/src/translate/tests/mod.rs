@@ -6,12 +6,13 @@ mod affinity;
 mod cap;
 mod gke;
 mod imports;
+mod incremental;
 mod ports;
 mod properties;
 mod readiness;
 mod slices;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
@@ -128,6 +129,8 @@ fn run(cases: Vec<Case>) {
         for (warning, fragment) in report.warnings.iter().zip(&case.warnings) {
             assert!(warning.contains(fragment), "case {name:?}: {warning:?} should contain {fragment:?}");
         }
+
+        incremental::agrees(name, &inputs, &config, (&state, &report));
 
         // The output never depends on the order of the inputs.
         for reordered in reorderings(&inputs) {

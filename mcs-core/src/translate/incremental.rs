@@ -1,0 +1,361 @@
+//! Translation that redoes only what changed.
+//!
+//! Without GKE imports, an MCS import's translation reads nothing but its
+//! *group*: the `ServiceImport`s with its namespace and name, and the MCS
+//! `EndpointSlice`s labelled with that service name in that namespace. The
+//! one rule that reaches across groups is the claim of a (`ClusterSetIP`,
+//! port, protocol) key by the first import in name order. So while no two
+//! groups want the same key, the whole translation is the union of every
+//! group's own translation, and a change re-translates only the groups it
+//! touched.
+//!
+//! [`Incremental`] keeps each group's share of the result. A source reports
+//! the groups its changes touched ([`Changes`]); [`Incremental::update`]
+//! takes the touched groups' shares out, translates those groups again with
+//! [`translate`](super::translate)'s own code, and puts the new shares in. It
+//! falls back to translating everything (and stays there until the next
+//! rebuild succeeds) when the inputs hold GKE imports, whose derived
+//! services link groups, or when two groups want the same key, whose owner
+//! depends on both. `translate` stays the reference: the tests check that
+//! every update gives exactly what it gives.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::Endpoints;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{Config, DesiredState, ExcludedCluster, Inputs, Parts, Report, ServicePortKey, Skipped, translate_parts};
+use crate::k8s::{self, GkeServiceImport, ServiceImport};
+
+/// The groups some changes touched: (namespace, name) pairs, or everything.
+///
+/// A group is named by an import's namespace and name; an `EndpointSlice`
+/// belongs to the groups of its `multicluster.kubernetes.io/service-name`
+/// and `kubernetes.io/service-name` labels, an `Endpoints` object to the
+/// group of its own name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    all: bool,
+    /// Names by namespace.
+    groups: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Changes {
+    /// Everything may have changed (a first read, a relist, a restart).
+    #[must_use]
+    pub fn everything() -> Self {
+        Self { all: true, groups: BTreeMap::new() }
+    }
+
+    /// Whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.groups.is_empty()
+    }
+
+    /// Whether everything may have changed.
+    #[must_use]
+    pub const fn is_everything(&self) -> bool {
+        self.all
+    }
+
+    /// How many groups were touched (0 when everything was).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.groups.values().map(BTreeSet::len).sum()
+    }
+
+    /// Whether the group (`namespace`, `name`) was touched.
+    #[must_use]
+    pub fn contains(&self, namespace: &str, name: &str) -> bool {
+        self.all || self.groups.get(namespace).is_some_and(|names| names.contains(name))
+    }
+
+    /// Records that the group (`namespace`, `name`) was touched.
+    pub fn mark(&mut self, namespace: &str, name: &str) {
+        if self.all {
+            return;
+        }
+        if let Some(names) = self.groups.get_mut(namespace) {
+            if !names.contains(name) {
+                names.insert(name.to_owned());
+            }
+        } else {
+            self.groups.insert(namespace.to_owned(), BTreeSet::from([name.to_owned()]));
+        }
+    }
+
+    /// Records that `import` appeared, changed or went away.
+    pub fn import(&mut self, import: &ServiceImport) {
+        self.mark(k8s::namespace_of(&import.metadata), k8s::name_of(&import.metadata));
+    }
+
+    /// Records that `slice` appeared, changed or went away.
+    pub fn slice(&mut self, slice: &EndpointSlice) {
+        let meta = &slice.metadata;
+        for label in [k8s::LABEL_SERVICE_NAME, k8s::LABEL_KUBERNETES_SERVICE_NAME] {
+            if let Some(service) = k8s::label(meta, label) {
+                self.mark(k8s::namespace_of(meta), service);
+            }
+        }
+    }
+
+    /// Records that a GKE import appeared, changed or went away.
+    pub fn gke_import(&mut self, import: &GkeServiceImport) {
+        self.mark(k8s::namespace_of(&import.metadata), k8s::name_of(&import.metadata));
+    }
+
+    /// Records that an `Endpoints` object appeared, changed or went away.
+    pub fn endpoints(&mut self, endpoints: &Endpoints) {
+        self.mark(k8s::namespace_of(&endpoints.metadata), k8s::name_of(&endpoints.metadata));
+    }
+
+    /// Records every object of `inputs`.
+    pub fn inputs(&mut self, inputs: &Inputs) {
+        inputs.imports.iter().for_each(|i| self.import(i));
+        inputs.slices.iter().for_each(|s| self.slice(s));
+        inputs.gke_imports.iter().for_each(|i| self.gke_import(i));
+        inputs.endpoints.iter().for_each(|e| self.endpoints(e));
+    }
+
+    /// Adds what `other` touched.
+    pub fn merge(&mut self, other: Self) {
+        if other.all {
+            *self = Self::everything();
+            return;
+        }
+        if self.all {
+            return;
+        }
+        for (namespace, names) in other.groups {
+            self.groups.entry(namespace).or_default().extend(names);
+        }
+    }
+
+    fn each(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.groups.iter().flat_map(|(ns, names)| names.iter().map(move |n| (ns.as_str(), n.as_str())))
+    }
+}
+
+/// A group: (namespace, name).
+type Group = (String, String);
+
+/// What one group contributes to the result.
+#[derive(Debug, Default)]
+struct Share {
+    keys: Vec<ServicePortKey>,
+    warnings: Vec<String>,
+}
+
+/// How the last update was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing translated yet.
+    Empty,
+    /// Per group: the next change re-translates only what it touches.
+    Grouped,
+    /// Whole: GKE imports or a key two groups want; the next change
+    /// translates everything again.
+    Whole,
+}
+
+/// The translation, kept between changes; see the module's documentation.
+#[derive(Debug)]
+pub struct Incremental {
+    config: Config,
+    mode: Mode,
+    shares: HashMap<Group, Share>,
+    state: DesiredState,
+    report: Report,
+    /// Every group's skipped imports and excluded clusters, in report order.
+    skipped: BTreeMap<Group, Vec<Skipped>>,
+    excluded: BTreeMap<Group, Vec<ExcludedCluster>>,
+    /// Warnings, with how many groups gave each.
+    warnings: BTreeMap<String, usize>,
+}
+
+/// What [`Incremental::update`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Updated {
+    /// The service ports whose desired state may differ from before the
+    /// update (added, changed or gone); `None` when any may.
+    pub changed: Option<BTreeSet<ServicePortKey>>,
+    /// Groups translated.
+    pub groups: usize,
+    /// How the update was made.
+    pub mode: Mode,
+}
+
+/// Two groups want the same key: which one owns it depends on both.
+struct Contested;
+
+impl Incremental {
+    /// Nothing translated yet; the first update translates everything.
+    #[must_use]
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            mode: Mode::Empty,
+            shares: HashMap::new(),
+            state: DesiredState::default(),
+            report: Report::default(),
+            skipped: BTreeMap::new(),
+            excluded: BTreeMap::new(),
+            warnings: BTreeMap::new(),
+        }
+    }
+
+    /// The desired state as of the last update.
+    #[must_use]
+    pub const fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    /// The report as of the last update.
+    #[must_use]
+    pub const fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Brings the result up to date with `inputs`, of which only the groups
+    /// in `changes` differ from the inputs of the last update (all of them
+    /// before the first). The result is [`translate`](super::translate)'s
+    /// for `inputs`.
+    pub fn update(&mut self, inputs: &Inputs, changes: &Changes) -> Updated {
+        if self.mode == Mode::Grouped && changes.is_empty() {
+            return Updated { changed: Some(BTreeSet::new()), groups: 0, mode: Mode::Grouped };
+        }
+        if self.mode == Mode::Grouped && !changes.all && inputs.gke_imports.is_empty() {
+            let mut ports = BTreeSet::new();
+            if self.regroup(inputs, changes, &mut ports).is_ok() {
+                self.assemble();
+                return Updated { changed: Some(ports), groups: changes.len(), mode: Mode::Grouped };
+            }
+        }
+        self.rebuild(inputs)
+    }
+
+    /// Translates everything again, per group where it can.
+    fn rebuild(&mut self, inputs: &Inputs) -> Updated {
+        self.clear();
+        if inputs.gke_imports.is_empty() {
+            let groups = partition(inputs, None);
+            let count = groups.len();
+            let mut changed = BTreeSet::new();
+            if groups.into_iter().try_for_each(|(group, parts)| self.put(group, &parts, &mut changed)).is_ok() {
+                self.mode = Mode::Grouped;
+                self.assemble();
+                return Updated { changed: None, groups: count, mode: Mode::Grouped };
+            }
+            self.clear();
+        }
+        let (state, report) = translate_parts(&Parts::of(inputs), &self.config);
+        self.state = state;
+        self.report = report;
+        self.mode = Mode::Whole;
+        Updated { changed: None, groups: 0, mode: Mode::Whole }
+    }
+
+    fn clear(&mut self) {
+        self.shares.clear();
+        self.state = DesiredState::default();
+        self.report = Report::default();
+        self.skipped.clear();
+        self.excluded.clear();
+        self.warnings.clear();
+    }
+
+    /// Takes the touched groups' shares out and translates them again.
+    fn regroup(
+        &mut self,
+        inputs: &Inputs,
+        changes: &Changes,
+        ports: &mut BTreeSet<ServicePortKey>,
+    ) -> Result<(), Contested> {
+        for (namespace, name) in changes.each() {
+            self.take(&(namespace.to_owned(), name.to_owned()), ports);
+        }
+        for (group, parts) in partition(inputs, Some(changes)) {
+            self.put(group, &parts, ports)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a group's share.
+    fn take(&mut self, group: &Group, changed: &mut BTreeSet<ServicePortKey>) {
+        let Some(share) = self.shares.remove(group) else { return };
+        for key in share.keys {
+            self.state.services.remove(&key);
+            changed.insert(key);
+        }
+        for warning in share.warnings {
+            if let Some(count) = self.warnings.get_mut(&warning) {
+                *count -= 1;
+                if *count == 0 {
+                    self.warnings.remove(&warning);
+                }
+            }
+        }
+        self.skipped.remove(group);
+        self.excluded.remove(group);
+    }
+
+    /// Translates one group and adds its share.
+    fn put(
+        &mut self,
+        group: (&str, &str),
+        parts: &Parts<'_>,
+        changed: &mut BTreeSet<ServicePortKey>,
+    ) -> Result<(), Contested> {
+        let (state, report) = translate_parts(parts, &self.config);
+        if state.services.keys().any(|key| self.state.services.contains_key(key)) {
+            return Err(Contested);
+        }
+        let group = (group.0.to_owned(), group.1.to_owned());
+        let keys: Vec<ServicePortKey> = state.services.keys().copied().collect();
+        changed.extend(keys.iter().copied());
+        self.state.services.extend(state.services);
+        for warning in &report.warnings {
+            *self.warnings.entry(warning.clone()).or_default() += 1;
+        }
+        if !report.skipped.is_empty() {
+            self.skipped.insert(group.clone(), report.skipped);
+        }
+        if !report.excluded_clusters.is_empty() {
+            self.excluded.insert(group.clone(), report.excluded_clusters);
+        }
+        self.shares.insert(group, Share { keys, warnings: report.warnings });
+        Ok(())
+    }
+
+    /// The report from the groups' shares, in [`translate`](super::translate)'s order.
+    fn assemble(&mut self) {
+        self.report = Report {
+            skipped: self.skipped.values().flatten().cloned().collect(),
+            excluded_clusters: self.excluded.values().flatten().cloned().collect(),
+            warnings: self.warnings.keys().cloned().collect(),
+        };
+    }
+}
+
+/// The objects of each group (only of the groups in `only`, when given).
+/// An `EndpointSlice` without the MCS service-name label belongs to no
+/// group: without GKE imports, translation passes over it in silence.
+fn partition<'a>(inputs: &'a Inputs, only: Option<&Changes>) -> BTreeMap<(&'a str, &'a str), Parts<'a>> {
+    let wanted = |namespace: &str, name: &str| only.is_none_or(|c| c.contains(namespace, name));
+    let mut groups: BTreeMap<(&str, &str), Parts<'_>> = BTreeMap::new();
+    for import in &inputs.imports {
+        let (namespace, name) = (k8s::namespace_of(&import.metadata), k8s::name_of(&import.metadata));
+        if wanted(namespace, name) {
+            groups.entry((namespace, name)).or_default().imports.push(import);
+        }
+    }
+    for slice in &inputs.slices {
+        let meta = &slice.metadata;
+        let Some(service) = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else { continue };
+        let namespace = k8s::namespace_of(meta);
+        if wanted(namespace, service) {
+            groups.entry((namespace, service)).or_default().slices.push(slice);
+        }
+    }
+    groups
+}
