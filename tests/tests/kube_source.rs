@@ -92,13 +92,20 @@ async fn wait_for(
     );
 }
 
-/// Slices, imports and problems of a snapshot, in name order.
-fn contents(snapshot: &Snapshot) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut slices: Vec<String> = snapshot.inputs.slices.iter().map(|s| format!("{s:?}")).collect();
-    slices.sort();
-    let mut imports: Vec<String> = snapshot.inputs.imports.iter().map(|i| format!("{i:?}")).collect();
-    imports.sort();
-    (slices, imports, snapshot.problems.iter().map(ToString::to_string).collect())
+/// Every object of a snapshot, each list in order, and its problems.
+fn contents(snapshot: &Snapshot) -> [Vec<String>; 5] {
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let inputs = &snapshot.inputs;
+    [
+        sorted(inputs.slices.iter().map(|s| format!("{s:?}")).collect()),
+        sorted(inputs.imports.iter().map(|i| format!("{i:?}")).collect()),
+        sorted(inputs.gke_imports.iter().map(|i| format!("{i:?}")).collect()),
+        sorted(inputs.endpoints.iter().map(|e| format!("{e:?}")).collect()),
+        snapshot.problems.iter().map(ToString::to_string).collect(),
+    ]
 }
 
 /// Checks the taken snapshot and the incremental translation against ones
@@ -334,6 +341,17 @@ fn discovers_versions_and_gke_imports() {
             })
             .collect();
         assert_eq!(programmed, ["198.19.0.40:80 -> 198.18.3.10:8080"], "{report:?}");
+
+        // The GKE import goes: its derived Endpoints leave the snapshot with
+        // it, and slices are then replaced in place again.
+        assert!(api.delete("net.gke.io/v1", "ServiceImport", "demo", "gke-web"));
+        let limit = Duration::from_secs(10);
+        let snapshot =
+            wait_for(&mut source, &mut tracked, &api, limit, "GKE import deleted", |s| s.inputs.gke_imports.is_empty())
+                .await;
+        assert!(snapshot.inputs.endpoints.is_empty(), "{:?}", snapshot.inputs.endpoints);
+        api.apply(json(&slice("demo", "web", "east").ports(&[("http", "TCP", 8080)]).ready_all(["198.18.1.10"])));
+        wait_for(&mut source, &mut tracked, &api, limit, "slice added after", |s| s.inputs.slices.len() == 1).await;
     });
     let discovery = api.requests();
     assert!(discovery.iter().any(|r| r.contains("/apis/net.gke.io/v1")), "{}", render_requests(&discovery));

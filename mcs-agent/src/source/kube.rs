@@ -641,8 +641,13 @@ impl KubeSource {
         };
         let gke = watchers.gke.as_ref().is_some_and(|(imports, _, _)| !imports.is_empty());
         let mut assembled = self.assembled.lock().unwrap_or_else(PoisonError::into_inner);
+        // A snapshot assembled while GKE imports existed holds their derived
+        // objects, which only a whole assembly hands on or drops.
+        let kept_gke = |kept: &Assembled| {
+            !kept.snapshot.inputs.gke_imports.is_empty() || !kept.snapshot.inputs.endpoints.is_empty()
+        };
         match assembled.as_mut() {
-            Some(kept) if !touched.groups.is_everything() && !gke => {
+            Some(kept) if !touched.groups.is_everything() && !gke && !kept_gke(kept) => {
                 let snapshot = Arc::make_mut(&mut kept.snapshot);
                 if touched.others {
                     let imports = watchers.imports.as_ref().map(Store::state).unwrap_or_default();

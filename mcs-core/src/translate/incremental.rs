@@ -221,8 +221,8 @@ impl Incremental {
     /// before the first). The result is [`translate`](super::translate)'s
     /// for `inputs`.
     pub fn update(&mut self, inputs: &Inputs, changes: &Changes) -> Updated {
-        if self.mode == Mode::Grouped && changes.is_empty() {
-            return Updated { changed: Some(BTreeSet::new()), groups: 0, mode: Mode::Grouped };
+        if self.mode != Mode::Empty && changes.is_empty() {
+            return Updated { changed: Some(BTreeSet::new()), groups: 0, mode: self.mode };
         }
         if self.mode == Mode::Grouped && !changes.all && inputs.gke_imports.is_empty() {
             let mut ports = BTreeSet::new();

@@ -299,11 +299,12 @@ pub fn tables(r: &Results) -> String {
             stats::median(&fulls.iter().map(|p| p.0).collect::<Vec<_>>()),
             stats::median(&fulls.iter().map(|p| p.1).collect::<Vec<_>>()),
         );
-        let _ = writeln!(
-            t,
-            "| periodic full resyncs during the changes | {} (median: translate {ft:.1} ms, sync {fs:.1} ms) |",
-            fulls.len()
-        );
+        let resyncs = if fulls.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{} (median: translate {ft:.1} ms, sync {fs:.1} ms)", fulls.len())
+        };
+        let _ = writeln!(t, "| periodic full resyncs during the changes | {resyncs} |");
         let _ = writeln!(t, "| map capacities given | `{}` |", c.capacities);
         let _ = writeln!(t, "| agent peak RSS (VmHWM) | {:.1} MiB |", c.peak_rss_mib);
         let maps: Vec<String> = c
