@@ -40,7 +40,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
-use k8s_openapi::api::{core::v1::Endpoints, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{core::v1::Endpoints, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client, Config, Resource, ResourceExt as _,
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
@@ -211,6 +214,11 @@ struct Converter {
     gke_imports: Cache<GkeServiceImport>,
 }
 
+/// An object's (namespace, name).
+fn meta_key(meta: &ObjectMeta) -> (String, String) {
+    (k8s::namespace_of(meta).to_owned(), k8s::name_of(meta).to_owned())
+}
+
 fn object_key(obj: &DynamicObject) -> (String, String) {
     (k8s::namespace_of(&obj.metadata).to_owned(), obj.name_any())
 }
@@ -289,7 +297,7 @@ impl Converter {
             .collect();
         let mut slices: BTreeMap<(String, String), EndpointSlice> = BTreeMap::new();
         for slice in &objects.slices {
-            let key = (k8s::namespace_of(&slice.metadata).to_owned(), k8s::name_of(&slice.metadata).to_owned());
+            let key = meta_key(&slice.metadata);
             slices.insert(key, (*slice).clone());
         }
         for slice in &objects.gke_slices {
@@ -304,9 +312,7 @@ impl Converter {
         let endpoints = objects
             .gke_endpoints
             .iter()
-            .filter(|e| {
-                derived.contains(&(k8s::namespace_of(&e.metadata).to_owned(), k8s::name_of(&e.metadata).to_owned()))
-            })
+            .filter(|e| derived.contains(&meta_key(&e.metadata)))
             .map(|e| (*e).clone())
             .collect();
         problems.sort_by_cached_key(ToString::to_string);
@@ -347,7 +353,7 @@ impl Watchers {
         };
         let slice = |o: &EndpointSlice, t: &mut Touched| {
             t.groups.slice(o);
-            t.slices.insert((k8s::namespace_of(&o.metadata).to_owned(), k8s::name_of(&o.metadata).to_owned()));
+            t.slices.insert(meta_key(&o.metadata));
         };
         let derived_slice = |o: &EndpointSlice, t: &mut Touched| {
             t.groups.slice(o);
@@ -548,8 +554,7 @@ impl Assembled {
                 self.index.remove(&key);
                 slices.swap_remove(at);
                 if let Some(moved) = slices.get(at) {
-                    let moved =
-                        (k8s::namespace_of(&moved.metadata).to_owned(), k8s::name_of(&moved.metadata).to_owned());
+                    let moved = meta_key(&moved.metadata);
                     self.index.insert(moved, at);
                 }
             }
@@ -664,15 +669,8 @@ impl KubeSource {
             }
             _ => {
                 let snapshot = self.snapshot();
-                let index = snapshot
-                    .inputs
-                    .slices
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        ((k8s::namespace_of(&s.metadata).to_owned(), k8s::name_of(&s.metadata).to_owned()), i)
-                    })
-                    .collect();
+                let index =
+                    snapshot.inputs.slices.iter().enumerate().map(|(i, s)| (meta_key(&s.metadata), i)).collect();
                 *assembled = Some(Assembled { snapshot: Arc::new(snapshot), index });
             }
         }
