@@ -280,7 +280,8 @@ pub struct RunArgs {
     /// Minimum time between two syncs, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub min_sync_interval_ms: u64,
-    /// Maximum time between two syncs (a periodic full resync), in milliseconds.
+    /// Maximum time between two syncs, and the length of an audit round of
+    /// the maps (the periodic resync, in parts), in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub max_sync_interval_ms: u64,
     /// How long a backend that left its slices keeps its established

@@ -45,6 +45,78 @@ fn read_all<K, V>(
     entries.map(|r| r.map_err(|e| map_error(map, "reading".into(), e))).collect()
 }
 
+/// `BPF_MAP_LOOKUP_BATCH` (`include/uapi/linux/bpf.h`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`, as `BPF_MAP_*_BATCH` reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads every entry of the hash map behind `fd` with `BPF_MAP_LOOKUP_BATCH`:
+/// a few system calls for the whole map, where iterating takes two per
+/// entry (`get_next_key`, `lookup`). aya 0.14 has no batch operations, so
+/// the call is made here. `Ok(None)` when the kernel does not do batches
+/// for this map (the caller iterates instead).
+fn lookup_batch<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Option<Vec<(K, V)>>> {
+    use std::os::fd::AsRawFd as _;
+    // Large enough for any hash bucket; a bucket larger than the chunk is
+    // ENOSPC, and the chunk grows.
+    let mut chunk: u32 = 4096;
+    let mut out = Vec::new();
+    // For hash maps the batch position is a bucket index (a u32).
+    let (mut position, mut next) = (0u32, 0u32);
+    let mut first = true;
+    for _ in 0..1_000_000 {
+        let mut keys = vec![std::mem::MaybeUninit::<K>::uninit(); chunk as usize];
+        let mut values = vec![std::mem::MaybeUninit::<V>::uninit(); chunk as usize];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { std::ptr::from_mut(&mut position) as u64 },
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk,
+            map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `batch` attribute: the buffers hold
+        // `count` keys and values of the map's sizes (checked by the caller's
+        // types, which aya checked against the map), the positions are u32s.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, std::ptr::from_mut(&mut attr), size_of::<BatchAttr>())
+        };
+        let error = (rc < 0).then(std::io::Error::last_os_error);
+        let errno = error.as_ref().and_then(std::io::Error::raw_os_error);
+        match errno {
+            None | Some(libc::ENOENT) => {
+                let filled = (attr.count as usize).min(chunk as usize);
+                for i in 0..filled {
+                    // SAFETY: the kernel filled the first `count` elements.
+                    out.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
+                }
+                if errno == Some(libc::ENOENT) {
+                    return Ok(Some(out));
+                }
+                position = next;
+                first = false;
+            }
+            Some(libc::ENOSPC) => chunk = chunk.saturating_mul(2),
+            Some(libc::EINVAL | libc::ENOTSUP | libc::EOPNOTSUPP) if first && out.is_empty() => return Ok(None),
+            Some(_) => return Err(error.unwrap_or_else(std::io::Error::last_os_error)),
+        }
+    }
+    Err(std::io::Error::other("the batch lookup did not end"))
+}
+
 /// `BPF_F_MMAPABLE`: the flags of the flat Maglev array in the object
 /// (`mcs-ebpf/src/maps.rs`).
 pub const MAGLEV_TABLE_FLAGS: u32 = mcs_common::MAGLEV_TABLE_FLAGS;
@@ -547,11 +619,25 @@ impl Drop for Mapping {
 
 impl Dataplane for AyaDataplane {
     fn services(&self) -> MapResult<Vec<(ServiceKey, ServiceValue)>> {
-        read_all(map_names::SERVICES, self.services.iter())
+        match lookup_batch(self.services.map().fd().as_fd()) {
+            Ok(Some(entries)) => Ok(entries),
+            Ok(None) => read_all(map_names::SERVICES, self.services.iter()),
+            Err(error) => Err(DataplaneError::Kernel { what: format!("reading {}", map_names::SERVICES), error }),
+        }
     }
 
     fn backends(&self) -> MapResult<Vec<(u32, Backend)>> {
         Ok((0u32..).zip(self.backends.slots()).filter(|(_, b)| b.is_present()).map(|(id, b)| (id, *b)).collect())
+    }
+
+    fn backend_id_limit(&self) -> u32 {
+        self.backends.len
+    }
+
+    fn backends_in(&self, ids: std::ops::Range<u32>) -> MapResult<Vec<(u32, Backend)>> {
+        let (start, end) = (ids.start.min(self.backends.len), ids.end.min(self.backends.len));
+        let slots = &self.backends.slots()[start as usize..end as usize];
+        Ok((start..).zip(slots).filter(|(_, b)| b.is_present()).map(|(id, b)| (id, *b)).collect())
     }
 
     fn clusters(&self) -> MapResult<Vec<(u32, String)>> {

@@ -17,7 +17,7 @@
 //! (what it logs) plus what the connected monitors ask for, so events are
 //! off unless someone looks, and no program is reloaded to switch them.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -45,7 +45,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::translate::{DesiredState, Protocol};
+use crate::translate::{DesiredServicePort, DesiredState, Protocol, ServicePortKey};
 
 /// Which events the agent itself logs (`--datapath-events`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,12 +143,39 @@ pub struct Names {
 impl Names {
     /// Takes the imports of a translation.
     pub fn set_services(&mut self, desired: &DesiredState) {
-        self.ports.clear();
-        self.ips.clear();
-        for (key, port) in &desired.services {
-            let name = format!("{}/{}", port.namespace, port.name);
-            self.ports.insert((key.ip, key.port, key.protocol.number()), name.clone());
-            self.ips.insert(key.ip, name);
+        self.update_services(desired, None);
+    }
+
+    /// Takes the imports of a translation of which only the ports in
+    /// `changed` differ from the last one taken (all of them when `None`).
+    /// An address is named by its last port in key order.
+    pub fn update_services(&mut self, desired: &DesiredState, changed: Option<&BTreeSet<ServicePortKey>>) {
+        let name = |port: &DesiredServicePort| format!("{}/{}", port.namespace, port.name);
+        let Some(changed) = changed else {
+            self.ports.clear();
+            self.ips.clear();
+            for (key, port) in &desired.services {
+                self.ports.insert((key.ip, key.port, key.protocol.number()), name(port));
+                self.ips.insert(key.ip, name(port));
+            }
+            return;
+        };
+        let mut addresses = BTreeSet::new();
+        for key in changed {
+            let at = (key.ip, key.port, key.protocol.number());
+            match desired.services.get(key) {
+                Some(port) => self.ports.insert(at, name(port)),
+                None => self.ports.remove(&at),
+            };
+            addresses.insert(key.ip);
+        }
+        for ip in addresses {
+            let first = ServicePortKey { ip, port: 0, protocol: Protocol::Tcp };
+            let last = ServicePortKey { ip, port: u16::MAX, protocol: Protocol::Udp };
+            match desired.services.range(first..=last).next_back() {
+                Some((_, port)) => self.ips.insert(ip, name(port)),
+                None => self.ips.remove(&ip),
+            };
         }
     }
 
@@ -447,7 +474,61 @@ mod tests {
     use mcs_common::ipv4_to_nbo;
 
     use super::*;
-    use crate::translate::{DesiredServicePort, ServicePortKey};
+
+    fn port(namespace: &str, name: &str) -> DesiredServicePort {
+        DesiredServicePort {
+            namespace: namespace.into(),
+            name: name.into(),
+            port_name: "p".into(),
+            session_affinity_timeout: None,
+            backends: Vec::new(),
+            draining: Vec::new(),
+        }
+    }
+
+    /// Ports added (with their import's name), then ports removed.
+    type Step = (Vec<(ServicePortKey, &'static str)>, Vec<ServicePortKey>);
+
+    #[test]
+    fn names_updated_port_by_port_are_the_names_taken_whole() {
+        let key = |last: u8, port: u16, protocol: Protocol| ServicePortKey {
+            ip: Ipv4Addr::new(198, 19, 0, last),
+            port,
+            protocol,
+        };
+        let mut desired = DesiredState::default();
+        let mut updated = Names::default();
+        // Each step: ports added (with their import's name), then ports removed.
+        let steps: [Step; 4] = [
+            (
+                vec![
+                    (key(1, 80, Protocol::Tcp), "a"),
+                    (key(1, 53, Protocol::Udp), "a-dns"),
+                    (key(2, 80, Protocol::Tcp), "b"),
+                ],
+                vec![],
+            ),
+            (vec![(key(1, 90, Protocol::Udp), "a-late")], vec![key(2, 80, Protocol::Tcp)]),
+            (vec![], vec![key(1, 90, Protocol::Udp)]),
+            (vec![(key(2, 80, Protocol::Tcp), "b2")], vec![key(1, 80, Protocol::Tcp), key(1, 53, Protocol::Udp)]),
+        ];
+        for (i, (added, removed)) in steps.into_iter().enumerate() {
+            let mut changed = BTreeSet::new();
+            for (k, name) in &added {
+                desired.services.insert(*k, port("demo", name));
+                changed.insert(*k);
+            }
+            for k in &removed {
+                desired.services.remove(k);
+                changed.insert(*k);
+            }
+            updated.update_services(&desired, Some(&changed));
+            let mut whole = Names::default();
+            whole.set_services(&desired);
+            assert_eq!((&updated.ports, &updated.ips), (&whole.ports, &whole.ips), "step {i}");
+        }
+        assert_eq!(updated.ips.len(), 1, "198.19.0.1 lost all its ports: {:?}", updated.ips);
+    }
 
     #[test]
     fn records_name_the_reason_tuple_service_and_interface() {

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::{
     dataplane::DatapathCounters,
     source::health::ApiHealth,
-    translate::{DesiredState, Report},
+    translate::{DesiredServicePort, DesiredState, Report, ServicePortKey},
 };
 
 /// The result of one sync, as counted in `mcs_syncs_total`.
@@ -69,6 +69,9 @@ struct State {
     sources_synced: bool,
     first_sync_done: bool,
     syncs: BTreeMap<SyncResult, u64>,
+    /// Audit rounds that ended without drift, and drifts the audit found.
+    audit_rounds: u64,
+    audit_drifts: u64,
     last_sync_seconds: f64,
     last_success_unix: f64,
     service_ports: usize,
@@ -270,15 +273,34 @@ impl Metrics {
 
     /// Records a translation: what is programmed, skipped and excluded.
     pub fn set_translation(&self, desired: &DesiredState, report: &Report) {
+        self.update_translation(desired, report, None);
+    }
+
+    /// Takes a translation of which only the ports in `changed` differ
+    /// from the last one taken (all of them when `None`).
+    pub fn update_translation(
+        &self,
+        desired: &DesiredState,
+        report: &Report,
+        changed: Option<&std::collections::BTreeSet<ServicePortKey>>,
+    ) {
         let mut state = self.state();
         state.service_ports = desired.services.len();
         state.backends = desired.services.values().map(|p| p.backends.len()).sum();
         state.draining = desired.services.values().map(|p| p.draining.len()).sum();
-        state.imports = desired
-            .services
-            .iter()
-            .map(|(k, p)| (ServiceKey::new(k.ip, k.port, k.protocol.number()), (p.namespace.clone(), p.name.clone())))
-            .collect();
+        let names = |p: &DesiredServicePort| (p.namespace.clone(), p.name.clone());
+        let entry = |k: &ServicePortKey| ServiceKey::new(k.ip, k.port, k.protocol.number());
+        match changed {
+            None => state.imports = desired.services.iter().map(|(k, p)| (entry(k), names(p))).collect(),
+            Some(changed) => {
+                for key in changed {
+                    match desired.services.get(key) {
+                        Some(port) => state.imports.insert(entry(key), names(port)),
+                        None => state.imports.remove(&entry(key)),
+                    };
+                }
+            }
+        }
         state.skipped = report
             .skipped
             .iter()
@@ -289,6 +311,16 @@ impl Metrics {
             .iter()
             .map(|e| [e.namespace.clone(), e.name.clone(), e.cluster.clone(), e.reason.as_str().to_owned()])
             .collect();
+    }
+
+    /// Records the end of an audit round (`drift`: the round found a drift).
+    pub fn record_audit(&self, drift: bool) {
+        let mut state = self.state();
+        if drift {
+            state.audit_drifts += 1;
+        } else {
+            state.audit_rounds += 1;
+        }
     }
 
     /// Records one sync.
@@ -435,6 +467,30 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// The syncs' and the audit's counters, and the last sync's times.
+fn encode_syncs(encoder: &mut DescriptorEncoder<'_>, s: &State) -> fmt::Result {
+    let mut syncs =
+        encoder.encode_descriptor("mcs_syncs", "Syncs of the maps, by result.", None, MetricType::Counter)?;
+    for result in [SyncResult::Success, SyncResult::Partial, SyncResult::Error] {
+        let count = ConstCounter::new(s.syncs.get(&result).copied().unwrap_or(0));
+        count.encode(syncs.encode_family(&[("result", result.as_str())])?)?;
+    }
+    let rounds = "Audit rounds of the maps (the periodic resync, in parts) that found nothing drifted.";
+    counter(encoder, ("mcs_audit_rounds", rounds), s.audit_rounds)?;
+    let drifts = "Times the audit found the maps differing from what the agent wrote (the next sync is full).";
+    counter(encoder, ("mcs_audit_drifts", drifts), s.audit_drifts)?;
+    let duration = ("mcs_sync_last_duration_seconds", "Duration of the last sync (translation and map writes).");
+    gauge(encoder, duration, s.last_sync_seconds)?;
+    let success = ("mcs_sync_last_success_timestamp_seconds", "Unix time of the last sync that was not an error.");
+    gauge(encoder, success, s.last_success_unix)?;
+    Ok(())
+}
+
+/// One counter without labels.
+fn counter(encoder: &mut DescriptorEncoder<'_>, (name, help): (&str, &str), value: u64) -> fmt::Result {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
 /// The source's API server state (`mcs_source_api_up`, the watches' errors
 /// and last events).
 fn encode_api(encoder: &mut DescriptorEncoder<'_>, api: &ApiHealth) -> fmt::Result {
@@ -479,18 +535,7 @@ impl Collector for Scrape {
             if let Some(api) = &s.source_api {
                 encode_api(&mut encoder, api)?;
             }
-            let mut syncs =
-                encoder.encode_descriptor("mcs_syncs", "Syncs of the maps, by result.", None, MetricType::Counter)?;
-            for result in [SyncResult::Success, SyncResult::Partial, SyncResult::Error] {
-                let count = ConstCounter::new(s.syncs.get(&result).copied().unwrap_or(0));
-                count.encode(syncs.encode_family(&[("result", result.as_str())])?)?;
-            }
-            let duration =
-                ("mcs_sync_last_duration_seconds", "Duration of the last sync (translation and map writes).");
-            gauge(&mut encoder, duration, s.last_sync_seconds)?;
-            let success =
-                ("mcs_sync_last_success_timestamp_seconds", "Unix time of the last sync that was not an error.");
-            gauge(&mut encoder, success, s.last_success_unix)?;
+            encode_syncs(&mut encoder, &s)?;
             let ports = ("mcs_service_ports", "Service ports (ClusterSetIP, port, protocol) desired.");
             gauge(&mut encoder, ports, s.service_ports)?;
             let backends = ("mcs_backends", "Backends new connections may use, summed over service ports.");
@@ -674,6 +719,11 @@ mod tests {
         assert!(text.contains("mcs_syncs_total{result=\"success\"} 1\n"), "{text}");
         assert!(text.contains("mcs_syncs_total{result=\"error\"} 1\n"), "{text}");
         assert!(text.contains("mcs_syncs_total{result=\"partial\"} 0\n"), "{text}");
+        metrics.record_audit(false);
+        metrics.record_audit(true);
+        metrics.record_audit(false);
+        let text = metrics.render();
+        assert!(text.contains("mcs_audit_rounds_total 2\n") && text.contains("mcs_audit_drifts_total 1\n"), "{text}");
         assert!(
             text.contains(
                 "mcs_excluded_clusters{namespace=\"demo\",name=\"we\\\"b\",cluster=\"c6\",reason=\"exporter-cap\"} 1\n"
@@ -691,6 +741,50 @@ mod tests {
                 *family == name || (*kind == "counter" && name.strip_suffix("_total") == Some(family))
             });
             assert!(family.is_some(), "{line} has no TYPE line");
+        }
+    }
+
+    /// Ports added (with their import's name), then ports removed.
+    type Step = (Vec<(ServicePortKey, &'static str)>, Vec<ServicePortKey>);
+
+    #[test]
+    fn a_translation_taken_port_by_port_renders_as_one_taken_whole() {
+        use std::net::Ipv4Addr;
+
+        use crate::translate::{DesiredServicePort, Protocol};
+        let key =
+            |last: u8, port: u16| ServicePortKey { ip: Ipv4Addr::new(198, 19, 0, last), port, protocol: Protocol::Tcp };
+        let port = |name: &str| DesiredServicePort {
+            namespace: "demo".into(),
+            name: name.into(),
+            port_name: "http".into(),
+            session_affinity_timeout: None,
+            backends: Vec::new(),
+            draining: Vec::new(),
+        };
+        let updated = Metrics::default();
+        let mut desired = DesiredState::default();
+        // Each step: ports added (with their import's name), then ports removed.
+        let steps: [Step; 3] = [
+            (vec![(key(1, 80), "a"), (key(2, 80), "b"), (key(2, 81), "b")], vec![]),
+            (vec![(key(1, 80), "a2")], vec![key(2, 81)]),
+            (vec![(key(3, 80), "c")], vec![key(2, 80)]),
+        ];
+        for (i, (added, removed)) in steps.into_iter().enumerate() {
+            let mut changed = std::collections::BTreeSet::new();
+            for (k, name) in &added {
+                desired.services.insert(*k, port(name));
+                changed.insert(*k);
+            }
+            for k in &removed {
+                desired.services.remove(k);
+                changed.insert(*k);
+            }
+            updated.update_translation(&desired, &Report::default(), Some(&changed));
+            let whole = Metrics::default();
+            whole.set_translation(&desired, &Report::default());
+            assert_eq!(updated.state().imports, whole.state().imports, "step {i}");
+            assert_eq!(updated.render(), whole.render(), "step {i}");
         }
     }
 

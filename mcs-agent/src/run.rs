@@ -5,8 +5,12 @@
 //! - never before every source has synced (nothing is written until then);
 //! - at most every `--min-sync-interval-ms`: changes arriving sooner wait for
 //!   the interval (they are coalesced, never dropped);
-//! - at least every `--max-sync-interval-ms`: a full resync (the syncer
-//!   re-reads the maps) runs even without changes;
+//! - at least every `--max-sync-interval-ms` a sync runs, changes or not;
+//! - the periodic resync is an audit spread over that interval: every
+//!   `1/AUDIT_PARTS` of it, one part of the maps is compared with what the
+//!   syncer wrote (see `Syncer::audit`), so that no part holds up a change
+//!   for long; what drifted makes the next sync a full one, which re-reads
+//!   the maps and rewrites it;
 //! - after any failure the next sync is retried with an exponential backoff
 //!   bounded by the maximum interval (the syncer itself makes it a full one).
 //!
@@ -93,8 +97,6 @@ struct Schedule {
     max: Duration,
     /// When the last sync ran (successful or not).
     last: Option<Instant>,
-    /// When the last full sync ran.
-    last_full: Option<Instant>,
     /// A change arrived since the last sync.
     pending: bool,
     /// Failed syncs in a row.
@@ -103,7 +105,7 @@ struct Schedule {
 
 impl Schedule {
     fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), last: None, last_full: None, pending: false, failures: 0 }
+        Self { min, max: max.max(min), last: None, pending: false, failures: 0 }
     }
 
     fn changed(&mut self) {
@@ -130,18 +132,8 @@ impl Schedule {
         }
     }
 
-    /// Whether the sync about to run must re-read the maps because the last
-    /// full one is a maximum interval ago (the periodic resync). After a
-    /// failure the syncer re-reads them by itself.
-    fn full(&self, now: Instant) -> bool {
-        self.last_full.is_none_or(|t| now >= t + self.max)
-    }
-
-    fn done(&mut self, started: Instant, full: bool, ok: bool) {
+    fn done(&mut self, started: Instant, ok: bool) {
         self.last = Some(started);
-        if full {
-            self.last_full = Some(started);
-        }
         self.pending = false;
         self.failures = if ok { 0 } else { self.failures.saturating_add(1) };
     }
@@ -216,26 +208,89 @@ struct Syncing {
     logged: Logged,
     metrics: Arc<Metrics>,
     events: Events,
+    audit: Audit,
+}
+
+/// How many parts an audit round (the periodic resync) has.
+const AUDIT_PARTS: u32 = 128;
+
+/// The audit's timing and the round in progress.
+#[derive(Debug)]
+struct Audit {
+    /// Time between two parts: the maximum sync interval over the parts.
+    every: Duration,
+    /// When the next part runs; `None` before the first sync.
+    next: Option<Instant>,
+    /// The round's parts so far: how many, the longest, and the total time.
+    parts: u32,
+    longest: Duration,
+    total: Duration,
+}
+
+impl Audit {
+    fn new(max_sync_interval: Duration) -> Self {
+        Self {
+            every: max_sync_interval / AUDIT_PARTS,
+            next: None,
+            parts: 0,
+            longest: Duration::ZERO,
+            total: Duration::ZERO,
+        }
+    }
 }
 
 impl Syncing {
-    /// When the next sync is due: the schedule's time, or the end of a
-    /// backend's removal grace if that comes first.
+    /// When the next sync or audit part is due: the schedule's time, the
+    /// end of a backend's removal grace, or the next audit part, whichever
+    /// comes first.
     fn due(&self, now: Instant) -> Instant {
         let due = self.schedule.due(now);
+        let due = self.audit.next.map_or(due, |next| due.min(next));
         self.syncer.next_removal().map_or(due, |end| due.min(Instant::from_std(end)))
+    }
+
+    /// When the next sync is due (the audit's parts aside).
+    fn schedule_due(&self, now: Instant) -> Instant {
+        let due = self.schedule.due(now);
+        self.syncer.next_removal().map_or(due, |end| due.min(Instant::from_std(end)))
+    }
+
+    /// Runs one part of the audit when it is due (never before the first sync).
+    fn audit_part(&mut self, dataplane: &AyaDataplane, now: Instant) {
+        let Some(next) = self.audit.next.filter(|next| now >= *next) else { return };
+        let started = Instant::now();
+        let audited = self.syncer.audit(dataplane, AUDIT_PARTS);
+        let took = started.elapsed();
+        self.audit.next = Some(next.max(now) + self.audit.every);
+        self.audit.parts += 1;
+        self.audit.longest = self.audit.longest.max(took);
+        self.audit.total += took;
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        if let Some(drift) = &audited.drift {
+            warn!(drift = %drift, "the maps differ from what was written; the next sync re-reads them");
+            self.metrics.record_audit(true);
+            self.schedule.changed();
+        } else if audited.round_done {
+            info!(
+                parts = self.audit.parts,
+                longest_part_ms = ms(self.audit.longest),
+                total_ms = ms(self.audit.total),
+                "maps audited; nothing drifted"
+            );
+            self.metrics.record_audit(false);
+        } else {
+            debug!(backend_ids = audited.backend_ids, slots = audited.slots, ms = ms(took), "audit part");
+            return;
+        }
+        self.audit = Audit { next: self.audit.next, ..Audit::new(self.audit.every * AUDIT_PARTS) };
     }
 
     /// Translates what `source` holds and writes the difference.
     fn sync(&mut self, source: &Source, dataplane: &mut AyaDataplane) {
         let started = Instant::now();
-        let full = self.schedule.full(started);
-        if full {
-            self.syncer.invalidate();
-        }
         let (snapshot, changes) = source.take();
         let translate_started = Instant::now();
-        let updated = self.translator.update(&snapshot.inputs, &changes);
+        let updated = self.translator.update_with(&snapshot.inputs, snapshot.index.as_ref(), &changes);
         let translate_ms = translate_started.elapsed().as_secs_f64() * 1e3;
         let (desired, report) = (self.translator.state(), self.translator.report());
         self.logged.update(&snapshot, report);
@@ -244,8 +299,8 @@ impl Syncing {
         drop(snapshot);
         let unchanged = updated.changed.as_ref().is_some_and(std::collections::BTreeSet::is_empty);
         if !unchanged {
-            self.metrics.set_translation(desired, report);
-            self.events.names().set_services(desired);
+            self.metrics.update_translation(desired, report, updated.changed.as_ref());
+            self.events.names().update_services(desired, updated.changed.as_ref());
         }
         debug!(groups = updated.groups, mode = ?updated.mode, translate_ms, "translated");
         let sync_started = Instant::now();
@@ -256,7 +311,7 @@ impl Syncing {
             Err(e) => vec![format!("{e:#}")],
         };
         self.metrics.set_sync_errors(errors);
-        let (result, ok, was_full) = match synced {
+        let (result, ok) = match synced {
             Ok(outcome) if outcome.errors.is_empty() => {
                 let fields = (desired.services.len(), outcome.writes, outcome.full, outcome.tables_written);
                 let (translate_ms, sync_ms) = ((translate_ms * 10.0).round() / 10.0, (sync_ms * 10.0).round() / 10.0);
@@ -275,7 +330,7 @@ impl Syncing {
                 } else {
                     debug!(service_ports = fields.0, translate_ms, sync_ms, "synced; nothing to write");
                 }
-                (SyncResult::Success, true, outcome.full)
+                (SyncResult::Success, true)
             }
             Ok(outcome) => {
                 for e in &outcome.errors {
@@ -290,14 +345,17 @@ impl Syncing {
                     sync_ms = (sync_ms * 10.0).round() / 10.0,
                     "sync incomplete; the next one is a full one"
                 );
-                (SyncResult::Partial, false, outcome.full)
+                (SyncResult::Partial, false)
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "sync failed; the next one is a full one");
-                (SyncResult::Error, false, false)
+                (SyncResult::Error, false)
             }
         };
-        self.schedule.done(started, was_full, ok);
+        self.schedule.done(started, ok);
+        if self.audit.next.is_none() {
+            self.audit.next = Some(Instant::now() + self.audit.every);
+        }
         self.metrics.record_sync(result, started.elapsed());
     }
 }
@@ -346,6 +404,7 @@ fn gateway_sysctls(patterns: &[Pattern]) {
 /// touches the kernel before the configuration is known to work. Errors
 /// after that (a bad object, a failed write, a missing interface, an
 /// unreachable API server) are logged and retried, never fatal.
+#[expect(clippy::too_many_lines, reason = "the agent's start-up in order, then its one loop")]
 pub async fn run(options: RunConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -394,6 +453,7 @@ pub async fn run(options: RunConfig) -> Result<()> {
         logged: Logged::default(),
         metrics: Arc::clone(&metrics),
         events: events.clone(),
+        audit: Audit::new(options.max_sync_interval),
     };
     // The interfaces were just listed: the first periodic rescan is one period away.
     let mut rescan = tokio::time::interval_at(Instant::now() + INTERFACE_RESCAN, INTERFACE_RESCAN);
@@ -442,7 +502,10 @@ pub async fn run(options: RunConfig) -> Result<()> {
             was_synced = synced;
         }
         let now = Instant::now();
-        if synced && now >= syncing.due(now) {
+        if synced {
+            syncing.audit_part(&dataplane, now);
+        }
+        if synced && now >= syncing.schedule_due(now) {
             syncing.sync(&source, &mut dataplane);
         }
     }
@@ -460,67 +523,50 @@ mod tests {
     const MAX: Duration = Duration::from_secs(30);
 
     #[test]
-    fn the_first_sync_is_due_at_once_and_full() {
+    fn the_first_sync_is_due_at_once() {
         let s = Schedule::new(MIN, MAX);
         let now = Instant::now();
         assert_eq!(s.due(now), now);
-        assert!(s.full(now));
     }
 
     #[test]
-    fn changes_wait_for_the_minimum_interval_and_are_not_full() {
+    fn changes_wait_for_the_minimum_interval() {
         let mut s = Schedule::new(MIN, MAX);
         let t0 = Instant::now();
-        s.done(t0, true, true);
+        s.done(t0, true);
         assert_eq!(s.due(t0), t0 + MAX, "without changes the next sync is the periodic one");
         s.changed();
         assert_eq!(s.due(t0), t0 + MIN, "a change is delayed to the minimum interval, not dropped");
-        assert!(!s.full(t0 + MIN));
-        s.done(t0 + MIN, false, true);
+        s.done(t0 + MIN, true);
         assert_eq!(s.due(t0 + MIN), t0 + MIN + MAX);
     }
 
     #[test]
-    fn a_full_resync_runs_every_maximum_interval_even_under_changes() {
-        let mut s = Schedule::new(MIN, MAX);
-        let t0 = Instant::now();
-        s.done(t0, true, true);
-        let mut t = t0;
-        for _ in 0..400 {
-            t += MIN;
-            s.changed();
-            let full = s.full(t);
-            assert_eq!(full, t >= t0 + MAX, "at {:?}", t - t0);
-            s.done(t, full, true);
-            if full {
-                return;
-            }
-        }
-        panic!("no full resync within {MAX:?} of changes");
+    fn an_audit_round_spans_the_maximum_interval() {
+        let audit = Audit::new(MAX);
+        let short = MAX.checked_sub(audit.every * AUDIT_PARTS).expect("the parts do not last longer than the interval");
+        assert!(short < Duration::from_micros(1), "{:?} a part", audit.every);
+        assert!(audit.next.is_none(), "no part before the first sync");
     }
 
     #[test]
     fn failures_back_off_up_to_the_maximum() {
         let mut s = Schedule::new(MIN, Duration::from_secs(1));
         let t0 = Instant::now();
-        s.done(t0, true, true);
+        s.done(t0, true);
         let mut waits = Vec::new();
         let mut t = t0;
         for _ in 0..6 {
             s.changed();
-            // The syncer makes the sync after a failure a full one by itself;
-            // the schedule asks for one only when the periodic resync is due.
-            let full = s.full(t);
-            s.done(t, full, false);
-            assert!(!s.full(t), "a failure alone asks for no full sync (at {:?})", t - t0);
+            // The syncer makes the sync after a failure a full one by itself.
+            s.done(t, false);
             let due = s.due(t);
             waits.push(due - t);
             t = due;
         }
         let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
-        s.done(t, true, true);
-        assert!(!s.full(t + MIN));
+        s.done(t, true);
         assert_eq!(s.due(t), t + Duration::from_secs(1));
     }
 

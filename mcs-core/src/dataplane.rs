@@ -80,6 +80,17 @@ pub trait Dataplane {
     fn slots_digest(&self, start: u32, len: u32) -> Result<u64> {
         Ok(crate::maglev::digest_table(&self.slots(start, len)?))
     }
+    /// Ids below this may hold a backend (the backends array's length).
+    fn backend_id_limit(&self) -> u32 {
+        u32::MAX
+    }
+    /// The backends with ids in `ids`, by id.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    fn backends_in(&self, ids: std::ops::Range<u32>) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends()?.into_iter().filter(|(id, _)| ids.contains(id)).collect())
+    }
     /// The largest Maglev table size (`--maglev-table-size`); a port's table
     /// is sized from its backend count up to this.
     fn maglev_table_size(&self) -> u32;

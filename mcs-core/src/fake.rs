@@ -174,6 +174,10 @@ impl Dataplane for FakeDataplane {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
+    fn backends_in(&self, ids: std::ops::Range<u32>) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.range(ids).map(|(k, v)| (*k, *v)).collect())
+    }
+
     fn clusters(&self) -> Result<Vec<(u32, String)>> {
         Ok(self.clusters.iter().map(|(k, v)| (*k, v.clone())).collect())
     }

@@ -195,6 +195,32 @@ pub struct SyncOutcome {
     pub slots_written: usize,
 }
 
+/// What one part of an audit ([`Syncer::audit`]) found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audited {
+    /// The first thing found to differ from what the syncer last wrote (or
+    /// that could not be read). The syncer then re-reads the maps at its
+    /// next sync, which rewrites what drifted.
+    pub drift: Option<String>,
+    /// Whether this part ended a round: every entry, cluster name, backend
+    /// and table has been checked since the round's first part.
+    pub round_done: bool,
+    /// Backend ids this part looked at.
+    pub backend_ids: u64,
+    /// Maglev slots this part digested.
+    pub slots: u64,
+}
+
+/// Where an audit round is.
+#[derive(Clone, Copy, Debug, Default)]
+struct AuditRound {
+    /// The next part.
+    part: u32,
+    /// Backend ids and service ids the round covers (fixed at its first part).
+    backend_ids: u32,
+    service_ids: u32,
+}
+
 /// What the syncer knows of a published Maglev table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TableState {
@@ -240,6 +266,8 @@ pub struct Syncer {
     /// Backends (in `backends`) per cluster id: a cluster name goes when
     /// its count drops to zero.
     cluster_refs: HashMap<u32, usize>,
+    /// The audit round in progress.
+    audit: AuditRound,
 }
 
 /// What a service port was last written from.
@@ -271,7 +299,11 @@ struct NewClusters {
 
 /// The service ids in use while a sync plans, and the next free ones.
 struct ServiceIds {
-    used: BTreeSet<u32>,
+    /// Found when the first new id is needed: a sync that gives no port a
+    /// new id does not look at every entry.
+    used: Option<BTreeSet<u32>>,
+    /// Whether the sync is a full one (every backend's service id counts).
+    full: bool,
     free: LowestFree,
 }
 
@@ -416,6 +448,101 @@ impl Syncer {
     /// Forces the next sync to re-read the maps.
     pub fn invalidate(&mut self) {
         self.stale = true;
+    }
+
+    /// Checks one part of the maps against what the syncer last wrote: the
+    /// periodic resync, spread over `parts` calls so that no call holds up a
+    /// change for long. Part 0 of a round reads every services entry and
+    /// cluster name; every part reads `1/parts` of the backend ids and
+    /// digests the tables of `1/parts` of the service ids. What drifted
+    /// makes the next sync re-read the maps (a full sync, which rewrites
+    /// it), and the round starts again. Nothing is written here.
+    ///
+    /// Between syncs the syncer's memory is what the maps hold (a failed
+    /// write makes the next sync a full one instead), so a round without
+    /// drift ends where a full sync would have found nothing to do.
+    pub fn audit(&mut self, dp: &impl Dataplane, parts: u32) -> Audited {
+        let parts = parts.max(1);
+        let mut audited = Audited::default();
+        if self.stale {
+            // The next sync re-reads everything anyway.
+            self.audit = AuditRound::default();
+            return audited;
+        }
+        if self.audit.part == 0 || self.audit.part >= parts {
+            let service_ids = self.tables.keys().next_back().map_or(0, |id| id.saturating_add(1));
+            self.audit = AuditRound { part: 0, backend_ids: dp.backend_id_limit(), service_ids };
+        }
+        let round = self.audit;
+        let window = |limit: u32| {
+            let at = |part: u32| u32::try_from(u64::from(limit) * u64::from(part) / u64::from(parts)).unwrap_or(limit);
+            at(round.part)..at(round.part + 1)
+        };
+        audited.drift =
+            self.audit_part(dp, round.part == 0, window(round.backend_ids), window(round.service_ids), &mut audited);
+        if audited.drift.is_some() {
+            self.stale = true;
+            self.audit = AuditRound::default();
+        } else if round.part + 1 >= parts {
+            audited.round_done = true;
+            self.audit = AuditRound::default();
+        } else {
+            self.audit.part += 1;
+        }
+        audited
+    }
+
+    /// [`Syncer::audit`]'s checks of one part; the first drift found.
+    fn audit_part(
+        &self,
+        dp: &impl Dataplane,
+        entries: bool,
+        backend_ids: std::ops::Range<u32>,
+        service_ids: std::ops::Range<u32>,
+        audited: &mut Audited,
+    ) -> Option<String> {
+        if entries {
+            let services: BTreeMap<ServiceKey, ServiceValue> = match dp.services() {
+                Ok(entries) => entries.into_iter().collect(),
+                Err(e) => return Some(format!("reading the services map: {e}")),
+            };
+            if services != self.services {
+                let differs = services
+                    .iter()
+                    .find(|(k, v)| self.services.get(k) != Some(v))
+                    .map(|(k, _)| *k)
+                    .or_else(|| self.services.keys().find(|k| !services.contains_key(k)).copied());
+                return Some(differs.map_or_else(|| "the services map".to_owned(), |k| format!("entry {k}")));
+            }
+            let clusters: BTreeMap<u32, String> = match dp.clusters() {
+                Ok(names) => names.into_iter().collect(),
+                Err(e) => return Some(format!("reading the cluster names: {e}")),
+            };
+            if clusters != self.clusters {
+                return Some("the cluster names".to_owned());
+            }
+        }
+        audited.backend_ids = u64::from(backend_ids.end - backend_ids.start);
+        let live = match dp.backends_in(backend_ids.clone()) {
+            Ok(live) => live,
+            Err(e) => return Some(format!("reading backends {backend_ids:?}: {e}")),
+        };
+        let known = self.backends.range(backend_ids.clone());
+        if live.len() != known.clone().count() || live.iter().zip(known).any(|((a, x), (b, y))| a != b || x != y) {
+            let first = live.iter().find(|(id, b)| self.backends.get(id) != Some(b)).map(|(id, _)| *id).or_else(|| {
+                self.backends.range(backend_ids).map(|(id, _)| *id).find(|id| !live.iter().any(|(l, _)| l == id))
+            });
+            return Some(first.map_or_else(|| "the backends".to_owned(), |id| format!("backend {id}")));
+        }
+        for (service_id, table) in self.tables.range(service_ids) {
+            audited.slots += u64::from(table.size);
+            match dp.slots_digest(table.start, table.size) {
+                Ok(digest) if digest == table.digest => {}
+                Ok(_) => return Some(format!("the Maglev table of service id {service_id}")),
+                Err(e) => return Some(format!("reading the Maglev table of service id {service_id}: {e}")),
+            }
+        }
+        None
     }
 
     fn reload(&mut self, dp: &impl Dataplane) -> Result<(), DataplaneError> {
@@ -595,6 +722,7 @@ impl Syncer {
     ///
     /// # Errors
     /// As [`Syncer::sync`].
+    #[expect(clippy::too_many_lines, reason = "the sync's steps in order: plan, clusters, backends, ports, deletions")]
     pub fn sync_changed_at(
         &mut self,
         dp: &mut impl Dataplane,
@@ -614,7 +742,7 @@ impl Syncer {
         let full = outcome.full;
         let mut new_clusters = NewClusters { names: BTreeMap::new(), ids: LowestFree::new() };
         let mut wanted_backends: HashMap<u32, Backend> = HashMap::new();
-        let mut service_ids = ServiceIds { used: self.service_ids_in_use(full), free: LowestFree::new() };
+        let mut service_ids = ServiceIds { used: None, full, free: LowestFree::new() };
         let mut plans = Vec::new();
         let mut digests = Vec::new();
         let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
@@ -622,8 +750,15 @@ impl Syncer {
         let mut kept: std::collections::HashSet<u32> = std::collections::HashSet::new();
         // A port the caller says is unchanged, whose last write succeeded
         // (it has a memo), is as it was written: no digest is needed.
+        // Told which ports may differ (and not a full sync), only those are
+        // looked at: the others, and their entries, stay as they are.
+        let only = changed.filter(|_| !full);
+        let ports: Box<dyn Iterator<Item = (&ServicePortKey, &DesiredServicePort)>> = match only {
+            Some(listed) => Box::new(listed.iter().filter_map(|key| Some((key, desired.services.get(key)?)))),
+            None => Box::new(desired.services.iter()),
+        };
         let listed = |key: &ServicePortKey| full || changed.is_none_or(|c| c.contains(key));
-        for (key, port) in &desired.services {
+        for (key, port) in ports {
             let service_key = ServiceKey::new(key.ip, key.port, key.protocol.number());
             if !listed(key) && self.memo.contains_key(&service_key) && self.services.contains_key(&service_key) {
                 written_ports.insert(service_key);
@@ -702,7 +837,21 @@ impl Syncer {
         for id in kept {
             wanted_backends.entry(id).or_default();
         }
-        self.delete_stale(dp, (&written_ports, &wanted_backends, &failed_services), candidates, now, &mut outcome);
+        // The ports that may have gone: the listed ones, or every one.
+        let gone: Option<Vec<ServiceKey>> = only.map(|listed| {
+            listed
+                .iter()
+                .map(|key| ServiceKey::new(key.ip, key.port, key.protocol.number()))
+                .filter(|key| self.services.contains_key(key))
+                .collect()
+        });
+        self.delete_stale(
+            dp,
+            (&written_ports, &wanted_backends, &failed_services),
+            (candidates, gone.as_deref()),
+            now,
+            &mut outcome,
+        );
 
         if !outcome.errors.is_empty() {
             // After any failure the next sync re-reads the maps.
@@ -795,8 +944,9 @@ impl Syncer {
         let existing = self.services.get(&service_key).copied();
         let service_id = existing.map_or_else(
             || {
-                let id = service_ids.free.take(|id| service_ids.used.contains(&id));
-                service_ids.used.insert(id);
+                let used = service_ids.used.get_or_insert_with(|| self.service_ids_in_use(service_ids.full));
+                let id = service_ids.free.take(|id| used.contains(&id));
+                used.insert(id);
                 id
             },
             |v| v.service_id,
@@ -994,16 +1144,20 @@ impl Syncer {
             &HashMap<u32, Backend>,
             &BTreeSet<u32>,
         ),
-        candidates: Option<Vec<u32>>,
+        (candidates, listed): (Option<Vec<u32>>, Option<&[ServiceKey]>),
         now: Instant,
         outcome: &mut SyncOutcome,
     ) {
-        let stale_ports: Vec<(ServiceKey, u32)> = self
-            .services
-            .iter()
-            .filter(|(k, _)| !k.is_wildcard() && !written_ports.contains(k))
-            .map(|(k, v)| (*k, v.service_id))
-            .collect();
+        // Entries no written port kept: among the listed ports when the
+        // sync was told which may differ, else among all.
+        let stale = |(k, v): (&ServiceKey, &ServiceValue)| {
+            (!k.is_wildcard() && !written_ports.contains(k)).then_some((*k, v.service_id))
+        };
+        let stale_ports: Vec<(ServiceKey, u32)> = match listed {
+            Some(keys) => keys.iter().filter_map(|k| self.services.get_key_value(k)).filter_map(stale).collect(),
+            None => self.services.iter().filter_map(stale).collect(),
+        };
+        let addresses: Option<BTreeSet<u32>> = listed.map(|_| stale_ports.iter().map(|(k, _)| k.addr).collect());
         let mut candidates = candidates;
         for (key, service_id) in stale_ports {
             if let Some(memo) = self.memo.remove(&key)
@@ -1027,9 +1181,7 @@ impl Syncer {
                 Err(error) => outcome.errors.push(SyncError::Delete { what: key.to_string(), error }),
             }
         }
-        let live_vips: BTreeSet<u32> = self.services.keys().filter(|k| !k.is_wildcard()).map(|k| k.addr).collect();
-        let stale_wildcards: Vec<ServiceKey> =
-            self.services.keys().filter(|k| k.is_wildcard() && !live_vips.contains(&k.addr)).copied().collect();
+        let stale_wildcards = self.stale_wildcards(addresses);
         for key in stale_wildcards {
             match dp.delete_service(&key) {
                 Ok(()) => {
@@ -1074,7 +1226,9 @@ impl Syncer {
         }
         // Ids handed out for backends that were never written are free again
         // (only a failed sync leaves such ids, and the next one is full).
-        if outcome.full {
+        // Every backend has its identity there, so there are such ids only
+        // when there are more identities than backends.
+        if outcome.full && self.backend_ids.len() > self.backends.len() {
             let backends = &self.backends;
             self.backend_ids.retain(|_, id| backends.contains_key(id));
         }
@@ -1096,6 +1250,24 @@ impl Syncer {
         self.cluster_ids.retain(|_, id| clusters.contains_key(id));
         let backends = &self.backends;
         self.removed.retain(|id, _| backends.contains_key(id));
+    }
+
+    /// Wildcards of addresses left with no port: of `addresses` (those whose
+    /// ports went, when the sync was told which may differ), or of all.
+    fn stale_wildcards(&self, addresses: Option<BTreeSet<u32>>) -> Vec<ServiceKey> {
+        let Some(addresses) = addresses else {
+            let live_vips: BTreeSet<u32> = self.services.keys().filter(|k| !k.is_wildcard()).map(|k| k.addr).collect();
+            return self.services.keys().filter(|k| k.is_wildcard() && !live_vips.contains(&k.addr)).copied().collect();
+        };
+        addresses
+            .into_iter()
+            .map(|addr| ServiceKey::from_nbo(addr, 0, 0))
+            .filter(|wildcard| {
+                let last = ServiceKey { addr: wildcard.addr, port: u16::MAX, proto: u8::MAX, pad: u8::MAX };
+                self.services.contains_key(wildcard)
+                    && !self.services.range(*wildcard..=last).any(|(k, _)| !k.is_wildcard())
+            })
+            .collect()
     }
 
     /// Which backends no port wants may go now (their grace is over, or

@@ -73,7 +73,7 @@ async fn wait_for(
     for _ in 0..10_000 {
         if source.synced() {
             let (taken, changes) = source.take();
-            tracked.update(&taken.inputs, &changes);
+            tracked.update_with(&taken.inputs, taken.index.as_ref(), &changes);
             last = (*taken).clone();
             if ok(&last) {
                 agrees_with_scratch(source, tracked, &last, what).await;
@@ -116,16 +116,25 @@ async fn agrees_with_scratch(source: &KubeSource, tracked: &mut Incremental, tak
     for _ in 0..20 {
         let scratch = source.snapshot();
         let whole = translate::translate(&scratch.inputs, &Config::default());
-        if contents(&taken) == contents(&scratch) && (tracked.state(), tracked.report()) == (&whole.0, &whole.1) {
+        let indexed = taken.index.as_ref().is_some_and(|index| index.matches(&taken.inputs));
+        if contents(&taken) == contents(&scratch)
+            && indexed
+            && (tracked.state(), tracked.report()) == (&whole.0, &whole.1)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (again, changes) = source.take();
-        tracked.update(&again.inputs, &changes);
+        tracked.update_with(&again.inputs, again.index.as_ref(), &changes);
         taken = (*again).clone();
     }
     let scratch = source.snapshot();
     assert_eq!(contents(&taken), contents(&scratch), "{what}: the kept snapshot differs from a fresh one");
+    assert!(
+        taken.index.as_ref().is_some_and(|index| index.matches(&taken.inputs)),
+        "{what}: the kept snapshot's group index does not fit its objects: {:?}",
+        taken.index
+    );
     let whole = translate::translate(&scratch.inputs, &Config::default());
     assert_eq!((tracked.state(), tracked.report()), (&whole.0, &whole.1), "{what}: incremental translation");
 }

@@ -28,7 +28,10 @@ use tracing::error;
 use super::{Problem, Snapshot};
 use crate::{
     manifests::{self, LoadError},
-    translate::{Inputs, incremental::Changes},
+    translate::{
+        Inputs,
+        incremental::{Changes, GroupIndex},
+    },
 };
 
 /// What identifies one version of a file: it is read again when any of it changes.
@@ -102,6 +105,8 @@ pub(crate) struct DirCache {
     loaded: bool,
     /// Files parsed since the start (for tests and diagnostics).
     parses: u64,
+    /// Rounds whose files were replaced in place (for tests).
+    in_place: u64,
 }
 
 /// Moves the next `n` items of `from` into `to`, or drops them after
@@ -136,10 +141,86 @@ impl DirCache {
         Ok((!unchanged).then_some((parsed, removed)))
     }
 
-    /// Rebuilds `inputs` (the union as of the last round) with the files
-    /// read in this round, keeping every other file's objects in place.
-    /// Records in `changes` the groups of every object dropped or added.
+    /// Brings `inputs` (the union as of the last round) and its group
+    /// `index` up to date with the files read in this round. Records in
+    /// `changes` the groups of every object dropped or added.
+    ///
+    /// When no file appeared or went away and every file read again holds
+    /// as many objects of each kind as before, every other object keeps its
+    /// position: the changed files' objects are replaced where they are, and
+    /// the index with them. Otherwise the union is rebuilt, moving the
+    /// unchanged files' objects, and indexed again.
     fn apply(
+        &mut self,
+        (inputs, index): (&mut Inputs, &mut Option<GroupIndex>),
+        parsed: BTreeMap<PathBuf, Parsed>,
+        removed: &[PathBuf],
+        changes: &mut Changes,
+    ) {
+        let same_shape = self.loaded
+            && index.is_some()
+            && removed.is_empty()
+            && parsed.iter().all(|(path, p)| self.files.get(path).is_some_and(|c| c.counts == Counts::from(&p.inputs)));
+        if let (true, Some(index)) = (same_shape, index.as_mut()) {
+            self.replace_in_place(inputs, index, parsed, changes);
+            self.in_place += 1;
+        } else {
+            self.rebuild(inputs, parsed, removed, changes);
+            *index = Some(GroupIndex::of(inputs));
+        }
+        self.loaded = true;
+    }
+
+    /// [`DirCache::apply`] for files whose objects keep their positions.
+    fn replace_in_place(
+        &mut self,
+        inputs: &mut Inputs,
+        index: &mut GroupIndex,
+        mut parsed: BTreeMap<PathBuf, Parsed>,
+        changes: &mut Changes,
+    ) {
+        let mut at = Counts::default();
+        for (path, cached) in &mut self.files {
+            let c = cached.counts;
+            if let Some(Parsed { stamp, inputs: fresh, errors }) = parsed.remove(path) {
+                for (i, import) in fresh.imports.into_iter().enumerate() {
+                    let position = at.imports + i;
+                    let old = std::mem::replace(&mut inputs.imports[position], import);
+                    index.remove_import(&old, position);
+                    index.insert_import(&inputs.imports[position], position);
+                    changes.import(&old);
+                    changes.import(&inputs.imports[position]);
+                }
+                for (i, slice) in fresh.slices.into_iter().enumerate() {
+                    let position = at.slices + i;
+                    let old = std::mem::replace(&mut inputs.slices[position], slice);
+                    index.remove_slice(&old, position);
+                    index.insert_slice(&inputs.slices[position], position);
+                    changes.slice(&old);
+                    changes.slice(&inputs.slices[position]);
+                }
+                for (i, import) in fresh.gke_imports.into_iter().enumerate() {
+                    let old = std::mem::replace(&mut inputs.gke_imports[at.gke_imports + i], import);
+                    changes.gke_import(&old);
+                    changes.gke_import(&inputs.gke_imports[at.gke_imports + i]);
+                }
+                for (i, endpoints) in fresh.endpoints.into_iter().enumerate() {
+                    let old = std::mem::replace(&mut inputs.endpoints[at.endpoints + i], endpoints);
+                    changes.endpoints(&old);
+                    changes.endpoints(&inputs.endpoints[at.endpoints + i]);
+                }
+                cached.stamp = stamp;
+                cached.errors = errors;
+            }
+            at.imports += c.imports;
+            at.slices += c.slices;
+            at.gke_imports += c.gke_imports;
+            at.endpoints += c.endpoints;
+        }
+    }
+
+    /// [`DirCache::apply`] for any change: the union rebuilt in file order.
+    fn rebuild(
         &mut self,
         inputs: &mut Inputs,
         mut parsed: BTreeMap<PathBuf, Parsed>,
@@ -177,7 +258,6 @@ impl DirCache {
                 self.files.remove(&path);
             }
         }
-        self.loaded = true;
     }
 
     /// Every problem, in file order: the listing's, then each file's.
@@ -198,7 +278,7 @@ impl DirCache {
     #[cfg(test)]
     pub(crate) fn refresh(&mut self, dir: &Path, snapshot: &mut Snapshot, changes: &mut Changes) -> Result<bool> {
         let Some((parsed, removed)) = self.scan(dir)? else { return Ok(false) };
-        self.apply(&mut snapshot.inputs, parsed, &removed, changes);
+        self.apply((&mut snapshot.inputs, &mut snapshot.index), parsed, &removed, changes);
         snapshot.problems = self.problems();
         Ok(true)
     }
@@ -291,7 +371,7 @@ async fn poll(dir: PathBuf, interval: Duration, latest: Arc<Mutex<Latest>>, tx: 
             let latest = &mut *guard;
             let mut snapshot = latest.snapshot.take().unwrap_or_default();
             let union = Arc::make_mut(&mut snapshot);
-            cache.apply(&mut union.inputs, parsed, &removed, &mut latest.changes);
+            cache.apply((&mut union.inputs, &mut union.index), parsed, &removed, &mut latest.changes);
             union.problems = cache.problems();
             latest.snapshot = Some(snapshot);
         }
@@ -363,6 +443,11 @@ mod tests {
             assert_eq!(names(snapshot), expected);
             let problems: Vec<Problem> = errors.into_iter().map(Problem::from).collect();
             assert_eq!(snapshot.problems, problems);
+            assert!(
+                snapshot.index.as_ref().is_some_and(|index| index.matches(&snapshot.inputs)),
+                "the group index does not fit the union: {:?}",
+                snapshot.index
+            );
         };
 
         // The groups recorded by one read, taken.
@@ -408,5 +493,73 @@ mod tests {
         assert_eq!(names(&snapshot), ["b3", "bb", "c2", "d"]);
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
         same_as_load_dir(&snapshot);
+    }
+
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                         metadata: {name: NAME, namespace: demo, labels: \
+                         {multicluster.kubernetes.io/service-name: SERVICE, \
+                         multicluster.kubernetes.io/source-cluster: east}}\n\
+                         addressType: IPv4\nports: [{port: 8080}]\n\
+                         endpoints: [{addresses: [ADDRESS]}]\n";
+
+    fn slice(name: &str, service: &str, address: &str) -> String {
+        SLICE.replace("NAME", name).replace("SERVICE", service).replace("ADDRESS", address)
+    }
+
+    #[test]
+    fn a_rewrite_that_keeps_the_shape_replaces_objects_in_place() {
+        let temp = tempfile::tempdir().expect("create a temporary directory");
+        let dir = temp.path().to_owned();
+        let write = |file: &str, text: String| fs::write(dir.join(file), text).expect("write manifest");
+        write("a.yaml", format!("{}---\n{}", import("a"), slice("a-east", "a", "198.18.0.1")));
+        write("b.yaml", format!("{}---\n{}", import("b"), slice("b-east", "b", "198.18.0.2")));
+        write("c.yaml", format!("{}---\n{}", import("c"), slice("c-east", "c", "198.18.0.3")));
+        let check = |snapshot: &Snapshot, step: &str| {
+            let (inputs, errors) = manifests::load_dir(&dir).expect("load_dir");
+            assert!(errors.is_empty(), "{step}: {errors:?}");
+            let debug = |i: &Inputs| (format!("{:?}", i.imports), format!("{:?}", i.slices));
+            assert_eq!(debug(&snapshot.inputs), debug(&inputs), "{step}: the union differs from load_dir's");
+            assert!(
+                snapshot.index.as_ref().is_some_and(|index| index.matches(&snapshot.inputs)),
+                "{step}: the group index does not fit the union: {:?}",
+                snapshot.index
+            );
+        };
+        let mut cache = DirCache::default();
+        let mut snapshot = Snapshot::default();
+        let mut changes = Changes::default();
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("first read"));
+        check(&snapshot, "first read");
+        assert_eq!(cache.in_place, 0, "the first read builds the union");
+
+        // b's slice moves to another service (same counts): in place, and
+        // the index follows the label.
+        changes = Changes::default();
+        write("b.yaml", format!("{}---\n{}", import("b"), slice("b-east", "c", "198.18.0.4")));
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("second read"));
+        assert_eq!(cache.in_place, 1, "same counts: replaced in place");
+        check(&snapshot, "b's slice relabelled");
+        assert!(changes.contains("demo", "b") && changes.contains("demo", "c") && !changes.contains("demo", "a"));
+
+        // b gains a slice: another shape, so the union is rebuilt and indexed again.
+        write(
+            "b.yaml",
+            format!(
+                "{}---\n{}---\n{}",
+                import("b"),
+                slice("b-east", "b", "198.18.0.4"),
+                slice("b-west", "b", "198.18.0.5")
+            ),
+        );
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("third read"));
+        assert_eq!(cache.in_place, 1, "another shape: rebuilt");
+        check(&snapshot, "b gained a slice");
+
+        // Two files rewritten at once, both with their shape: in place.
+        write("a.yaml", format!("{}---\n{}", import("a"), slice("a-east", "a", "198.18.0.6")));
+        write("c.yaml", format!("{}---\n{}", import("c2"), slice("c-east", "c2", "198.18.0.7")));
+        assert!(cache.refresh(&dir, &mut snapshot, &mut changes).expect("fourth read"));
+        assert_eq!(cache.in_place, 2);
+        check(&snapshot, "a and c rewritten");
     }
 }

@@ -69,7 +69,10 @@ use super::{
 use crate::k8s::Object as _;
 use crate::{
     k8s::{self, GkeServiceImport, ServiceImport},
-    translate::{Inputs, incremental::Changes},
+    translate::{
+        Inputs,
+        incremental::{Changes, GroupIndex},
+    },
 };
 
 /// Versions of the MCS API tried, most preferred first.
@@ -319,6 +322,7 @@ impl Converter {
         Snapshot {
             inputs: Inputs { imports, slices: slices.into_values().collect(), gke_imports, endpoints },
             problems,
+            index: None,
         }
     }
 }
@@ -542,16 +546,30 @@ struct Assembled {
 impl Assembled {
     /// Puts the slice `key` as the store holds it now (`None`: gone). The
     /// slices' order changes; the translation does not depend on it.
+    /// The snapshot's group index is kept up to date with it.
     fn put_slice(&mut self, key: (String, String), current: Option<&EndpointSlice>) {
-        let slices = &mut Arc::make_mut(&mut self.snapshot).inputs.slices;
+        let snapshot = Arc::make_mut(&mut self.snapshot);
+        let slices = &mut snapshot.inputs.slices;
+        let groups = snapshot.index.get_or_insert_default();
         match (current, self.index.get(&key).copied()) {
-            (Some(slice), Some(at)) => slices[at] = slice.clone(),
+            (Some(slice), Some(at)) => {
+                groups.remove_slice(&slices[at], at);
+                groups.insert_slice(slice, at);
+                slices[at] = slice.clone();
+            }
             (Some(slice), None) => {
                 self.index.insert(key, slices.len());
+                groups.insert_slice(slice, slices.len());
                 slices.push(slice.clone());
             }
             (None, Some(at)) => {
                 self.index.remove(&key);
+                let last = slices.len() - 1;
+                groups.remove_slice(&slices[at], at);
+                if at != last {
+                    groups.remove_slice(&slices[last], last);
+                    groups.insert_slice(&slices[last], at);
+                }
                 slices.swap_remove(at);
                 if let Some(moved) = slices.get(at) {
                     let moved = meta_key(&moved.metadata);
@@ -661,6 +679,7 @@ impl KubeSource {
                     let fresh = self.converter.lock().unwrap_or_else(PoisonError::into_inner).assemble(&objects);
                     snapshot.inputs.imports = fresh.inputs.imports;
                     snapshot.problems = fresh.problems;
+                    snapshot.index.get_or_insert_default().set_imports(&snapshot.inputs.imports);
                 }
                 for (namespace, name) in touched.slices {
                     let current = watchers.slices.get(&ObjectRef::new(&name).within(&namespace));
@@ -668,9 +687,10 @@ impl KubeSource {
                 }
             }
             _ => {
-                let snapshot = self.snapshot();
+                let mut snapshot = self.snapshot();
                 let index =
                     snapshot.inputs.slices.iter().enumerate().map(|(i, s)| (meta_key(&s.metadata), i)).collect();
+                snapshot.index = Some(GroupIndex::of(&snapshot.inputs));
                 *assembled = Some(Assembled { snapshot: Arc::new(snapshot), index });
             }
         }

@@ -16,7 +16,10 @@ use tokio::sync::watch;
 
 use crate::{
     manifests::LoadError,
-    translate::{Inputs, incremental::Changes},
+    translate::{
+        Inputs,
+        incremental::{Changes, GroupIndex},
+    },
 };
 
 /// Which source to start, and its settings.
@@ -67,6 +70,10 @@ pub struct Snapshot {
     /// Objects that could not be read (a malformed manifest or API object),
     /// each naming the object and the field.
     pub problems: Vec<Problem>,
+    /// Where each group's objects are in `inputs`, when the source keeps
+    /// that up to date; the translation then finds a touched group's
+    /// objects without a pass over all of them.
+    pub index: Option<GroupIndex>,
 }
 
 /// One of the sources.

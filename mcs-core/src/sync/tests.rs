@@ -697,8 +697,9 @@ fn seen(dp: &FakeDataplane) -> Vec<Seen> {
 #[test]
 fn a_sync_told_what_changed_ends_where_an_untold_one_does() {
     let vips: Vec<Ipv4Addr> = (20..32).map(|i| Ipv4Addr::new(198, 19, 0, i)).collect();
-    // Each step: which vips exist, and which of them have a third backend.
-    let state = |present: &[usize], grown: &[usize]| {
+    // Each step: which vips exist, which of them have a third backend, and
+    // which a second port (whose going must leave the address's wildcard).
+    let state_with = |present: &[usize], grown: &[usize], second: &[usize]| {
         let mut d = Desired::default();
         for i in present {
             let mut backends = two_clusters();
@@ -706,15 +707,19 @@ fn a_sync_told_what_changed_ends_where_an_untold_one_does() {
                 backends.push(backend("c3", [198, 18, 3, 10], 8080));
             }
             d = d.port((vips[*i], 80, Protocol::Tcp), backends);
+            if second.contains(i) {
+                d = d.port((vips[*i], 81, Protocol::Tcp), two_clusters());
+            }
         }
         d.0
     };
+    let state = |present: &[usize], grown: &[usize]| state_with(present, grown, &[]);
     let all: Vec<usize> = (0..vips.len()).collect();
     let steps = [
         state(&all, &[]),
         state(&all, &[3]),
-        state(&all, &[3, 4, 9]),
-        state(&all[1..], &[4]),
+        state_with(&all, &[3, 4, 9], &[2, 7]),
+        state_with(&all[1..], &[4], &[7]),
         state(&all[..11], &[]),
         state(&all, &[0, 11]),
     ];
@@ -744,4 +749,97 @@ fn a_sync_told_what_changed_ends_where_an_untold_one_does() {
     let outcome = told.sync_changed(&mut told_dp, &grown, Some(&BTreeSet::new())).expect("sync");
     assert!(outcome.full && outcome.errors.is_empty(), "{outcome:?}");
     assert_eq!(table_share(&told_dp, (vips[5], 80, proto::TCP)).len(), 4, "a full sync reads every port");
+}
+
+/// A change made to the maps behind the syncer's back.
+type Tamper = Box<dyn Fn(&mut FakeDataplane)>;
+
+/// Runs every part of one audit round; the drifts found, by part.
+fn audit_round(syncer: &mut Syncer, dp: &FakeDataplane, parts: u32) -> Vec<(u32, String)> {
+    let mut drifts = Vec::new();
+    for part in 0..parts {
+        let audited = syncer.audit(dp, parts);
+        if let Some(drift) = audited.drift {
+            drifts.push((part, drift));
+            return drifts;
+        }
+        assert_eq!(audited.round_done, part + 1 == parts, "part {part} of {parts}: {audited:?}");
+    }
+    drifts
+}
+
+#[test]
+fn an_audit_finds_what_drifted_and_the_next_sync_rewrites_it() {
+    const PARTS: u32 = 4;
+    let vips: Vec<Ipv4Addr> = (40..48).map(|i| Ipv4Addr::new(198, 19, 0, i)).collect();
+    let mut desired = Desired::default();
+    for vip in &vips {
+        desired =
+            desired.port((*vip, 80, Protocol::Tcp), two_clusters()).port((*vip, 53, Protocol::Udp), two_clusters());
+    }
+    let desired = desired.0;
+    let mut syncer = Syncer::with_removal_grace(Duration::from_mins(1));
+    let mut dp = FakeDataplane::default();
+    sync_checked(&mut syncer, &mut dp, &desired);
+    // A change with a backend in its removal grace (flagged in place).
+    let mut changed = desired.clone();
+    let first = ServicePortKey { ip: vips[0], port: 80, protocol: Protocol::Tcp };
+    changed.services.get_mut(&first).expect("the first port").backends.pop();
+    let outcome = syncer.sync_changed(&mut dp, &changed, Some(&BTreeSet::from([first]))).expect("sync");
+    assert!(outcome.errors.is_empty() && syncer.backends_in_grace() == 1, "{outcome:?}");
+    assert_eq!(audit_round(&mut syncer, &dp, PARTS), [], "nothing drifted after the syncs");
+
+    // Each kind of drift, made behind the syncer's back; the backends and
+    // tables are spread over the parts, so each is found by its own part.
+    let key = ServiceKey::new(vips[3], 53, proto::UDP);
+    let some_backend = *dp.backends.keys().nth(dp.backends.len() / 2).expect("backends");
+    let tampered: [(&str, Tamper); 6] = [
+        ("an entry changed", Box::new(move |dp| dp.services.get_mut(&key).expect("entry").affinity_timeout = 7)),
+        (
+            "an entry deleted",
+            Box::new(move |dp| {
+                dp.services.remove(&key);
+            }),
+        ),
+        (
+            "an entry added",
+            Box::new(|dp| {
+                dp.services
+                    .insert(ServiceKey::new(Ipv4Addr::new(198, 19, 1, 1), 80, proto::TCP), ServiceValue::default());
+            }),
+        ),
+        ("a backend changed", Box::new(move |dp| dp.backends.get_mut(&some_backend).expect("backend").port ^= 1)),
+        (
+            "a backend deleted",
+            Box::new(move |dp| {
+                dp.backends.remove(&some_backend);
+            }),
+        ),
+        (
+            "a table slot changed",
+            Box::new(move |dp| {
+                let v = dp.services[&key];
+                let slot = &mut dp.maglev[(v.table_start + v.table_size / 2) as usize];
+                *slot = if *slot == some_backend { some_backend + 1 } else { some_backend };
+            }),
+        ),
+    ];
+    // What a packet would see, whatever ids the entries were given.
+    let looks = |dp: &FakeDataplane| {
+        let mut seen = seen(dp);
+        for (_, value, _) in &mut seen {
+            value.service_id = 0;
+        }
+        seen
+    };
+    let untouched = looks(&dp);
+    for (what, tamper) in &tampered {
+        tamper(&mut dp);
+        let drifts = audit_round(&mut syncer, &dp, PARTS);
+        assert_eq!(drifts.len(), 1, "{what}: found once, and the round stops there: {drifts:?}");
+        let outcome = sync_checked(&mut syncer, &mut dp, &changed);
+        assert!(outcome.full && outcome.errors.is_empty(), "{what}: the next sync is a full one: {outcome:?}");
+        assert_eq!(audit_round(&mut syncer, &dp, PARTS), [], "{what}: nothing drifted after the full sync");
+        assert!(looks(&dp) == untouched, "{what}: the full sync did not put the entries back as they were");
+    }
 }

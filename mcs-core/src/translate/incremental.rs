@@ -139,6 +139,139 @@ impl Changes {
 /// A group: (namespace, name).
 type Group = (String, String);
 
+/// The group an `EndpointSlice` belongs to without GKE imports: its
+/// namespace and its MCS service-name label, when that is not empty.
+fn slice_group(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let meta = &slice.metadata;
+    let service = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
+    Some((k8s::namespace_of(meta), service))
+}
+
+/// The group of an MCS import.
+fn import_group(import: &ServiceImport) -> (&str, &str) {
+    (k8s::namespace_of(&import.metadata), k8s::name_of(&import.metadata))
+}
+
+/// Where each group's objects are in an [`Inputs`]: positions in its
+/// `imports` and its `slices`. A source that keeps one up to date as its
+/// objects change lets [`Incremental::update_with`] find a touched group's
+/// objects without a pass over every object's labels.
+///
+/// The index is checked where it is used: a position past the end, or an
+/// object that is not of the group the index files it under, makes the
+/// update find the group's objects by the pass instead. A wrong index
+/// therefore costs time, never a wrong translation; an object the index
+/// misses altogether is not seen, which is why the sources' tests compare
+/// their index with [`GroupIndex::of`].
+#[derive(Clone, Debug, Default)]
+pub struct GroupIndex {
+    imports: HashMap<Group, Vec<usize>>,
+    slices: HashMap<Group, Vec<usize>>,
+}
+
+/// Adds `at` under `group` (once).
+fn file_under(map: &mut HashMap<Group, Vec<usize>>, group: (&str, &str), at: usize) {
+    let positions = match map.get_mut(&(group.0.to_owned(), group.1.to_owned())) {
+        Some(positions) => positions,
+        None => map.entry((group.0.to_owned(), group.1.to_owned())).or_default(),
+    };
+    if !positions.contains(&at) {
+        positions.push(at);
+    }
+}
+
+/// Removes `at` from under `group`.
+fn unfile(map: &mut HashMap<Group, Vec<usize>>, group: (&str, &str), at: usize) {
+    let key = (group.0.to_owned(), group.1.to_owned());
+    if let Some(positions) = map.get_mut(&key) {
+        positions.retain(|p| *p != at);
+        if positions.is_empty() {
+            map.remove(&key);
+        }
+    }
+}
+
+impl GroupIndex {
+    /// The index of `inputs`, from a pass over every object.
+    #[must_use]
+    pub fn of(inputs: &Inputs) -> Self {
+        let mut index = Self::default();
+        index.set_imports(&inputs.imports);
+        for (at, slice) in inputs.slices.iter().enumerate() {
+            index.insert_slice(slice, at);
+        }
+        index
+    }
+
+    /// Files every import of `imports` again (the slices are left as they are).
+    pub fn set_imports(&mut self, imports: &[ServiceImport]) {
+        self.imports.clear();
+        for (at, import) in imports.iter().enumerate() {
+            file_under(&mut self.imports, import_group(import), at);
+        }
+    }
+
+    /// Records that `import` is at position `at`.
+    pub fn insert_import(&mut self, import: &ServiceImport, at: usize) {
+        file_under(&mut self.imports, import_group(import), at);
+    }
+
+    /// Records that `import` is no longer at position `at`.
+    pub fn remove_import(&mut self, import: &ServiceImport, at: usize) {
+        unfile(&mut self.imports, import_group(import), at);
+    }
+
+    /// Records that `slice` is at position `at`.
+    pub fn insert_slice(&mut self, slice: &EndpointSlice, at: usize) {
+        if let Some(group) = slice_group(slice) {
+            file_under(&mut self.slices, group, at);
+        }
+    }
+
+    /// Records that `slice` is no longer at position `at`.
+    pub fn remove_slice(&mut self, slice: &EndpointSlice, at: usize) {
+        if let Some(group) = slice_group(slice) {
+            unfile(&mut self.slices, group, at);
+        }
+    }
+
+    /// Whether this is the index of `inputs` (for tests of the sources).
+    #[must_use]
+    pub fn matches(&self, inputs: &Inputs) -> bool {
+        let sorted = |map: &HashMap<Group, Vec<usize>>| -> BTreeMap<Group, Vec<usize>> {
+            map.iter()
+                .map(|(group, positions)| {
+                    let mut positions = positions.clone();
+                    positions.sort_unstable();
+                    (group.clone(), positions)
+                })
+                .collect()
+        };
+        let fresh = Self::of(inputs);
+        sorted(&self.imports) == sorted(&fresh.imports) && sorted(&self.slices) == sorted(&fresh.slices)
+    }
+
+    /// The objects of `group` in `inputs`, in their order there; `None`
+    /// when the index does not fit `inputs` there.
+    fn parts<'a>(&self, inputs: &'a Inputs, group: (&str, &str)) -> Option<Parts<'a>> {
+        let key = (group.0.to_owned(), group.1.to_owned());
+        let mut parts = Parts::default();
+        let mut imports = self.imports.get(&key).cloned().unwrap_or_default();
+        imports.sort_unstable();
+        for at in imports {
+            let import = inputs.imports.get(at).filter(|i| import_group(i) == group)?;
+            parts.imports.push(import);
+        }
+        let mut slices = self.slices.get(&key).cloned().unwrap_or_default();
+        slices.sort_unstable();
+        for at in slices {
+            let slice = inputs.slices.get(at).filter(|s| slice_group(s) == Some(group))?;
+            parts.slices.push(slice);
+        }
+        Some(parts)
+    }
+}
+
 /// What one group contributes to the result.
 #[derive(Debug, Default)]
 struct Share {
@@ -221,12 +354,18 @@ impl Incremental {
     /// before the first). The result is [`translate`](super::translate)'s
     /// for `inputs`.
     pub fn update(&mut self, inputs: &Inputs, changes: &Changes) -> Updated {
+        self.update_with(inputs, None, changes)
+    }
+
+    /// [`Incremental::update`], finding the touched groups' objects through
+    /// `index` (the [`GroupIndex`] of `inputs`) where it is given.
+    pub fn update_with(&mut self, inputs: &Inputs, index: Option<&GroupIndex>, changes: &Changes) -> Updated {
         if self.mode != Mode::Empty && changes.is_empty() {
             return Updated { changed: Some(BTreeSet::new()), groups: 0, mode: self.mode };
         }
         if self.mode == Mode::Grouped && !changes.all && inputs.gke_imports.is_empty() {
             let mut ports = BTreeSet::new();
-            if self.regroup(inputs, changes, &mut ports).is_ok() {
+            if self.regroup(inputs, index, changes, &mut ports).is_ok() {
                 self.assemble();
                 return Updated { changed: Some(ports), groups: changes.len(), mode: Mode::Grouped };
             }
@@ -268,13 +407,23 @@ impl Incremental {
     fn regroup(
         &mut self,
         inputs: &Inputs,
+        index: Option<&GroupIndex>,
         changes: &Changes,
         ports: &mut BTreeSet<ServicePortKey>,
     ) -> Result<(), Contested> {
         for (namespace, name) in changes.each() {
             self.take(&(namespace.to_owned(), name.to_owned()), ports);
         }
-        for (group, parts) in partition(inputs, Some(changes)) {
+        let indexed: Option<BTreeMap<(&str, &str), Parts<'_>>> = index.and_then(|index| {
+            changes
+                .each()
+                .map(|group| Some((group, index.parts(inputs, group)?)))
+                .filter(|found| {
+                    found.as_ref().is_none_or(|(_, parts)| !parts.imports.is_empty() || !parts.slices.is_empty())
+                })
+                .collect()
+        });
+        for (group, parts) in indexed.unwrap_or_else(|| partition(inputs, Some(changes))) {
             self.put(group, &parts, ports)?;
         }
         Ok(())
@@ -344,17 +493,15 @@ fn partition<'a>(inputs: &'a Inputs, only: Option<&Changes>) -> BTreeMap<(&'a st
     let wanted = |namespace: &str, name: &str| only.is_none_or(|c| c.contains(namespace, name));
     let mut groups: BTreeMap<(&str, &str), Parts<'_>> = BTreeMap::new();
     for import in &inputs.imports {
-        let (namespace, name) = (k8s::namespace_of(&import.metadata), k8s::name_of(&import.metadata));
-        if wanted(namespace, name) {
-            groups.entry((namespace, name)).or_default().imports.push(import);
+        let group = import_group(import);
+        if wanted(group.0, group.1) {
+            groups.entry(group).or_default().imports.push(import);
         }
     }
     for slice in &inputs.slices {
-        let meta = &slice.metadata;
-        let Some(service) = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else { continue };
-        let namespace = k8s::namespace_of(meta);
-        if wanted(namespace, service) {
-            groups.entry((namespace, service)).or_default().slices.push(slice);
+        let Some(group) = slice_group(slice) else { continue };
+        if wanted(group.0, group.1) {
+            groups.entry(group).or_default().slices.push(slice);
         }
     }
     groups

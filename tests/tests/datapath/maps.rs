@@ -195,3 +195,35 @@ fn pins_and_their_directories_are_root_only() {
 fn entry_name(path: &std::path::Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
+
+#[test]
+fn the_services_map_read_in_batches_holds_what_iterating_it_reads() {
+    use mcs_common::{ServiceKey, ServiceValue};
+    let pins = PinDir::new("batch");
+    let options = LoadOptions { pin_path: Some(pins.0.clone()), services_max: 16_384, ..LoadOptions::default() };
+    let mut ebpf = ebpf::load(&options).expect("load pinned");
+    let mut dp = AyaDataplane::from_ebpf(&mut ebpf).expect("maps");
+    // More entries than one batch (4096), with holes left by deletions.
+    let key = |i: u32| ServiceKey::new(Ipv4Addr::from(0xC612_0000 | i), 80 + u16::try_from(i % 7).expect("small"), 6);
+    for i in 0..10_000u32 {
+        let value = ServiceValue { service_id: i + 1, affinity_timeout: i, ..ServiceValue::default() };
+        dp.put_service(key(i), value).expect("put an entry");
+    }
+    for i in (0..10_000u32).step_by(3) {
+        dp.delete_service(&key(i)).expect("delete an entry");
+    }
+    let mut batched = dp.services().expect("read in batches");
+    batched.sort_unstable_by_key(|(k, _)| *k);
+    let pinned = MapData::from_pin(pins.0.join(map_names::SERVICES)).expect("the pinned services map");
+    let map: HashMap<MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(pinned)).expect("a hash map");
+    let mut iterated: Vec<(ServiceKey, ServiceValue)> = map.iter().map(|r| r.expect("an entry")).collect();
+    iterated.sort_unstable_by_key(|(k, _)| *k);
+    assert_eq!(batched.len(), 6_666, "10,000 put, every third deleted");
+    assert!(batched == iterated, "the batch read differs from the iteration");
+    assert!(
+        batched.iter().all(|(k, v)| *k == key(v.service_id - 1) && v.affinity_timeout == v.service_id - 1),
+        "every value belongs to its key"
+    );
+    drop((dp, ebpf));
+}

@@ -304,7 +304,23 @@ pub fn tables(r: &Results) -> String {
         } else {
             format!("{} (median: translate {ft:.1} ms, sync {fs:.1} ms)", fulls.len())
         };
-        let _ = writeln!(t, "| periodic full resyncs during the changes | {resyncs} |");
+        let _ = writeln!(t, "| full resyncs (re-reading the maps) during the changes | {resyncs} |");
+        let audits = if c.audits.is_empty() {
+            "none ended".to_owned()
+        } else {
+            let longest = c.audits.iter().map(|a| a.0).fold(0.0_f64, f64::max);
+            let total = stats::median(&c.audits.iter().map(|a| a.1).collect::<Vec<_>>());
+            format!(
+                "{} rounds; longest part {longest:.1} ms; a round's parts together {total:.1} ms (median); {} drifts",
+                c.audits.len(),
+                c.drifts
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| audit rounds (the periodic resync: 128 parts over `--max-sync-interval-ms {}`) during the changes | {audits} |",
+            crate::control::AUDIT_ROUND.as_millis()
+        );
         let _ = writeln!(t, "| map capacities given | `{}` |", c.capacities);
         let _ = writeln!(t, "| agent peak RSS (VmHWM) | {:.1} MiB |", c.peak_rss_mib);
         let maps: Vec<String> = c

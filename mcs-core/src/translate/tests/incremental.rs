@@ -2,7 +2,7 @@
 //! a rebuild, after a change that grows the inputs from nothing, after one
 //! that empties them, and along a sequence of single changes.
 use super::*;
-use crate::translate::incremental::{Changes, Incremental, Mode};
+use crate::translate::incremental::{Changes, GroupIndex, Incremental, Mode};
 
 /// Checks an [`Incremental`] against `want` (`translate`'s output for
 /// `inputs`), three ways. Called by [`run`] for every table case.
@@ -30,6 +30,31 @@ pub(super) fn agrees(case: &str, inputs: &Inputs, config: &Config, want: (&Desir
         (&DesiredState::default(), &Report::default()),
         "case {case:?}: emptied by one change"
     );
+
+    // The same growth with the inputs' group index, and with an index of
+    // other inputs (which must be noticed, not trusted).
+    for (which, index) in [("its own", GroupIndex::of(inputs)), ("a wrong", wrong_index(inputs))] {
+        let mut indexed = Incremental::new(config.clone());
+        indexed.update(&Inputs::default(), &Changes::everything());
+        let updated = indexed.update_with(inputs, Some(&index), &touched);
+        assert_eq!(
+            (indexed.state(), indexed.report()),
+            want,
+            "case {case:?}: grown by one change with {which} group index ({updated:?})"
+        );
+    }
+}
+
+/// A group index that does not fit `inputs`: every position shifted by one.
+fn wrong_index(inputs: &Inputs) -> GroupIndex {
+    let mut shifted = inputs.clone();
+    if let Some(first) = inputs.imports.first() {
+        shifted.imports.insert(0, first.clone());
+    }
+    if let Some(first) = inputs.slices.first() {
+        shifted.slices.insert(0, first.clone());
+    }
+    GroupIndex::of(&shifted)
 }
 
 /// Whether some import lost a key to another one.
@@ -180,6 +205,10 @@ fn a_sequence_of_changes_matches_translate() {
     };
     let mut incremental = Incremental::new(config.clone());
     incremental.update(&inputs, &Changes::everything());
+    // Beside it, one that finds the groups through an index kept up to date
+    // the way the sources keep theirs.
+    let mut indexed = Incremental::new(config.clone());
+    indexed.update_with(&inputs, Some(&GroupIndex::of(&inputs)), &Changes::everything());
     assert_eq!(
         (incremental.state(), incremental.report()),
         (&translate(&inputs, &config).0, &translate(&inputs, &config).1)
@@ -191,6 +220,9 @@ fn a_sequence_of_changes_matches_translate() {
         let updated = incremental.update(&inputs, &changes);
         let (state, report) = translate(&inputs, &config);
         assert_eq!((incremental.state(), incremental.report()), (&state, &report), "{}", step.what);
+        let with_index = indexed.update_with(&inputs, Some(&GroupIndex::of(&inputs)), &changes);
+        assert_eq!((indexed.state(), indexed.report()), (&state, &report), "{} (indexed)", step.what);
+        assert_eq!(with_index, updated, "{} (indexed)", step.what);
         assert_eq!(updated.mode, step.mode, "{}: {updated:?}", step.what);
         if let Some(changed) = &updated.changed {
             let keys: BTreeSet<&ServicePortKey> = before.services.keys().chain(state.services.keys()).collect();
