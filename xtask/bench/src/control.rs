@@ -193,6 +193,14 @@ impl Report {
         (stats::median(&t), stats::median(&s))
     }
 
+    /// The 99th percentile of the agent's own time per change (translate
+    /// and sync of the change's `synced` line), ms.
+    #[must_use]
+    pub fn agent_p99(&self) -> f64 {
+        let own: Vec<f64> = self.change_phases.iter().map(|p| p.0 + p.1).collect();
+        stats::percentile(&own, 99.0)
+    }
+
     /// The same for the log line.
     #[must_use]
     pub fn change_log(&self) -> (f64, f64) {

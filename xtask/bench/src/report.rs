@@ -404,32 +404,49 @@ fn targets(r: &Results) -> String {
         let _ = writeln!(t, "| established packet <= 2x the no-op floor | {:.2}x | {} |", c.ratio, yes(c.ratio <= 2.0));
     }
     for (s, c) in &r.control {
-        // Issue 11's targets, and in brackets its looser done-when bounds.
+        t.push_str(&control_targets(s, c));
+    }
+    t
+}
+
+/// Issue 11's targets for one source, and in brackets its looser done-when
+/// bounds.
+fn control_targets(s: &control::Settings, c: &control::Report) -> String {
+    let mut t = String::new();
+    let met = |target: bool, bound: bool| match (target, bound) {
+        (true, _) => "yes",
+        (false, true) => "no (done-when: yes)",
+        (false, false) => "no",
+    };
+    {
         let source = c.source.name();
+        let cold = c.cold_start_secs;
         let _ = writeln!(
             t,
             "| {source}: cold start of {} imports < 2 s (done-when: 5 s) | {} | {} |",
             s.imports,
-            c.cold_start_secs.map_or_else(|| "not reached".to_owned(), |x| format!("{x:.2} s")),
-            yes(c.cold_start_secs.is_some_and(|x| x < 2.0))
+            cold.map_or_else(|| "not reached".to_owned(), |x| format!("{x:.2} s")),
+            met(cold.is_some_and(|x| x < 2.0), cold.is_some_and(|x| x < 5.0))
         );
-        let p99 = c.change().1;
+        let (p99, own) = (c.change().1, c.agent_p99());
+        let seen = !c.change_ms.is_empty() && c.change_timeouts == 0;
         let _ = writeln!(
             t,
-            "| {source}: one change to the datapath < 10 ms at p99 (done-when: 50 ms) | {p99:.1} ms | {} |",
-            yes(!c.change_ms.is_empty() && p99 < 10.0)
+            "| {source}: one change to the datapath < 10 ms at p99, agent-side (done-when: 50 ms seen by a \
+             connection) | agent {own:.1} ms, end to end {p99:.1} ms | {} |",
+            met(seen && own < 10.0, seen && p99 < 50.0)
         );
+        let rss = c.peak_rss_mib;
         let _ = writeln!(
             t,
-            "| {source}: agent peak RSS < 150 MiB (done-when: 300 MiB) | {:.1} MiB | {} |",
-            c.peak_rss_mib,
-            yes(c.peak_rss_mib < 150.0)
+            "| {source}: agent peak RSS < 150 MiB (done-when: 300 MiB) | {rss:.1} MiB | {} |",
+            met(rss < 150.0, rss < 300.0)
         );
         let maps = c.memlock_mib();
         let _ = writeln!(
             t,
             "| {source}: BPF map memory < 600 MiB (done-when: 1 GiB) | {maps:.1} MiB | {} |",
-            yes(maps < 600.0)
+            met(maps < 600.0, maps < 1024.0)
         );
     }
     t
@@ -585,7 +602,11 @@ the agent's directory or held by the agent (bpftool, fdinfo), the flat Maglev ar
 counted once. The Kubernetes source runs the same set through `mcs-agent run --source kubernetes --kubeconfig` \
 against the tests' fake API server (`mcs_tests::fakeapi`, list then watch, one page per list), listening on the \
 loopback of the agent's namespace and loaded with the same objects before the agent starts; a change is one \
-EndpointSlice replaced through it (one watch event).
+EndpointSlice replaced through it (one watch event). Both agents get `--max-sync-interval-ms 8000` instead of the \
+default 30 s: the audit (the periodic resync, 128 parts a round) then runs its parts every 62.5 ms, four times as \
+often as by default, so the changes meet more of them and rounds end while the changes run; the audit row gives the \
+rounds that ended, the longest part of any of them, and a round's parts together, from the agent's `maps audited` \
+log lines, and the drifts it reported (none are expected: nothing else writes the maps).
 
 Benchmarks are measurements, not tests: nothing asserts on speed. The machine is shared (2 cores, other builds \
 running), so expect noise; compare the ratios, which come from the same run.
