@@ -307,20 +307,25 @@ impl BackendArray {
 
 /// The flat Maglev array (the one inner map of `MCS_MAGLEV`, created at
 /// load by `ebpf::load_object`): every Maglev table's slots, read and
-/// written through a shared mapping. A slot is a `u32` backend id; the
-/// kernel reads whole elements of two slots, and a slot written with one
-/// aligned 4-byte store is never seen torn. What is written when (so that
-/// every slot a live entry names holds an old or a new backend of its port)
-/// is the sync's: see `mcs_core::sync`.
+/// written through short-lived shared mappings of just the pages a call
+/// touches. A slot is a `u32` backend id; the kernel reads whole elements of
+/// two slots, and a slot written with one aligned 4-byte store is never seen
+/// torn. What is written when (so that every slot a live entry names holds
+/// an old or a new backend of its port) is the sync's: see `mcs_core::sync`.
+///
+/// The array is not kept mapped: the kernel maps every page of an mmapable
+/// array into the process when it is mapped (`remap_vmalloc_range`), so a
+/// standing mapping of a large array adds all of its pages to the agent's
+/// resident set although they are the map's memory, counted once already.
+/// A window costs two system calls per table written.
 struct MaglevArray {
     /// Keeps `MCS_MAGLEV` itself open: when it was taken out of the loaded
     /// object, its fd is the one the programs loaded later (the socket
     /// programs) were relocated with; closed, the number would be reused by
     /// the next map opened, and those programs would name that map instead.
     _outer: HashOfMaps<MapData, u32, Array<MapData, MaglevPair>>,
-    /// Keeps the map open (the mapping needs the file to stay valid).
-    _map: Array<MapData, MaglevPair>,
-    mapping: Mapping,
+    /// The array the windows map.
+    map: Array<MapData, MaglevPair>,
     /// Slots: twice the kernel's element count (the pin's own, not the
     /// object's, when an older agent's array is adopted).
     len: u32,
@@ -334,9 +339,11 @@ impl MaglevArray {
         let elements =
             map.map().info().with_context(|| format!("reading the size of {}", map_names::MAGLEV))?.max_entries();
         let len = elements.saturating_mul(2);
-        let mapping = Mapping::new(map.map().fd().as_fd(), len as usize, true)
+        // One window up front: an array that cannot be mapped fails here, not
+        // at the first table.
+        Mapping::window(map.map().fd().as_fd(), 0, size_of::<u32>(), false)
             .with_context(|| format!("mapping {} (is it BPF_F_MMAPABLE?)", map_names::MAGLEV))?;
-        Ok(Self { _outer: outer, _map: map, mapping, len })
+        Ok(Self { _outer: outer, map, len })
     }
 
     fn range(&self, start: u32, len: u32) -> MapResult<std::ops::Range<usize>> {
@@ -353,24 +360,53 @@ impl MaglevArray {
         Ok(start as usize..start as usize + len as usize)
     }
 
-    fn slots(&self) -> &[u32] {
-        // SAFETY: the mapping holds `len` u32 slots from its page-aligned
-        // start and lives as long as `self`; the kernel's concurrent reads
-        // do not write.
-        unsafe { std::slice::from_raw_parts(self.mapping.ptr.cast::<u32>(), self.len as usize) }
+    /// Maps the pages of slots `start..start + len` and gives the mapping
+    /// with a pointer to slot `start` in it.
+    fn window(&self, start: u32, len: u32, writable: bool) -> MapResult<(Mapping, *mut u32)> {
+        let range = self.range(start, len)?;
+        let bytes = range.start * size_of::<u32>()..range.end * size_of::<u32>();
+        let mapping =
+            Mapping::window(self.map.map().fd().as_fd(), bytes.start, bytes.len(), writable).map_err(|error| {
+                DataplaneError::Kernel {
+                    what: format!("mapping {} slots {start}..{}", map_names::MAGLEV, range.end),
+                    error,
+                }
+            })?;
+        // SAFETY: the mapping starts at the page holding byte `bytes.start`
+        // and `skip` is that byte's offset in the page (a multiple of 4: a
+        // page is, and so is the slot's offset), so the pointer is inside
+        // the mapping and aligned.
+        let first = unsafe { mapping.ptr.cast::<u32>().add(mapping.skip / size_of::<u32>()) };
+        Ok((mapping, first))
+    }
+
+    /// Runs `f` on slots `start..start + len`.
+    fn read<T>(&self, start: u32, len: u32, f: impl FnOnce(&[u32]) -> T) -> MapResult<T> {
+        if len == 0 {
+            return Ok(f(&[]));
+        }
+        let (_mapping, first) = self.window(start, len, false)?;
+        // SAFETY: the window holds `len` u32 slots from `first` and lives
+        // until the end of this function; the kernel's concurrent reads do
+        // not write.
+        let slots = unsafe { std::slice::from_raw_parts(first, len as usize) };
+        Ok(f(slots))
     }
 
     fn write(&mut self, start: u32, table: &[u32]) -> MapResult<usize> {
         let len = table_len(table)?;
-        let range = self.range(start, len)?;
-        let base = self.mapping.ptr.cast::<u32>();
+        if len == 0 {
+            self.range(start, 0)?;
+            return Ok(0);
+        }
+        let (_mapping, first) = self.window(start, len, true)?;
         let mut written = 0;
-        for (i, id) in range.zip(table) {
-            // SAFETY: `i` is inside the mapping (checked by `range`); slots
-            // are read and written with single aligned 4-byte accesses,
-            // volatile because the kernel reads them concurrently.
+        for (i, id) in table.iter().enumerate() {
+            // SAFETY: `i` < `len`, so the slot is inside the window; slots are
+            // read and written with single aligned 4-byte accesses, volatile
+            // because the kernel reads them concurrently.
             unsafe {
-                let slot = base.add(i);
+                let slot = first.add(i);
                 if std::ptr::read_volatile(slot) != *id {
                     std::ptr::write_volatile(slot, *id);
                     written += 1;
@@ -584,29 +620,43 @@ fn ignore_missing(map: &'static str, result: Result<(), MapError>, what: impl Fn
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
+    /// The offset, in the mapping, of the first byte asked for.
+    skip: usize,
 }
 
 impl Mapping {
-    /// Maps the first `entries` `u32` values of the array behind `fd`.
-    fn new(fd: BorrowedFd<'_>, entries: usize, writable: bool) -> std::io::Result<Self> {
-        Self::new_bytes(fd, entries * size_of::<u32>(), writable)
-    }
-
     /// Maps the first `bytes` bytes of values of the array behind `fd`.
     fn new_bytes(fd: BorrowedFd<'_>, bytes: usize, writable: bool) -> std::io::Result<Self> {
+        Self::window(fd, 0, bytes, writable)
+    }
+
+    /// Maps the pages holding bytes `offset..offset + bytes` of the values
+    /// of the array behind `fd`.
+    fn window(fd: BorrowedFd<'_>, offset: usize, bytes: usize, writable: bool) -> std::io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
-        let len = bytes.div_ceil(page).max(1) * page;
+        let first_page = offset / page;
+        let skip = offset - first_page * page;
+        let len = (skip + bytes).div_ceil(page).max(1) * page;
+        let file_offset = libc::off_t::try_from(first_page * page)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks
-        // that the map is mmapable and at least `len` bytes long.
+        // that the map is mmapable and that the pages asked for are inside it.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                file_offset,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Self { ptr, len })
+        Ok(Self { ptr, len, skip })
     }
 }
 
@@ -657,13 +707,11 @@ impl Dataplane for AyaDataplane {
     }
 
     fn slots(&self, start: u32, len: u32) -> MapResult<Vec<u32>> {
-        let range = self.maglev.range(start, len)?;
-        Ok(self.maglev.slots()[range].to_vec())
+        self.maglev.read(start, len, <[u32]>::to_vec)
     }
 
     fn slots_digest(&self, start: u32, len: u32) -> MapResult<u64> {
-        let range = self.maglev.range(start, len)?;
-        Ok(maglev::digest_table(&self.maglev.slots()[range]))
+        self.maglev.read(start, len, maglev::digest_table)
     }
 
     fn maglev_table_size(&self) -> u32 {

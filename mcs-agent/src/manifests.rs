@@ -290,7 +290,7 @@ impl Reader<'_> {
             }
         } else if k8s::is_endpoint_slice(&api_version, &kind) {
             if let Some(slice) = self.typed::<EndpointSlice>(value, prefix, object) {
-                self.inputs.slices.push(slice);
+                self.inputs.slices.push(slice.into());
             }
         } else if k8s::is_endpoints(&api_version, &kind) {
             if let Some(endpoints) = self.typed::<Endpoints>(value, prefix, object) {

@@ -6,7 +6,8 @@
 //! - GKE's `ServiceImport` (`net.gke.io/v1`, [`GkeServiceImport`]) likewise;
 //! - `EndpointSlice` and core/v1 `Endpoints` come from `k8s-openapi`
 //!   ([`k8s_openapi::api::discovery::v1::EndpointSlice`],
-//!   [`k8s_openapi::api::core::v1::Endpoints`]).
+//!   [`k8s_openapi::api::core::v1::Endpoints`]); a slice is kept as a
+//!   [`Slice`], the part of it the translation reads.
 //!
 //! Values are kept as loosely typed as the API allows (ports are `i64`,
 //! protocols are strings) so that out-of-range or unknown values reach the
@@ -146,6 +147,100 @@ impl Object for k8s_openapi::api::discovery::v1::EndpointSlice {
 impl Object for k8s_openapi::api::core::v1::Endpoints {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
+    }
+}
+
+impl Object for Slice {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+/// An `EndpointSlice` as the agent keeps it: what the translation reads, in
+/// a fraction of the memory.
+///
+/// A `k8s-openapi` `Endpoint` is about 350 bytes before any of its strings
+/// (its target reference alone is seven optional strings), and the agent
+/// keeps every slice of the ClusterSet; an endpoint here is 32 bytes. The
+/// translation reads an endpoint's first address (the API says an
+/// endpoint's addresses are fungible; kube-proxy reads only the first) and
+/// its three conditions, and a slice's labels, address type and ports.
+/// Server-side apply's `managedFields` are dropped from the metadata.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Slice {
+    /// The object's metadata, without `managedFields`.
+    pub metadata: ObjectMeta,
+    /// `addressType`: `IPv4`, `IPv6` or `FQDN`.
+    pub address_type: String,
+    /// `ports`, as in the object.
+    pub ports: Option<Vec<k8s_openapi::api::discovery::v1::EndpointPort>>,
+    /// `endpoints`, in the object's order (a missing list is empty).
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One endpoint of a [`Slice`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// `addresses[0]`; `None` when the list is empty.
+    pub address: Option<EndpointAddress>,
+    /// `conditions.ready`.
+    pub ready: Option<bool>,
+    /// `conditions.serving`.
+    pub serving: Option<bool>,
+    /// `conditions.terminating`.
+    pub terminating: Option<bool>,
+}
+
+/// An endpoint's first address: parsed when it is IPv4, as written otherwise
+/// (for the warning that names it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointAddress {
+    /// An IPv4 address.
+    V4(std::net::Ipv4Addr),
+    /// Anything else, as written.
+    Other(Box<str>),
+}
+
+impl EndpointAddress {
+    /// Reads an address as the API writes it.
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        text.parse().map_or_else(|_| Self::Other(text.into()), Self::V4)
+    }
+}
+
+impl From<&k8s_openapi::api::discovery::v1::Endpoint> for SliceEndpoint {
+    fn from(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Self {
+        let conditions = e.conditions.as_ref();
+        Self {
+            address: e.addresses.first().map(|a| EndpointAddress::parse(a)),
+            ready: conditions.and_then(|c| c.ready),
+            serving: conditions.and_then(|c| c.serving),
+            terminating: conditions.and_then(|c| c.terminating),
+        }
+    }
+}
+
+impl From<&k8s_openapi::api::discovery::v1::EndpointSlice> for Slice {
+    fn from(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Self {
+        Self {
+            metadata: ObjectMeta { managed_fields: None, ..s.metadata.clone() },
+            address_type: s.address_type.clone(),
+            ports: s.ports.clone(),
+            endpoints: s.endpoints.iter().flatten().map(SliceEndpoint::from).collect(),
+        }
+    }
+}
+
+impl From<k8s_openapi::api::discovery::v1::EndpointSlice> for Slice {
+    fn from(s: k8s_openapi::api::discovery::v1::EndpointSlice) -> Self {
+        let endpoints = s.endpoints.iter().flatten().map(SliceEndpoint::from).collect();
+        Self {
+            metadata: ObjectMeta { managed_fields: None, ..s.metadata },
+            address_type: s.address_type,
+            ports: s.ports,
+            endpoints,
+        }
     }
 }
 
@@ -294,6 +389,46 @@ mod tests {
 
     fn parse(json: serde_json::Value) -> Result<ServiceImport, String> {
         serde_json::from_value(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_kept_slice_has_what_the_translation_reads_and_drops_the_rest() {
+        let object: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "namespace": "demo", "name": "web-east",
+                "labels": {"multicluster.kubernetes.io/service-name": "web"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["198.18.0.1", "198.18.0.9"], "conditions": {"ready": false, "serving": true, "terminating": true},
+                 "nodeName": "n1", "zone": "z", "targetRef": {"kind": "Pod", "name": "p", "namespace": "demo", "uid": "u"}},
+                {"addresses": ["2001:2::1"]},
+                {"addresses": []}
+            ]
+        }))
+        .expect("the test's slice is a valid EndpointSlice");
+        let kept = Slice::from(&object);
+        assert_eq!(kept, Slice::from(object.clone()), "by reference and by value alike");
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(label(&kept.metadata, LABEL_SERVICE_NAME), Some("web"));
+        assert_eq!(
+            (kept.address_type.as_str(), kept.ports, name_of(&kept.metadata)),
+            ("IPv4", object.ports, "web-east")
+        );
+        let endpoint = |address, (ready, serving, terminating)| SliceEndpoint { address, ready, serving, terminating };
+        assert_eq!(
+            kept.endpoints,
+            vec![
+                endpoint(Some(EndpointAddress::V4([198, 18, 0, 1].into())), (Some(false), Some(true), Some(true))),
+                endpoint(Some(EndpointAddress::Other("2001:2::1".into())), (None, None, None)),
+                endpoint(None, (None, None, None)),
+            ]
+        );
+        assert!(Slice::from(k8s_openapi::api::discovery::v1::EndpointSlice::default()).endpoints.is_empty());
     }
 
     #[test]

@@ -334,9 +334,15 @@ impl SliceBuilder {
         self.endpoint(address, Some(conditions(Some(false), Some(true), Some(true))))
     }
 
-    /// The slice.
+    /// The slice as the agent keeps it ([`k8s::Slice`]).
     #[must_use]
-    pub fn build(self) -> EndpointSlice {
+    pub fn build(self) -> k8s::Slice {
+        self.0.into()
+    }
+
+    /// The slice as the API serves it.
+    #[must_use]
+    pub fn object(self) -> EndpointSlice {
         self.0
     }
 }

@@ -68,7 +68,7 @@ use super::{
 };
 use crate::k8s::Object as _;
 use crate::{
-    k8s::{self, GkeServiceImport, ServiceImport},
+    k8s::{self, GkeServiceImport, ServiceImport, Slice},
     translate::{
         Inputs,
         incremental::{Changes, GroupIndex},
@@ -298,10 +298,10 @@ impl Converter {
                 Some((i.namespace().to_owned(), name.clone()))
             })
             .collect();
-        let mut slices: BTreeMap<(String, String), EndpointSlice> = BTreeMap::new();
+        let mut slices: BTreeMap<(String, String), Slice> = BTreeMap::new();
         for slice in &objects.slices {
             let key = meta_key(&slice.metadata);
-            slices.insert(key, (*slice).clone());
+            slices.insert(key, Slice::from(*slice));
         }
         for slice in &objects.gke_slices {
             let namespace = k8s::namespace_of(&slice.metadata).to_owned();
@@ -309,7 +309,7 @@ impl Converter {
                 continue;
             };
             if derived.contains(&(namespace.clone(), service.to_owned())) {
-                slices.insert((namespace, k8s::name_of(&slice.metadata).to_owned()), (*slice).clone());
+                slices.insert((namespace, k8s::name_of(&slice.metadata).to_owned()), Slice::from(*slice));
             }
         }
         let endpoints = objects
@@ -551,16 +551,16 @@ impl Assembled {
         let snapshot = Arc::make_mut(&mut self.snapshot);
         let slices = &mut snapshot.inputs.slices;
         let groups = snapshot.index.get_or_insert_default();
-        match (current, self.index.get(&key).copied()) {
+        match (current.map(Slice::from), self.index.get(&key).copied()) {
             (Some(slice), Some(at)) => {
                 groups.remove_slice(&slices[at], at);
-                groups.insert_slice(slice, at);
-                slices[at] = slice.clone();
+                groups.insert_slice(&slice, at);
+                slices[at] = slice;
             }
             (Some(slice), None) => {
                 self.index.insert(key, slices.len());
-                groups.insert_slice(slice, slices.len());
-                slices.push(slice.clone());
+                groups.insert_slice(&slice, slices.len());
+                slices.push(slice);
             }
             (None, Some(at)) => {
                 self.index.remove(&key);

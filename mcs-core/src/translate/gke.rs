@@ -8,25 +8,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::Protocol;
 use super::backends::Candidate;
 use super::slices::{slice_candidates, usable_address_type};
 use super::validate::ValidPort;
-use crate::k8s;
+use crate::k8s::{self, Slice};
 
 /// Slices by `kubernetes.io/service-name`, and `Endpoints` by name, both per
 /// namespace.
 pub(super) struct DerivedIndex<'a> {
-    slices: BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    slices: BTreeMap<(&'a str, &'a str), Vec<&'a Slice>>,
     endpoints: BTreeMap<(&'a str, &'a str), Vec<&'a Endpoints>>,
 }
 
 /// Where a derived service's endpoints come from.
 pub(super) enum DerivedSource<'a> {
     /// Its IPv4 slices, sorted by name.
-    Slices(Vec<&'a EndpointSlice>),
+    Slices(Vec<&'a Slice>),
     /// Its `Endpoints` object.
     Endpoints(&'a Endpoints),
     /// Nothing found (or nothing usable): the ports have no backends.
@@ -34,8 +33,8 @@ pub(super) enum DerivedSource<'a> {
 }
 
 impl<'a> DerivedIndex<'a> {
-    pub(super) fn new(slices: &[&'a EndpointSlice], endpoints: &[&'a Endpoints]) -> Self {
-        let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    pub(super) fn new(slices: &[&'a Slice], endpoints: &[&'a Endpoints]) -> Self {
+        let mut by_service: BTreeMap<(&str, &str), Vec<&Slice>> = BTreeMap::new();
         for &slice in slices {
             if let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) {
                 by_service.entry((k8s::namespace_of(&slice.metadata), service)).or_default().push(slice);
@@ -61,7 +60,7 @@ impl<'a> DerivedIndex<'a> {
         object: &str,
         warnings: &mut BTreeSet<String>,
     ) -> DerivedSource<'s> {
-        let slices: Vec<&EndpointSlice> = self
+        let slices: Vec<&Slice> = self
             .slices
             .get(&(namespace, derived))
             .into_iter()

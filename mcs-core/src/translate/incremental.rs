@@ -21,10 +21,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::Endpoints;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{Config, DesiredState, ExcludedCluster, Inputs, Parts, Report, ServicePortKey, Skipped, translate_parts};
-use crate::k8s::{self, GkeServiceImport, ServiceImport};
+use crate::k8s::{self, GkeServiceImport, ServiceImport, Slice};
 
 /// The groups some changes touched: (namespace, name) pairs, or everything.
 ///
@@ -89,9 +88,10 @@ impl Changes {
         self.mark(k8s::namespace_of(&import.metadata), k8s::name_of(&import.metadata));
     }
 
-    /// Records that `slice` appeared, changed or went away.
-    pub fn slice(&mut self, slice: &EndpointSlice) {
-        let meta = &slice.metadata;
+    /// Records that `slice` (an `EndpointSlice`, as kept or as served)
+    /// appeared, changed or went away.
+    pub fn slice(&mut self, slice: &impl k8s::Object) {
+        let meta = slice.meta();
         for label in [k8s::LABEL_SERVICE_NAME, k8s::LABEL_KUBERNETES_SERVICE_NAME] {
             if let Some(service) = k8s::label(meta, label) {
                 self.mark(k8s::namespace_of(meta), service);
@@ -141,7 +141,7 @@ type Group = (String, String);
 
 /// The group an `EndpointSlice` belongs to without GKE imports: its
 /// namespace and its MCS service-name label, when that is not empty.
-fn slice_group(slice: &EndpointSlice) -> Option<(&str, &str)> {
+fn slice_group(slice: &Slice) -> Option<(&str, &str)> {
     let meta = &slice.metadata;
     let service = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
     Some((k8s::namespace_of(meta), service))
@@ -222,14 +222,14 @@ impl GroupIndex {
     }
 
     /// Records that `slice` is at position `at`.
-    pub fn insert_slice(&mut self, slice: &EndpointSlice, at: usize) {
+    pub fn insert_slice(&mut self, slice: &Slice, at: usize) {
         if let Some(group) = slice_group(slice) {
             file_under(&mut self.slices, group, at);
         }
     }
 
     /// Records that `slice` is no longer at position `at`.
-    pub fn remove_slice(&mut self, slice: &EndpointSlice, at: usize) {
+    pub fn remove_slice(&mut self, slice: &Slice, at: usize) {
         if let Some(group) = slice_group(slice) {
             unfile(&mut self.slices, group, at);
         }

@@ -33,9 +33,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Endpoints;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::k8s::{GkeServiceImport, ServiceImport};
+use crate::k8s::{GkeServiceImport, ServiceImport, Slice};
 
 use self::slices::SliceIndex;
 use self::validate::ImportRef;
@@ -53,8 +52,8 @@ pub const DEFAULT_MAX_EXPORTING_CLUSTERS: usize = 5;
 pub struct Inputs {
     /// MCS `ServiceImport`s (`multicluster.x-k8s.io`, v1alpha1 or v1beta1).
     pub imports: Vec<ServiceImport>,
-    /// `EndpointSlice`s (all of them; the translation selects by label).
-    pub slices: Vec<EndpointSlice>,
+    /// `EndpointSlice`s, as kept (all of them; the translation selects by label).
+    pub slices: Vec<Slice>,
     /// GKE `ServiceImport`s (`net.gke.io/v1`).
     pub gke_imports: Vec<GkeServiceImport>,
     /// core/v1 `Endpoints` (the GKE imports' derived services).
@@ -350,7 +349,7 @@ pub fn translate(inputs: &Inputs, config: &Config) -> (DesiredState, Report) {
 #[derive(Default)]
 struct Parts<'a> {
     imports: Vec<&'a ServiceImport>,
-    slices: Vec<&'a EndpointSlice>,
+    slices: Vec<&'a Slice>,
     gke_imports: Vec<&'a GkeServiceImport>,
     endpoints: Vec<&'a Endpoints>,
 }

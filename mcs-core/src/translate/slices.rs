@@ -3,15 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointPort;
 
 use super::Protocol;
 use super::backends::Candidate;
 use super::validate::ValidPort;
-use crate::k8s;
+use crate::k8s::{self, EndpointAddress, Slice, SliceEndpoint};
 
 /// The slices of an import, by cluster id (in byte order).
-pub(super) type ClusterSlices<'a> = BTreeMap<&'a str, Vec<&'a EndpointSlice>>;
+pub(super) type ClusterSlices<'a> = BTreeMap<&'a str, Vec<&'a Slice>>;
 
 /// The MCS slices that count, grouped by (namespace, service name) and then by
 /// cluster. Only IPv4 slices are kept: every programmed `ClusterSetIP` is IPv4,
@@ -22,7 +22,7 @@ pub(super) struct SliceIndex<'a> {
 }
 
 impl<'a> SliceIndex<'a> {
-    pub(super) fn new(slices: &[&'a EndpointSlice], warnings: &mut BTreeSet<String>) -> Self {
+    pub(super) fn new(slices: &[&'a Slice], warnings: &mut BTreeSet<String>) -> Self {
         let mut by_service: BTreeMap<(&str, &str), ClusterSlices<'a>> = BTreeMap::new();
         for &slice in slices {
             let meta = &slice.metadata;
@@ -61,7 +61,7 @@ impl<'a> SliceIndex<'a> {
 
 /// Whether a slice holds IPv4 addresses. IPv6 and FQDN slices are skipped
 /// silently; an unknown address type gets a warning.
-pub(super) fn usable_address_type(slice: &EndpointSlice, warnings: &mut BTreeSet<String>) -> bool {
+pub(super) fn usable_address_type(slice: &Slice, warnings: &mut BTreeSet<String>) -> bool {
     match slice.address_type.as_str() {
         k8s::ADDRESS_TYPE_IPV4 => true,
         k8s::ADDRESS_TYPE_IPV6 | k8s::ADDRESS_TYPE_FQDN => false,
@@ -73,7 +73,7 @@ pub(super) fn usable_address_type(slice: &EndpointSlice, warnings: &mut BTreeSet
 }
 
 /// `"EndpointSlice namespace/name"`.
-pub(super) fn slice_label(slice: &EndpointSlice) -> String {
+pub(super) fn slice_label(slice: &Slice) -> String {
     format!("EndpointSlice {}/{}", k8s::namespace_of(&slice.metadata), k8s::name_of(&slice.metadata))
 }
 
@@ -129,7 +129,7 @@ pub(super) fn collect_candidates(
 /// has a port matching `port`.
 pub(super) fn slice_candidates(
     cluster: &str,
-    slice: &EndpointSlice,
+    slice: &Slice,
     port: &ValidPort,
     warnings: &mut BTreeSet<String>,
     out: &mut Vec<Candidate>,
@@ -137,26 +137,25 @@ pub(super) fn slice_candidates(
     let Some(target_port) = matching_port(slice, port, warnings) else {
         return;
     };
-    for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
         let Some(ip) = endpoint_ip(slice, i, endpoint, warnings) else {
             continue;
         };
-        let conditions = endpoint.conditions.as_ref();
-        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let ready = endpoint.ready.unwrap_or(true);
         out.push(Candidate {
             cluster: cluster.to_owned(),
             ip,
             port: target_port,
             ready,
-            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
-            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            serving: endpoint.serving.unwrap_or(ready),
+            terminating: endpoint.terminating.unwrap_or(false),
         });
     }
 }
 
 /// The target port of the slice port named like `port` with its protocol;
 /// `None` when the slice has no such port, two of them, or no usable number.
-fn matching_port(slice: &EndpointSlice, port: &ValidPort, warnings: &mut BTreeSet<String>) -> Option<u16> {
+fn matching_port(slice: &Slice, port: &ValidPort, warnings: &mut BTreeSet<String>) -> Option<u16> {
     let is_match = |p: &EndpointPort| {
         p.name.as_deref().unwrap_or_default() == port.name
             && Protocol::from_k8s(p.protocol.as_deref()) == Some(port.protocol)
@@ -186,21 +185,19 @@ fn matching_port(slice: &EndpointSlice, port: &ValidPort, warnings: &mut BTreeSe
 /// The address of an endpoint of an IPv4 slice. Only the first address is
 /// used: the API says the addresses of one endpoint are fungible, and
 /// kube-proxy does the same.
-fn endpoint_ip(
-    slice: &EndpointSlice,
-    i: usize,
-    endpoint: &Endpoint,
-    warnings: &mut BTreeSet<String>,
-) -> Option<Ipv4Addr> {
-    let Some(address) = endpoint.addresses.first() else {
-        warnings.insert(format!("{} endpoints[{i}].addresses: empty", slice_label(slice)));
-        return None;
-    };
-    if let Ok(ip) = address.parse::<Ipv4Addr>() {
-        Some(ip)
-    } else {
-        warnings
-            .insert(format!("{} endpoints[{i}].addresses[0]: {address:?} is not an IPv4 address", slice_label(slice)));
-        None
+fn endpoint_ip(slice: &Slice, i: usize, endpoint: &SliceEndpoint, warnings: &mut BTreeSet<String>) -> Option<Ipv4Addr> {
+    match &endpoint.address {
+        Some(EndpointAddress::V4(ip)) => Some(*ip),
+        Some(EndpointAddress::Other(address)) => {
+            warnings.insert(format!(
+                "{} endpoints[{i}].addresses[0]: {address:?} is not an IPv4 address",
+                slice_label(slice)
+            ));
+            None
+        }
+        None => {
+            warnings.insert(format!("{} endpoints[{i}].addresses: empty", slice_label(slice)));
+            None
+        }
     }
 }

@@ -4,12 +4,12 @@
 use super::*;
 
 /// A slice of demo/web from `cluster` with one ready endpoint 198.18.`n`.1:8080.
-fn from(cluster: &str, n: u8) -> EndpointSlice {
+fn from(cluster: &str, n: u8) -> Slice {
     slice("demo", "web", cluster).port("http", None, 8080).ready(format!("198.18.{n}.1")).build()
 }
 
 /// Slices from c1..=c`count`, cluster `ci` with endpoint 198.18.i.1.
-fn clusters(count: u8) -> Vec<EndpointSlice> {
+fn clusters(count: u8) -> Vec<Slice> {
     (1..=count).map(|i| from(&format!("c{i}"), i)).collect()
 }
 
@@ -187,7 +187,7 @@ fn exporting_cluster_cap() {
 }
 
 /// Translates with a cap of `cap` and cluster id east.
-fn translate_capped(imports: &[ServiceImport], slices: &[EndpointSlice], cap: usize) -> (DesiredState, Report) {
+fn translate_capped(imports: &[ServiceImport], slices: &[Slice], cap: usize) -> (DesiredState, Report) {
     translate_lists(imports, slices, &capped(cap))
 }
 
@@ -226,7 +226,7 @@ fn changes_in_an_unselected_cluster_change_nothing() {
     let (state, report) = translate_capped(&imports, &base, 5);
     assert_eq!(cluster_names(&report), ["c6"]);
 
-    let changes: Vec<(&str, Vec<EndpointSlice>)> = vec![
+    let changes: Vec<(&str, Vec<Slice>)> = vec![
         ("c6 gets more ready endpoints", {
             let mut s = base.clone();
             s.push(slice("demo", "web", "c6").named("web-c6-b").port("http", None, 8080).ready("198.18.6.2").build());

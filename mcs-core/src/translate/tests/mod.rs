@@ -15,11 +15,11 @@ mod slices;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Endpoints;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointConditions;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
-use crate::k8s::{self, GkeServiceImport, ServiceImport};
+use crate::k8s::{self, GkeServiceImport, ServiceImport, Slice};
 use crate::testkit::{
     GkeImportBuilder, ImportBuilder, SliceBuilder, conditions, desired_port, endpoints, gke_import, import, port_key,
     slice,
@@ -36,7 +36,7 @@ fn with_affinity(entry: DesiredServicePort, timeout: u32) -> DesiredServicePort 
 struct Case {
     name: &'static str,
     imports: Vec<ServiceImport>,
-    slices: Vec<EndpointSlice>,
+    slices: Vec<Slice>,
     gke_imports: Vec<GkeServiceImport>,
     endpoints: Vec<Endpoints>,
     /// `None`: [`config`].
@@ -62,7 +62,7 @@ impl Case {
     }
 }
 
-fn translate_lists(imports: &[ServiceImport], slices: &[EndpointSlice], config: &Config) -> (DesiredState, Report) {
+fn translate_lists(imports: &[ServiceImport], slices: &[Slice], config: &Config) -> (DesiredState, Report) {
     let inputs = Inputs { imports: imports.to_vec(), slices: slices.to_vec(), ..Inputs::default() };
     translate(&inputs, config)
 }

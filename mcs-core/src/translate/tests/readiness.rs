@@ -124,9 +124,9 @@ fn readiness_and_terminating_fallback() {
             name: "unusable endpoint addresses are left out with a warning, the import stays",
             imports: vec![web().port("http", None, 80).build()],
             slices: vec![{
-                let mut s = east().ready("198.18.0.300").ready("fd00::1").ready("198.18.0.1").build();
-                s.endpoints.get_or_insert_default().push(Endpoint::default());
-                s
+                let mut s = east().ready("198.18.0.300").ready("fd00::1").ready("198.18.0.1").object();
+                s.endpoints.get_or_insert_default().push(k8s_openapi::api::discovery::v1::Endpoint::default());
+                s.into()
             }],
             want: http(&[("east", "198.18.0.1", 8080, Ready)], &[]),
             warnings: vec![
