@@ -382,7 +382,8 @@ impl MaglevArray {
 
     /// Runs `f` on slots `start..start + len`.
     fn read<T>(&self, start: u32, len: u32, f: impl FnOnce(&[u32]) -> T) -> MapResult<T> {
-        if len == 0 {
+        // An empty range maps nothing (its page may be past the array's end).
+        if self.range(start, len)?.is_empty() {
             return Ok(f(&[]));
         }
         let (_mapping, first) = self.window(start, len, false)?;
@@ -395,8 +396,7 @@ impl MaglevArray {
 
     fn write(&mut self, start: u32, table: &[u32]) -> MapResult<usize> {
         let len = table_len(table)?;
-        if len == 0 {
-            self.range(start, 0)?;
+        if self.range(start, len)?.is_empty() {
             return Ok(0);
         }
         let (_mapping, first) = self.window(start, len, true)?;

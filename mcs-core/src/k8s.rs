@@ -221,26 +221,32 @@ impl From<&k8s_openapi::api::discovery::v1::Endpoint> for SliceEndpoint {
     }
 }
 
+impl Slice {
+    /// The kept form of a slice with these fields (its endpoints only read).
+    fn keep(
+        metadata: ObjectMeta,
+        address_type: String,
+        ports: Option<Vec<k8s_openapi::api::discovery::v1::EndpointPort>>,
+        endpoints: Option<&[k8s_openapi::api::discovery::v1::Endpoint]>,
+    ) -> Self {
+        Self {
+            metadata: ObjectMeta { managed_fields: None, ..metadata },
+            address_type,
+            ports,
+            endpoints: endpoints.into_iter().flatten().map(SliceEndpoint::from).collect(),
+        }
+    }
+}
+
 impl From<&k8s_openapi::api::discovery::v1::EndpointSlice> for Slice {
     fn from(s: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Self {
-        Self {
-            metadata: ObjectMeta { managed_fields: None, ..s.metadata.clone() },
-            address_type: s.address_type.clone(),
-            ports: s.ports.clone(),
-            endpoints: s.endpoints.iter().flatten().map(SliceEndpoint::from).collect(),
-        }
+        Self::keep(s.metadata.clone(), s.address_type.clone(), s.ports.clone(), s.endpoints.as_deref())
     }
 }
 
 impl From<k8s_openapi::api::discovery::v1::EndpointSlice> for Slice {
     fn from(s: k8s_openapi::api::discovery::v1::EndpointSlice) -> Self {
-        let endpoints = s.endpoints.iter().flatten().map(SliceEndpoint::from).collect();
-        Self {
-            metadata: ObjectMeta { managed_fields: None, ..s.metadata },
-            address_type: s.address_type,
-            ports: s.ports,
-            endpoints,
-        }
+        Self::keep(s.metadata, s.address_type, s.ports, s.endpoints.as_deref())
     }
 }
 
