@@ -247,8 +247,11 @@ fn read_service_stats(map: &PerCpuArray<MapData, ServiceStats>, service_id: u32)
 }
 
 /// `MCS_BACKENDS`: an mmapable array of [`Backend`]s indexed by id, read and
-/// written through a shared mapping (no system call per backend). An
-/// all-zero element is no backend.
+/// written through short-lived shared mappings of the pages a call touches
+/// (a run of ids per mapping, no system call per backend). An all-zero
+/// element is no backend. Not kept mapped, as the Maglev array is not (see
+/// there): a standing mapping put all of its pages in the agent's resident
+/// set.
 ///
 /// A packet reads an element while the agent may write it; that is safe
 /// because of what the agent writes when: a new backend's element is filled
@@ -258,11 +261,14 @@ fn read_service_stats(map: &PerCpuArray<MapData, ServiceStats>, service_id: u32)
 /// names it, service id first, so a half-zeroed element never matches a
 /// flow (its service id no longer does).
 struct BackendArray {
-    /// Keeps the map open (the mapping needs the file to stay valid).
-    _map: Array<MapData, Backend>,
-    mapping: Mapping,
+    map: Array<MapData, Backend>,
     len: u32,
 }
+
+/// Ids a window of the backends array covers at most when read whole.
+const BACKEND_READ_WINDOW: u32 = 1 << 16;
+/// Ids between two writes that still share one window (a page of elements).
+const BACKEND_WRITE_GAP: u32 = 256;
 
 impl BackendArray {
     fn new(map: Array<MapData, Backend>) -> Result<Self> {
@@ -271,37 +277,103 @@ impl BackendArray {
         // elements past it are no backends to the datapath.
         let len =
             map.map().info().with_context(|| format!("reading the size of {}", map_names::BACKENDS))?.max_entries();
-        let bytes = len as usize * size_of::<Backend>();
-        let mapping = Mapping::new_bytes(map.map().fd().as_fd(), bytes, true)
+        // One window up front: an array that cannot be mapped fails here.
+        Mapping::window(map.map().fd().as_fd(), 0, size_of::<Backend>(), false)
             .with_context(|| format!("mapping {} (is it BPF_F_MMAPABLE?)", map_names::BACKENDS))?;
-        Ok(Self { _map: map, mapping, len })
+        Ok(Self { map, len })
     }
 
-    fn slots(&self) -> &[Backend] {
-        // SAFETY: the mapping holds `len` elements of 16 bytes from its
-        // page-aligned start (the array's values are contiguous), and
-        // `Backend` is plain integers, valid for any bit pattern.
-        unsafe { std::slice::from_raw_parts(self.mapping.ptr.cast::<Backend>(), self.len as usize) }
+    /// Maps elements `ids` and gives the mapping with a pointer to the first.
+    fn window(&self, ids: std::ops::Range<u32>, writable: bool) -> MapResult<(Mapping, *mut Backend)> {
+        let bytes = ids.start as usize * size_of::<Backend>()..ids.end as usize * size_of::<Backend>();
+        let mapping =
+            Mapping::window(self.map.map().fd().as_fd(), bytes.start, bytes.len(), writable).map_err(|error| {
+                DataplaneError::Kernel { what: format!("mapping {} elements {ids:?}", map_names::BACKENDS), error }
+            })?;
+        // SAFETY: the mapping starts at the page holding byte `bytes.start`,
+        // `skip` is that byte's offset in it (a multiple of the element's
+        // 16 bytes, as a page is), so the pointer is inside and aligned.
+        let first = unsafe { mapping.ptr.cast::<Backend>().add(mapping.skip / size_of::<Backend>()) };
+        Ok((mapping, first))
     }
 
-    fn write(&mut self, id: u32, backend: Backend) -> MapResult<()> {
-        if id >= self.len {
-            return Err(DataplaneError::Full {
-                map: map_names::BACKENDS,
-                what: format!("writing backend {id} (the array has {} elements; raise --backends-max)", self.len),
-            });
+    /// The backends with ids in `ids` (cut at the array's end).
+    fn read(&self, ids: std::ops::Range<u32>) -> MapResult<Vec<(u32, Backend)>> {
+        let (start, end) = (ids.start.min(self.len), ids.end.min(self.len));
+        let mut out = Vec::new();
+        let mut at = start;
+        // Bounded: each window covers BACKEND_READ_WINDOW ids or the rest.
+        while at < end {
+            let until = at.saturating_add(BACKEND_READ_WINDOW).min(end);
+            let (_mapping, first) = self.window(at..until, false)?;
+            // SAFETY: the window holds `until - at` elements from `first` and
+            // lives until the end of this iteration; `Backend` is plain
+            // integers, valid for any bit pattern.
+            let slots = unsafe { std::slice::from_raw_parts(first, (until - at) as usize) };
+            out.extend((at..).zip(slots).filter(|(_, b)| b.is_present()).map(|(id, b)| (id, *b)));
+            at = until;
         }
-        // SAFETY: `id` is in bounds (checked above); the element is written
-        // with volatile stores because the kernel reads it concurrently.
-        unsafe {
-            let slot = self.mapping.ptr.cast::<Backend>().add(id as usize);
-            if !backend.is_present() {
-                // Zero the service id first: see the type's docs.
-                std::ptr::write_volatile(&raw mut (*slot).service_id, 0);
+        Ok(out)
+    }
+
+    /// Writes `backends` (sorted by id), a mapping per run of nearby ids.
+    fn write(&mut self, backends: &[(u32, Backend)]) -> Vec<MapResult<()>> {
+        let mut results = Vec::with_capacity(backends.len());
+        let mut rest = backends;
+        // Bounded: each turn takes at least one backend.
+        while let Some(&(first_id, _)) = rest.first() {
+            if first_id >= self.len {
+                results.push(Err(DataplaneError::Full {
+                    map: map_names::BACKENDS,
+                    what: format!(
+                        "writing backend {first_id} (the array has {} elements; raise --backends-max)",
+                        self.len
+                    ),
+                }));
+                rest = &rest[1..];
+                continue;
             }
-            std::ptr::write_volatile(slot, backend);
+            let mut run = 1;
+            while let Some(&(id, _)) = rest.get(run) {
+                let last = rest[run - 1].0;
+                if id >= self.len || id > last.saturating_add(BACKEND_WRITE_GAP) {
+                    break;
+                }
+                run += 1;
+            }
+            let (batch, later) = rest.split_at(run);
+            let last_id = batch[batch.len() - 1].0;
+            match self.window(first_id..last_id + 1, true) {
+                Ok((_mapping, first)) => {
+                    for (id, backend) in batch {
+                        // SAFETY: `id - first_id` is below the window's
+                        // length; elements are written with volatile stores
+                        // because the kernel reads them concurrently.
+                        unsafe {
+                            let slot = first.add((id - first_id) as usize);
+                            if !backend.is_present() {
+                                // Zero the service id first: see the type's docs.
+                                std::ptr::write_volatile(&raw mut (*slot).service_id, 0);
+                            }
+                            std::ptr::write_volatile(slot, *backend);
+                        }
+                        results.push(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    results.push(Err(error));
+                    for _ in 1..batch.len() {
+                        results.push(Err(DataplaneError::Invalid {
+                            what: format!("{} elements {first_id}..={last_id}", map_names::BACKENDS),
+                            reason: message.clone(),
+                        }));
+                    }
+                }
+            }
+            rest = later;
         }
-        Ok(())
+        results
     }
 }
 
@@ -564,7 +636,7 @@ pub fn fill_levels(dir: &Path) -> Result<Vec<MapFill>> {
     })?;
     hash(map_names::BACKENDS, false, &|map, _| {
         let array = BackendArray::new(typed(map, map_names::BACKENDS)?)?;
-        Ok(array.slots().iter().filter(|b| b.is_present()).count() as u64)
+        Ok(array.read(0..array.len)?.len() as u64)
     })?;
     hash(map_names::CLUSTERS, false, &|map, cap| {
         let map: HashMap<MapData, u32, ClusterName> = typed(map, map_names::CLUSTERS)?;
@@ -625,11 +697,6 @@ struct Mapping {
 }
 
 impl Mapping {
-    /// Maps the first `bytes` bytes of values of the array behind `fd`.
-    fn new_bytes(fd: BorrowedFd<'_>, bytes: usize, writable: bool) -> std::io::Result<Self> {
-        Self::window(fd, 0, bytes, writable)
-    }
-
     /// Maps the pages holding bytes `offset..offset + bytes` of the values
     /// of the array behind `fd`.
     fn window(fd: BorrowedFd<'_>, offset: usize, bytes: usize, writable: bool) -> std::io::Result<Self> {
@@ -677,7 +744,7 @@ impl Dataplane for AyaDataplane {
     }
 
     fn backends(&self) -> MapResult<Vec<(u32, Backend)>> {
-        Ok((0u32..).zip(self.backends.slots()).filter(|(_, b)| b.is_present()).map(|(id, b)| (id, *b)).collect())
+        self.backends.read(0..self.backends.len)
     }
 
     fn backend_id_limit(&self) -> u32 {
@@ -685,9 +752,7 @@ impl Dataplane for AyaDataplane {
     }
 
     fn backends_in(&self, ids: std::ops::Range<u32>) -> MapResult<Vec<(u32, Backend)>> {
-        let (start, end) = (ids.start.min(self.backends.len), ids.end.min(self.backends.len));
-        let slots = &self.backends.slots()[start as usize..end as usize];
-        Ok((start..).zip(slots).filter(|(_, b)| b.is_present()).map(|(id, b)| (id, *b)).collect())
+        self.backends.read(ids)
     }
 
     fn clusters(&self) -> MapResult<Vec<(u32, String)>> {
@@ -734,11 +799,19 @@ impl Dataplane for AyaDataplane {
                 reason: "names no service port".into(),
             });
         }
-        self.backends.write(id, backend)
+        self.backends.write(&[(id, backend)]).pop().unwrap_or(Ok(()))
+    }
+
+    fn put_backends(&mut self, backends: &[(u32, Backend)]) -> Vec<MapResult<()>> {
+        if backends.iter().any(|(_, b)| !b.is_present()) {
+            // Each refused on its own, as one write would be.
+            return backends.iter().map(|(id, backend)| self.put_backend(*id, *backend)).collect();
+        }
+        self.backends.write(backends)
     }
 
     fn delete_backend(&mut self, id: u32) -> MapResult<()> {
-        self.backends.write(id, Backend::default())
+        self.backends.write(&[(id, Backend::default())]).pop().unwrap_or(Ok(()))
     }
 
     fn write_slots(&mut self, start: u32, table: &[u32]) -> MapResult<usize> {

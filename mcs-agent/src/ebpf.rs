@@ -306,6 +306,13 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
+    // A new Maglev array is created beside the verifier's work: the kernel
+    // zeroes all of it at creation (seconds for hundreds of MiB).
+    let creating = options
+        .pin_path
+        .as_ref()
+        .is_none_or(|dir| !dir.join(map_names::MAGLEV).exists())
+        .then(|| MaglevArrayCreation::start(options.maglev_slots_max));
     let mut ebpf = loader.load(object).context("loading the eBPF object")?;
     for name in [program_names::FROM_POD, program_names::TO_POD, program_names::NOOP] {
         let program: &mut SchedClassifier = ebpf
@@ -331,17 +338,52 @@ pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Ebpf> {
         ebpf.map_mut(map_names::CONFIG).context("map MCS_CONFIG is missing from the eBPF object")?,
     )?;
     record.set(0, config, 0).context("writing MCS_CONFIG")?;
-    ensure_maglev_array(&mut ebpf, options.maglev_slots_max)?;
+    ensure_maglev_array(&mut ebpf, options.maglev_slots_max, creating)?;
     Ok(ebpf)
+}
+
+/// A flat Maglev array being created on a thread of its own.
+struct MaglevArrayCreation(
+    Option<std::thread::JoinHandle<Result<aya::maps::Array<aya::maps::MapData, mcs_common::MaglevPair>>>>,
+);
+
+impl MaglevArrayCreation {
+    fn start(slots: u32) -> Self {
+        // Without a thread, the array is created when it is needed.
+        let thread = std::thread::Builder::new()
+            .name("maglev-array".into())
+            .spawn(move || create_maglev_array(slots))
+            .map_err(|e| warn!(error = %e, "creating the Maglev array on the loading thread instead"))
+            .ok();
+        Self(thread)
+    }
+
+    fn finish(self, slots: u32) -> Result<aya::maps::Array<aya::maps::MapData, mcs_common::MaglevPair>> {
+        match self.0 {
+            Some(thread) => {
+                thread.join().map_err(|_| anyhow::anyhow!("the Maglev array's creating thread panicked"))?
+            }
+            None => create_maglev_array(slots),
+        }
+    }
+}
+
+fn create_maglev_array(slots: u32) -> Result<aya::maps::Array<aya::maps::MapData, mcs_common::MaglevPair>> {
+    use mcs_common::{MAGLEV_TABLE_FLAGS, maglev_elements};
+    aya::maps::Array::create(maglev_elements(slots), MAGLEV_TABLE_FLAGS)
+        .with_context(|| format!("creating the Maglev array of {slots} slots (--maglev-slots-max)"))
 }
 
 /// Creates the flat Maglev array (`--maglev-slots-max` slots) as the one
 /// entry of `MCS_MAGLEV`, unless the (pinned) map already holds one: that
 /// one is adopted with its tables and its size. The only update of the
 /// outer map, so the only RCU grace period the tables ever wait for.
-fn ensure_maglev_array(ebpf: &mut Ebpf, slots: u32) -> Result<()> {
+///
+/// `creating` is an array already being created (when no pin was found
+/// before the load); it is dropped, unused, when a pinned one is adopted.
+fn ensure_maglev_array(ebpf: &mut Ebpf, slots: u32, creating: Option<MaglevArrayCreation>) -> Result<()> {
     use aya::maps::{Array, HashOfMaps, MapData, MapError};
-    use mcs_common::{MAGLEV_ARRAY_KEY, MAGLEV_TABLE_FLAGS, MaglevPair, maglev_elements};
+    use mcs_common::{MAGLEV_ARRAY_KEY, MaglevPair, maglev_elements};
     let mut outer: HashOfMaps<&mut MapData, u32, Array<MapData, MaglevPair>> = HashOfMaps::try_from(
         ebpf.map_mut(map_names::MAGLEV).context("map MCS_MAGLEV is missing from the eBPF object")?,
     )?;
@@ -358,8 +400,10 @@ fn ensure_maglev_array(ebpf: &mut Ebpf, slots: u32) -> Result<()> {
             Ok(())
         }
         Err(MapError::KeyNotFound) => {
-            let inner = Array::<MapData, MaglevPair>::create(maglev_elements(slots), MAGLEV_TABLE_FLAGS)
-                .with_context(|| format!("creating the Maglev array of {slots} slots (--maglev-slots-max)"))?;
+            let inner = match creating {
+                Some(creation) => creation.finish(slots)?,
+                None => create_maglev_array(slots)?,
+            };
             outer.insert(MAGLEV_ARRAY_KEY, &inner, 0).context("publishing the Maglev array in MCS_MAGLEV")?;
             Ok(())
         }

@@ -133,6 +133,9 @@ pub fn parse_str(source_name: &Path, text: &str) -> (Inputs, Vec<LoadError>) {
     if is_json {
         if !text.trim().is_empty() {
             reader.document = 1;
+            if reader.fast_json(text, "", None) {
+                return (reader.inputs, reader.errors);
+            }
             match serde_json::from_str::<Value>(text) {
                 Ok(value) => reader.object(value, ""),
                 Err(err) => reader.error(None, err.to_string()),
@@ -290,7 +293,7 @@ impl Reader<'_> {
             }
         } else if k8s::is_endpoint_slice(&api_version, &kind) {
             if let Some(slice) = self.typed::<EndpointSlice>(value, prefix, object) {
-                self.inputs.slices.push(slice.into());
+                self.inputs.slices.push(std::sync::Arc::new(slice.into()));
             }
         } else if k8s::is_endpoints(&api_version, &kind) {
             if let Some(endpoints) = self.typed::<Endpoints>(value, prefix, object) {
@@ -340,6 +343,91 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    /// Reads one JSON object (a list item by item) straight from its text
+    /// into its type, without a tree of values: at scale the tree was most
+    /// of the reading's time and memory. Returns false, having read nothing,
+    /// where the object (or a list item) is not plainly well formed: the
+    /// tree path then reads that part, with its messages. `defaults` is a
+    /// typed list's `apiVersion` and `kind`.
+    fn fast_json(&mut self, text: &str, prefix: &str, defaults: Option<(&str, &str)>) -> bool {
+        /// What is read first of every object.
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "apiVersion", borrow, default)]
+            api_version: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            kind: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            items: Option<Vec<&'a serde_json::value::RawValue>>,
+        }
+        /// The object, when it reads as `T` and has a name.
+        fn named<T: serde::de::DeserializeOwned + k8s::Object>(text: &str) -> Option<T> {
+            serde_json::from_str::<T>(text).ok().filter(|t| !t.name().is_empty())
+        }
+        let Ok(head) = serde_json::from_str::<Head<'_>>(text) else { return false };
+        // A typed list's item may leave out its type fields: the tree path
+        // adds them (the typed structs require them).
+        let own_types = head.api_version.is_some() && head.kind.is_some();
+        let given = |field: Option<std::borrow::Cow<'_, str>>, default: Option<&str>| {
+            field.map(std::borrow::Cow::into_owned).or_else(|| default.map(str::to_owned)).filter(|s| !s.is_empty())
+        };
+        let (Some(api_version), Some(kind)) =
+            (given(head.api_version, defaults.map(|d| d.0)), given(head.kind, defaults.map(|d| d.1)))
+        else {
+            return false;
+        };
+        if kind == "List" || TYPED_LISTS.iter().any(|(list_kind, _)| *list_kind == kind) {
+            let item_defaults = TYPED_LISTS.iter().find(|(list_kind, _)| *list_kind == kind).map(|(_, k)| *k);
+            for (index, item) in head.items.unwrap_or_default().into_iter().enumerate() {
+                let item_prefix = join_path(prefix, &format!("items[{index}]"));
+                let item_defaults = item_defaults.map(|k| (api_version.as_str(), k));
+                if item.get() == "null" || self.fast_json(item.get(), &item_prefix, item_defaults) {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(item.get()) {
+                    Ok(mut value) => {
+                        if let (Some((api_version, kind)), Value::Object(map)) = (item_defaults, &mut value) {
+                            map.entry("apiVersion").or_insert_with(|| api_version.into());
+                            map.entry("kind").or_insert_with(|| kind.into());
+                        }
+                        self.object(value, &item_prefix);
+                    }
+                    Err(err) => self.error(None, at(&item_prefix, err)),
+                }
+            }
+            return true;
+        }
+        let read = k8s::is_service_import(&api_version, &kind)
+            || k8s::is_gke_service_import(&api_version, &kind)
+            || k8s::is_endpoint_slice(&api_version, &kind)
+            || k8s::is_endpoints(&api_version, &kind);
+        if read && !own_types {
+            return false;
+        }
+        if k8s::is_service_import(&api_version, &kind) {
+            let Some(import) = named::<ServiceImport>(text) else { return false };
+            self.inputs.imports.push(import);
+        } else if k8s::is_gke_service_import(&api_version, &kind) {
+            let Some(import) = named::<GkeServiceImport>(text) else { return false };
+            self.inputs.gke_imports.push(import);
+        } else if k8s::is_endpoint_slice(&api_version, &kind) {
+            let Some(slice) = named::<EndpointSlice>(text) else { return false };
+            self.inputs.slices.push(std::sync::Arc::new(slice.into()));
+        } else if k8s::is_endpoints(&api_version, &kind) {
+            let Some(endpoints) = named::<Endpoints>(text) else { return false };
+            self.inputs.endpoints.push(endpoints);
+        } else {
+            tracing::debug!(
+                file = %self.file.display(),
+                document = self.document,
+                api_version,
+                kind,
+                "ignoring an object of a kind the agent does not read"
+            );
+        }
+        true
     }
 
     /// Reads the items of a list. `defaults` is the `apiVersion` and `kind`
@@ -667,6 +755,74 @@ items:
         let (_, errors) = parse("broken.json", "{\"kind\": ");
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].document, 1);
+    }
+
+    /// JSON is read straight into the types where it can be, and through a
+    /// tree of values where an item is not plainly well formed; YAML always
+    /// goes through the tree. The same text (JSON is YAML) must give the
+    /// same objects and the same errors either way.
+    #[test]
+    fn json_read_straight_equals_json_read_as_a_tree() {
+        let import = |name: &str, port: &str| {
+            format!(
+                r#"{{"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+                    "metadata": {{"name": "{name}", "namespace": "demo"}},
+                    "spec": {{"ips": ["198.19.0.1"], "ports": [{{"name": "http", "port": {port}}}]}}}}"#
+            )
+        };
+        let slice = |name: &str, extra: &str| {
+            format!(
+                r#"{{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {{"name": "{name}", "namespace": "demo",
+                                 "labels": {{"multicluster.kubernetes.io/service-name": "web"}}}},
+                    "addressType": "IPv4", "ports": [{{"name": "http", "port": 8080}}],
+                    "endpoints": [{{"addresses": ["198.18.0.1"], "conditions": {{"ready": true}},
+                                   "nodeName": "n1", "zone": "z"}}]{extra}}}"#
+            )
+        };
+        let items = [
+            import("good", "80"),
+            import("bad-port", "\"eighty\""),
+            import("", "80"),
+            slice("good-slice", ""),
+            slice("bad-slice", r#", "endpoints": 7"#),
+            slice("", ""),
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}}"#.to_owned(),
+            r#"{"kind": "ServiceImport"}"#.to_owned(),
+            "null".to_owned(),
+            "[1, 2]".to_owned(),
+            // A typed list's items may leave their type fields out.
+            r#"{"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImportList",
+                "items": [{"metadata": {"name": "typed", "namespace": "demo"},
+                           "spec": {"ips": ["198.19.0.2"], "ports": [{"port": 81}]}}]}"#
+                .to_owned(),
+        ];
+        // The straight path takes well-formed objects and leaves the others.
+        let mut reader =
+            Reader { file: Path::new("set.json"), document: 1, inputs: Inputs::default(), errors: Vec::new() };
+        for (item, straight) in
+            [(0, true), (1, false), (2, false), (3, true), (4, false), (5, false), (6, true), (7, false)]
+        {
+            assert_eq!(reader.fast_json(&items[item], "", None), straight, "item {item}: {}", items[item]);
+        }
+        assert_eq!((reader.inputs.imports.len(), reader.inputs.slices.len()), (1, 1), "read straight");
+        let text = format!(r#"{{"apiVersion": "v1", "kind": "List", "items": [{}]}}"#, items.join(",\n"));
+        assert!(reader.fast_json(&text, "", None), "a list is read straight, its bad items through the tree");
+        let (json, json_errors) = parse("set.json", &text);
+        let (yaml, yaml_errors) = parse("set.yaml", &text);
+        assert_eq!(import_names(&json), ["demo/good", "demo/typed"], "{json_errors:?}");
+        assert_eq!(slice_names(&json), ["good-slice"], "{json_errors:?}");
+        assert_eq!(format!("{:?}", json.imports), format!("{:?}", yaml.imports), "the imports");
+        assert_eq!(json.slices, yaml.slices, "the slices");
+        let without_file = |errors: &[LoadError]| -> Vec<String> {
+            errors.iter().map(|e| format!("{} {:?} {}", e.document, e.object, e.message)).collect()
+        };
+        assert_eq!(without_file(&json_errors), without_file(&yaml_errors), "the errors");
+        assert_eq!(json_errors.len(), 6, "{json_errors:#?}");
+        for (item, field) in [(1, "spec.ports[0].port"), (2, "metadata.name"), (4, "endpoints"), (5, "metadata.name")] {
+            let path = format!("items[{item}].{field}");
+            assert!(json_errors.iter().any(|e| e.message.starts_with(&path)), "no error at {path}: {json_errors:#?}");
+        }
     }
 
     #[test]

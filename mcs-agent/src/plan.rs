@@ -148,7 +148,12 @@ fn plan_backends(backends: &[DesiredBackend]) -> Vec<PlanBackend> {
     debug_assert!(backends.is_sorted(), "the translation sorts backends by (cluster, ip, port)");
     backends
         .iter()
-        .map(|b| PlanBackend { ip: b.ip, port: b.port, cluster: b.cluster.clone(), state: state_name(b.state).into() })
+        .map(|b| PlanBackend {
+            ip: b.ip,
+            port: b.port,
+            cluster: b.cluster.to_string(),
+            state: state_name(b.state).into(),
+        })
         .collect()
 }
 

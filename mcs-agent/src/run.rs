@@ -415,7 +415,13 @@ pub async fn run(options: RunConfig) -> Result<()> {
     }
     let mut source = Source::start(&options.source).await?;
 
-    let mut bpf = ebpf::load(&options.datapath.load_options(Some(options.pin_path.clone())))?;
+    // Loaded on a thread of its own: the verifier and the kernel's zeroing
+    // of the maps take seconds at scale, while the source reads and parses
+    // its objects here. Nothing is written before both are done.
+    let load_options = options.datapath.load_options(Some(options.pin_path.clone()));
+    let mut bpf = tokio::task::spawn_blocking(move || ebpf::load(&load_options))
+        .await
+        .context("the datapath loading thread")??;
     let mut dataplane = AyaDataplane::from_ebpf(&mut bpf)?;
     metrics.set_datapath(&mut bpf, &options.pin_path)?;
     let events = events::start(&mut bpf, options.datapath_events, options.monitor_socket.as_deref())?;

@@ -132,6 +132,12 @@ pub trait Dataplane {
     /// # Errors
     /// When the kernel refuses (for example, the map is full).
     fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()>;
+    /// Creates or replaces the backends `backends` (sorted by id), in
+    /// order; one result per backend. A dataplane that can write many at
+    /// once (one mapping for a run of ids) does.
+    fn put_backends(&mut self, backends: &[(u32, Backend)]) -> Vec<Result<()>> {
+        backends.iter().map(|(id, backend)| self.put_backend(*id, *backend)).collect()
+    }
     /// Deletes a backend; deleting a missing one is not an error.
     ///
     /// # Errors

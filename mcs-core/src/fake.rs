@@ -58,6 +58,8 @@ pub struct FakeDataplane {
     /// When set, the services map holds at most this many entries, as a
     /// full kernel map would.
     pub services_capacity: Option<usize>,
+    /// When set, backend ids are below this, as the backends array's are.
+    pub backends_capacity: Option<u32>,
 }
 
 impl Default for FakeDataplane {
@@ -73,6 +75,7 @@ impl Default for FakeDataplane {
             table_size: mcs_common::limits::MAGLEV_TABLE_SIZE,
             ops: Vec::new(),
             services_capacity: None,
+            backends_capacity: None,
         }
     }
 }
@@ -166,6 +169,10 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
+    fn backend_id_limit(&self) -> u32 {
+        self.backends_capacity.unwrap_or(u32::MAX)
+    }
+
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
@@ -214,6 +221,12 @@ impl Dataplane for FakeDataplane {
     }
 
     fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        if self.backends_capacity.is_some_and(|cap| id >= cap) {
+            return Err(DataplaneError::Full {
+                map: map_names::BACKENDS,
+                what: format!("writing backend {id} (raise --backends-max)"),
+            });
+        }
         self.ops.push(Op::PutBackend(id, backend));
         self.backends.insert(id, backend);
         Ok(())

@@ -126,6 +126,13 @@ pub trait Object {
     }
 }
 
+/// A shared object is read as the object.
+impl<T: Object> Object for std::sync::Arc<T> {
+    fn meta(&self) -> &ObjectMeta {
+        (**self).meta()
+    }
+}
+
 impl Object for ServiceImport {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
@@ -164,11 +171,13 @@ impl Object for Slice {
 /// keeps every slice of the ClusterSet; an endpoint here is 32 bytes. The
 /// translation reads an endpoint's first address (the API says an
 /// endpoint's addresses are fungible; kube-proxy reads only the first) and
-/// its three conditions, and a slice's labels, address type and ports.
-/// Server-side apply's `managedFields` are dropped from the metadata.
+/// its three conditions, and a slice's labels, address type and ports. Of
+/// the metadata, the namespace, name, labels and `resourceVersion` are kept
+/// ([`Slice::kept_metadata`]); annotations, owner references, `uid`,
+/// timestamps and server-side apply's `managedFields` are dropped.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Slice {
-    /// The object's metadata, without `managedFields`.
+    /// The object's namespace, name, labels and `resourceVersion`.
     pub metadata: ObjectMeta,
     /// `addressType`: `IPv4`, `IPv6` or `FQDN`.
     pub address_type: String,
@@ -209,11 +218,15 @@ impl EndpointAddress {
     }
 }
 
-impl From<&k8s_openapi::api::discovery::v1::Endpoint> for SliceEndpoint {
-    fn from(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Self {
-        let conditions = e.conditions.as_ref();
+impl SliceEndpoint {
+    /// The kept form of an endpoint with this first address and these conditions.
+    #[must_use]
+    pub fn new(
+        first_address: Option<&str>,
+        conditions: Option<&k8s_openapi::api::discovery::v1::EndpointConditions>,
+    ) -> Self {
         Self {
-            address: e.addresses.first().map(|a| EndpointAddress::parse(a)),
+            address: first_address.map(EndpointAddress::parse),
             ready: conditions.and_then(|c| c.ready),
             serving: conditions.and_then(|c| c.serving),
             terminating: conditions.and_then(|c| c.terminating),
@@ -221,7 +234,36 @@ impl From<&k8s_openapi::api::discovery::v1::Endpoint> for SliceEndpoint {
     }
 }
 
+impl From<&k8s_openapi::api::discovery::v1::Endpoint> for SliceEndpoint {
+    fn from(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Self {
+        Self::new(e.addresses.first().map(String::as_str), e.conditions.as_ref())
+    }
+}
+
 impl Slice {
+    /// What is kept of a slice's metadata: its namespace, name, labels and
+    /// `resourceVersion`.
+    #[must_use]
+    pub fn kept_metadata(metadata: ObjectMeta) -> ObjectMeta {
+        ObjectMeta {
+            namespace: metadata.namespace,
+            name: metadata.name,
+            labels: metadata.labels,
+            resource_version: metadata.resource_version,
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// What is kept of a slice's ports: all of them, without spare capacity
+    /// (a decoded list grows in steps; a slice has one or two ports).
+    #[must_use]
+    pub fn kept_ports(
+        mut ports: Vec<k8s_openapi::api::discovery::v1::EndpointPort>,
+    ) -> Vec<k8s_openapi::api::discovery::v1::EndpointPort> {
+        ports.shrink_to_fit();
+        ports
+    }
+
     /// The kept form of a slice with these fields (its endpoints only read).
     fn keep(
         metadata: ObjectMeta,
@@ -230,9 +272,9 @@ impl Slice {
         endpoints: Option<&[k8s_openapi::api::discovery::v1::Endpoint]>,
     ) -> Self {
         Self {
-            metadata: ObjectMeta { managed_fields: None, ..metadata },
+            metadata: Self::kept_metadata(metadata),
             address_type,
-            ports,
+            ports: ports.map(Self::kept_ports),
             endpoints: endpoints.into_iter().flatten().map(SliceEndpoint::from).collect(),
         }
     }
@@ -405,6 +447,9 @@ mod tests {
             "metadata": {
                 "namespace": "demo", "name": "web-east",
                 "labels": {"multicluster.kubernetes.io/service-name": "web"},
+                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-03T00:00:00Z"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u1"}],
+                "uid": "u2", "resourceVersion": "42", "generation": 3,
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
             },
             "addressType": "IPv4",
@@ -419,7 +464,17 @@ mod tests {
         .expect("the test's slice is a valid EndpointSlice");
         let kept = Slice::from(&object);
         assert_eq!(kept, Slice::from(object.clone()), "by reference and by value alike");
-        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(
+            kept.metadata,
+            ObjectMeta {
+                namespace: Some("demo".into()),
+                name: Some("web-east".into()),
+                labels: Some([(LABEL_SERVICE_NAME.to_owned(), "web".to_owned())].into()),
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
+            },
+            "annotations, owner references, uid, generation and managedFields are dropped"
+        );
         assert_eq!(label(&kept.metadata, LABEL_SERVICE_NAME), Some("web"));
         assert_eq!(
             (kept.address_type.as_str(), kept.ports, name_of(&kept.metadata)),

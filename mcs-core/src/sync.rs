@@ -4,10 +4,13 @@
 //!
 //! Order of writes:
 //! 1. cluster names that are new;
-//! 2. backends that are new or changed (usable ones, and draining ones
-//!    flagged `TERMINATING`, which keep their established flows);
-//! 3. per service port: its counters (when new), the address's wildcard, then
-//!    its Maglev table's slots, then its service entry;
+//! 2. for a chunk of service ports at a time, their backends that are new or
+//!    changed (usable ones, and draining ones flagged `TERMINATING`, which
+//!    keep their established flows); a backend belongs to one service port,
+//!    so each port's backends are written before anything names them;
+//! 3. then per service port of the chunk: its counters (when new), the
+//!    address's wildcard, then its Maglev table's slots, then its service
+//!    entry;
 //! 4. deletions in reverse: entries of removed ports, then their affinity
 //!    entries and counters (their tables' slots are left to wait, see
 //!    below), wildcards of addresses with no port left, backends no port
@@ -66,7 +69,9 @@ use crate::{
     translate::{DesiredBackend, DesiredServicePort, DesiredState, EndpointState, ServicePortKey},
 };
 
+mod backends;
 mod slots;
+use backends::BackendTable;
 pub use slots::REUSE_DELAY;
 use slots::SlotSpace;
 
@@ -242,8 +247,11 @@ pub struct Syncer {
     /// What the services map holds, as far as the syncer knows.
     services: BTreeMap<ServiceKey, ServiceValue>,
     /// What the backends map holds.
-    backends: BTreeMap<u32, Backend>,
-    backend_ids: HashMap<BackendIdentity, u32>,
+    backends: BackendTable,
+    /// Ids handed out in this sync and not written yet (a bit an id).
+    reserved: Vec<u64>,
+    /// Ids below this one fit the backends map ([`Dataplane::backend_id_limit`]).
+    id_limit: u32,
     /// Cluster names by id, as in the clusters map.
     clusters: BTreeMap<u32, String>,
     cluster_ids: HashMap<String, u32>,
@@ -251,9 +259,9 @@ pub struct Syncer {
     tables: BTreeMap<u32, TableState>,
     /// The free slots of the flat Maglev array.
     slots: SlotSpace,
+    /// Where the search for a free backend id starts (next fit: an id
+    /// freed is taken again only after every other free one was).
     next_backend_id: u32,
-    /// Whether `next_backend_id` has wrapped around: ids above it may be in use.
-    ids_wrapped: bool,
     /// Re-read the maps before the next sync.
     stale: bool,
     /// How long a removed backend keeps its established flows.
@@ -324,28 +332,41 @@ struct PortPlan<'a> {
     job: Option<TableJob>,
 }
 
-/// A Maglev table to build: its backends' identities (sorted) and ids, its
-/// size, and the digest of what it is built from.
+/// A Maglev table to build: its size and the digest of what it is built
+/// from. Its backends are the port's usable ones, with the first of the
+/// plan's backend ids.
 struct TableJob {
-    backends: Vec<(String, u32)>,
     size: u32,
     inputs: u64,
 }
 
 impl TableJob {
-    fn build(&self) -> Vec<u32> {
-        let identities: Vec<&str> = self.backends.iter().map(|(identity, _)| identity.as_str()).collect();
-        maglev::build(&identities, self.size).iter().map(|i| self.backends[*i as usize].1).collect()
+    /// The table of `backends` (sorted by identity, which gives every node
+    /// the same table) with ids `ids`. The identities live only while the
+    /// table is built: a cold start builds 20,000 tables, and keeping every
+    /// plan's identities until its chunk was built held millions of strings.
+    fn build(&self, backends: &[DesiredBackend], ids: &[u32]) -> Vec<u32> {
+        let mut named: Vec<(String, u32)> =
+            backends.iter().zip(ids).map(|(b, id)| (maglev::identity(&b.cluster, b.ip, b.port), *id)).collect();
+        named.sort_unstable();
+        let identities: Vec<&str> = named.iter().map(|(identity, _)| identity.as_str()).collect();
+        maglev::build(&identities, self.size).iter().map(|i| named[*i as usize].1).collect()
     }
 }
 
-/// Ports whose tables are built together, then written.
-const BUILD_CHUNK: usize = 512;
+/// A table to build with what it is built from.
+type BuildInput<'p> = (&'p TableJob, &'p [DesiredBackend], &'p [u32]);
+
+/// Ports whose tables are built together, then written: enough for both
+/// cores ([`PARALLEL_SLOTS`] at the ladder's size for 100 backends), few
+/// enough that a cold start holds little of what it builds (a chunk of
+/// 10,007-slot tables is 5 MiB).
+const BUILD_CHUNK: usize = 128;
 
 /// What step 3 of a sync keeps track of across ports.
-struct PortWrites<'a> {
+struct PortWrites {
     /// Backends that could not be written: their ports are left as they were.
-    failed_backends: &'a BTreeSet<u32>,
+    failed_backends: BTreeSet<u32>,
     now: Instant,
     /// Ports left as they were keep their backends: their live table may name them.
     failed_services: BTreeSet<u32>,
@@ -357,17 +378,19 @@ struct PortWrites<'a> {
 const PARALLEL_SLOTS: usize = 1 << 20;
 
 /// Builds the tables of `jobs`, on every core when there are enough slots.
-fn build_all(jobs: &[&TableJob]) -> Vec<Vec<u32>> {
-    let slots: usize = jobs.iter().map(|j| j.size as usize).sum();
+fn build_all(jobs: &[BuildInput<'_>]) -> Vec<Vec<u32>> {
+    let slots: usize = jobs.iter().map(|(j, _, _)| j.size as usize).sum();
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(jobs.len());
     if threads < 2 || slots < PARALLEL_SLOTS {
-        return jobs.iter().map(|j| j.build()).collect();
+        return jobs.iter().map(|(j, backends, ids)| j.build(backends, ids)).collect();
     }
     let chunk = jobs.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|j| j.build()).collect::<Vec<_>>()))
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|(j, backends, ids)| j.build(backends, ids)).collect::<Vec<_>>())
+            })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("building a Maglev table does not panic")).collect()
     })
@@ -528,10 +551,11 @@ impl Syncer {
             Err(e) => return Some(format!("reading backends {backend_ids:?}: {e}")),
         };
         let known = self.backends.range(backend_ids.clone());
-        if live.len() != known.clone().count() || live.iter().zip(known).any(|((a, x), (b, y))| a != b || x != y) {
-            let first = live.iter().find(|(id, b)| self.backends.get(id) != Some(b)).map(|(id, _)| *id).or_else(|| {
-                self.backends.range(backend_ids).map(|(id, _)| *id).find(|id| !live.iter().any(|(l, _)| l == id))
-            });
+        if live.len() != known.clone().count() || live.iter().zip(known).any(|((a, x), (b, y))| *a != b || x != y) {
+            let first =
+                live.iter().find(|(id, b)| self.backends.get(*id) != Some(b)).map(|(id, _)| *id).or_else(|| {
+                    self.backends.range(backend_ids).map(|(id, _)| id).find(|id| !live.iter().any(|(l, _)| l == id))
+                });
             return Some(first.map_or_else(|| "the backends".to_owned(), |id| format!("backend {id}")));
         }
         for (service_id, table) in self.tables.range(service_ids) {
@@ -549,14 +573,11 @@ impl Syncer {
         let old_services = std::mem::replace(&mut self.services, dp.services()?.into_iter().collect());
         let old_backends = std::mem::replace(&mut self.backends, dp.backends()?.into_iter().collect());
         let old_clusters = std::mem::take(&mut self.clusters);
-        self.backend_ids = self.backends.iter().map(|(id, b)| (BackendIdentity::from(b), *id)).collect();
         self.cluster_refs.clear();
-        for b in self.backends.values() {
+        for (_, b) in self.backends.iter() {
             *self.cluster_refs.entry(b.cluster_id).or_insert(0) += 1;
         }
-        let max_id = self.backends.keys().next_back().copied().unwrap_or(0);
-        self.next_backend_id = max_id.checked_add(1).unwrap_or(1);
-        self.ids_wrapped = max_id == u32::MAX;
+        self.next_backend_id = self.backends.last_id().map_or(1, |id| id.wrapping_add(1));
         self.clusters = dp.clusters()?.into_iter().collect();
         self.cluster_ids = self.clusters.iter().map(|(id, name)| (name.clone(), *id)).collect();
         // The tables are where the entries say. One that still holds what
@@ -589,7 +610,7 @@ impl Syncer {
     fn forget_drifted(
         &mut self,
         old_services: &BTreeMap<ServiceKey, ServiceValue>,
-        old_backends: &BTreeMap<u32, Backend>,
+        old_backends: &BackendTable,
         old_clusters: &BTreeMap<u32, String>,
     ) {
         if *old_clusters != self.clusters {
@@ -598,8 +619,8 @@ impl Syncer {
         }
         let mut drifted: std::collections::HashSet<u32> = std::collections::HashSet::new();
         if *old_backends != self.backends {
-            drifted.extend(self.backends.iter().filter(|(id, b)| old_backends.get(id) != Some(b)).map(|(id, _)| *id));
-            drifted.extend(old_backends.keys().filter(|id| !self.backends.contains_key(id)));
+            drifted.extend(self.backends.iter().filter(|(id, b)| old_backends.get(*id) != Some(b)).map(|(id, _)| id));
+            drifted.extend(old_backends.ids().filter(|id| !self.backends.contains(*id)));
         }
         let (services, tables) = (&self.services, &self.tables);
         self.memo.retain(|key, memo| {
@@ -623,26 +644,38 @@ impl Syncer {
         Ok(id)
     }
 
-    fn allocate_backend_id(&mut self, identity: BackendIdentity) -> u32 {
-        if let Some(id) = self.backend_ids.get(&identity) {
-            return *id;
-        }
-        // The counter only moves forward, so ids handed out in one sync never
-        // collide: until it wraps, every id in use is below it. After it wraps
-        // (four billion ids later) it skips ids in use, at the cost of a scan.
-        let mut id = self.next_backend_id.max(1);
-        if self.ids_wrapped {
-            while self.backends.contains_key(&id) || self.backend_ids.values().any(|v| *v == id) {
-                id = id.wrapping_add(1).max(1);
+    /// A free backend id below the map's limit: the first from where the
+    /// last search stopped (next fit, wrapping round), so that an id freed
+    /// is taken again as late as can be. Every id in use: the limit itself,
+    /// whose write fails as a full map does.
+    fn allocate_backend_id(&mut self) -> u32 {
+        let limit = self.id_limit.max(2);
+        let mut id = self.next_backend_id;
+        // Bounded: each id below the limit is looked at once at most.
+        for _ in 1..limit {
+            if id == 0 || id >= limit {
+                id = 1;
             }
+            if !self.backends.contains(id) && !self.is_reserved(id) {
+                self.reserve(id);
+                self.next_backend_id = id + 1;
+                return id;
+            }
+            id += 1;
         }
-        self.next_backend_id = id.wrapping_add(1);
-        if self.next_backend_id == 0 {
-            self.next_backend_id = 1;
-            self.ids_wrapped = true;
+        limit
+    }
+
+    fn is_reserved(&self, id: u32) -> bool {
+        self.reserved.get(id as usize / 64).is_some_and(|word| word & (1 << (id % 64)) != 0)
+    }
+
+    fn reserve(&mut self, id: u32) {
+        let word = id as usize / 64;
+        if self.reserved.len() <= word {
+            self.reserved.resize(word + 1, 0);
         }
-        self.backend_ids.insert(identity, id);
-        id
+        self.reserved[word] |= 1 << (id % 64);
     }
 
     /// Service ids in use: the entries', the tables', and the backends'. In
@@ -651,9 +684,9 @@ impl Syncer {
     /// failure, or this one would be full), so only those are looked at.
     fn service_ids_in_use(&self, full: bool) -> BTreeSet<u32> {
         let backends: Vec<u32> = if full {
-            self.backends.values().map(|b| b.service_id).collect()
+            self.backends.iter().map(|(_, b)| b.service_id).collect()
         } else {
-            self.removed.keys().filter_map(|id| self.backends.get(id)).map(|b| b.service_id).collect()
+            self.removed.keys().filter_map(|id| self.backends.get(*id)).map(|b| b.service_id).collect()
         };
         self.services.values().map(|v| v.service_id).chain(self.tables.keys().copied()).chain(backends).collect()
     }
@@ -668,7 +701,7 @@ impl Syncer {
 
     /// Records that the backends map no longer holds `id`.
     fn forget_backend(&mut self, id: u32) -> Option<Backend> {
-        let old = self.backends.remove(&id)?;
+        let old = self.backends.remove(id)?;
         self.forget_cluster_ref(old.cluster_id);
         Some(old)
     }
@@ -722,7 +755,6 @@ impl Syncer {
     ///
     /// # Errors
     /// As [`Syncer::sync`].
-    #[expect(clippy::too_many_lines, reason = "the sync's steps in order: plan, clusters, backends, ports, deletions")]
     pub fn sync_changed_at(
         &mut self,
         dp: &mut impl Dataplane,
@@ -735,19 +767,19 @@ impl Syncer {
             self.reload(dp).map_err(SyncError::Reload)?;
         }
         self.slots.reclaim(now);
+        self.id_limit = dp.backend_id_limit();
         let table_size = dp.maglev_table_size();
 
         // Plan: ids, backends and tables of every desired port that changed
         // since it was last written (every port, in a full sync).
         let full = outcome.full;
         let mut new_clusters = NewClusters { names: BTreeMap::new(), ids: LowestFree::new() };
-        let mut wanted_backends: HashMap<u32, Backend> = HashMap::new();
         let mut service_ids = ServiceIds { used: None, full, free: LowestFree::new() };
         let mut plans = Vec::new();
         let mut digests = Vec::new();
         let mut written_ports: BTreeSet<ServiceKey> = BTreeSet::new();
         // Backends of the ports skipped in a full sync: wanted as they are.
-        let mut kept: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        let mut kept: Vec<u32> = Vec::new();
         // A port the caller says is unchanged, whose last write succeeded
         // (it has a memo), is as it was written: no digest is needed.
         // Told which ports may differ (and not a full sync), only those are
@@ -775,53 +807,33 @@ impl Syncer {
                 continue;
             }
             digests.push(digest);
-            let plan = self.plan_port(*key, port, table_size, &mut service_ids, &mut new_clusters);
-            if plan.error.is_none() {
-                for id in &plan.backend_ids {
-                    wanted_backends.insert(*id, Backend::default());
-                }
-            }
-            plans.push(plan);
+            plans.push(self.plan_port(*key, port, table_size, &mut service_ids, &mut new_clusters));
         }
-        // The backend values, now that every id is known.
-        self.backend_values(&plans, &mut wanted_backends);
+        // The backends the desired ports want (sorted, for the deletions).
+        let mut wanted: Vec<u32> = plans
+            .iter()
+            .filter(|p| p.error.is_none())
+            .flat_map(|p| p.backend_ids.iter().copied())
+            .chain(kept)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
 
         // 1. Cluster names.
         let failed_clusters = self.write_clusters(dp, &new_clusters, &mut outcome);
 
-        // 2. Backends.
-        let mut failed_backends = BTreeSet::new();
-        let mut changed: Vec<(u32, Backend)> = wanted_backends
-            .iter()
-            .filter(|(id, b)| self.backends.get(id) != Some(b))
-            .map(|(id, b)| (*id, *b))
-            .collect();
-        changed.sort_unstable_by_key(|(id, _)| *id);
-        for (id, backend) in &changed {
-            if failed_clusters.contains(&backend.cluster_id) {
-                failed_backends.insert(*id);
-                continue;
-            }
-            match dp.put_backend(*id, *backend) {
-                Ok(()) => {
-                    self.remember_backend(*id, *backend);
-                    outcome.writes += 1;
-                }
-                Err(error) => {
-                    failed_backends.insert(*id);
-                    outcome.errors.push(SyncError::Backend { id: *id, error });
-                }
-            }
-        }
-
-        // 3. Per service port: counters, wildcard, table and entry; in
-        // chunks whose tables are built (on both cores when it pays) just
-        // before they are written, so that a cold start does not hold every
-        // built table at once.
+        // 2. and 3., a chunk of ports at a time: their backends that are
+        // new or changed; then per port its counters, wildcard, table and
+        // entry. A chunk's tables are built (on both cores when it pays)
+        // just before they are written, so that a cold start holds neither
+        // every built table nor every backend's value at once. A backend
+        // belongs to one service port, so it is written before any slot
+        // names it.
         let mut step =
-            PortWrites { failed_backends: &failed_backends, now, failed_services: BTreeSet::new(), left: Vec::new() };
+            PortWrites { failed_backends: BTreeSet::new(), now, failed_services: BTreeSet::new(), left: Vec::new() };
         let mut digests = digests.into_iter();
         for chunk in plans.chunks_mut(BUILD_CHUNK) {
+            self.write_backends(dp, chunk, &failed_clusters, &mut step.failed_backends, &mut outcome);
             self.build_tables(chunk);
             for plan in chunk.iter_mut() {
                 written_ports.insert(plan.service_key);
@@ -834,9 +846,6 @@ impl Syncer {
 
         // 4. Deletions, in reverse.
         let candidates = (!full).then_some(left);
-        for id in kept {
-            wanted_backends.entry(id).or_default();
-        }
         // The ports that may have gone: the listed ones, or every one.
         let gone: Option<Vec<ServiceKey>> = only.map(|listed| {
             listed
@@ -847,7 +856,7 @@ impl Syncer {
         });
         self.delete_stale(
             dp,
-            (&written_ports, &wanted_backends, &failed_services),
+            (&written_ports, &wanted, &failed_services),
             (candidates, gone.as_deref()),
             now,
             &mut outcome,
@@ -867,7 +876,7 @@ impl Syncer {
         dp: &mut impl Dataplane,
         plan: &mut PortPlan<'_>,
         digest: u64,
-        step: &mut PortWrites<'_>,
+        step: &mut PortWrites,
         outcome: &mut SyncOutcome,
     ) {
         let old = self.memo.remove(&plan.service_key);
@@ -914,19 +923,54 @@ impl Syncer {
         failed_clusters
     }
 
-    /// Fills in the values of the backends `plans` need, now that every id is known.
-    fn backend_values(&self, plans: &[PortPlan<'_>], wanted_backends: &mut HashMap<u32, Backend>) {
-        for plan in plans {
-            if plan.error.is_some() {
-                continue;
-            }
+    /// Step 2 for the ports of `plans`: writes the backends they need that
+    /// the map does not hold as wanted, in one call (by id). A backend whose
+    /// cluster name could not be written, or whose write failed, is added
+    /// to `failed_backends`.
+    fn write_backends(
+        &mut self,
+        dp: &mut impl Dataplane,
+        plans: &[PortPlan<'_>],
+        failed_clusters: &BTreeSet<u32>,
+        failed_backends: &mut BTreeSet<u32>,
+        outcome: &mut SyncOutcome,
+    ) {
+        let mut changed: Vec<(u32, Backend)> = Vec::new();
+        for plan in plans.iter().filter(|p| p.error.is_none()) {
             let all = plan.port.backends.iter().map(|b| (b, false)).chain(plan.port.draining.iter().map(|b| (b, true)));
             for ((b, draining), id) in all.zip(&plan.backend_ids) {
                 let flags = if draining || b.state == EndpointState::Terminating { BACKEND_F_TERMINATING } else { 0 };
-                let cluster_id = self.cluster_ids[&b.cluster];
+                let cluster_id = self.cluster_ids[&*b.cluster];
                 let backend =
                     Backend::new(b.ip, b.port, plan.key.protocol.number(), flags, cluster_id, plan.value.service_id);
-                wanted_backends.insert(*id, backend);
+                if self.backends.get(*id) == Some(&backend) {
+                    continue;
+                }
+                if failed_clusters.contains(&cluster_id) {
+                    failed_backends.insert(*id);
+                    continue;
+                }
+                changed.push((*id, backend));
+            }
+        }
+        changed.sort_unstable_by_key(|(id, _)| *id);
+        let mut results = dp.put_backends(&changed).into_iter();
+        for (id, backend) in &changed {
+            let result = results.next().unwrap_or_else(|| {
+                Err(DataplaneError::Invalid {
+                    what: format!("backend {id}"),
+                    reason: "the write gave no result".into(),
+                })
+            });
+            match result {
+                Ok(()) => {
+                    self.remember_backend(*id, *backend);
+                    outcome.writes += 1;
+                }
+                Err(error) => {
+                    failed_backends.insert(*id);
+                    outcome.errors.push(SyncError::Backend { id: *id, error });
+                }
             }
         }
     }
@@ -979,13 +1023,29 @@ impl Syncer {
             });
             return plan;
         }
+        plan.backend_ids.reserve_exact(total);
+        // The port's backends keep their ids (a backend that comes back in
+        // its removal grace gets its old one).
+        let mut known: HashMap<BackendIdentity, u32> = self
+            .backends
+            .of_service(service_id)
+            .iter()
+            .filter_map(|id| Some((BackendIdentity::from(self.backends.get(*id)?), *id)))
+            .collect();
         let mut usable: Vec<(&DesiredBackend, u32)> = Vec::with_capacity(port.backends.len());
         for (b, in_table) in port.backends.iter().map(|b| (b, true)).chain(port.draining.iter().map(|b| (b, false))) {
             if let Err(rejection) = self.cluster_id(&b.cluster, new_clusters) {
                 plan.error = Some(rejection);
                 return plan;
             }
-            let id = self.allocate_backend_id(identity_of(b, proto, service_id));
+            let identity = identity_of(b, proto, service_id);
+            let id = if let Some(id) = known.get(&identity) {
+                *id
+            } else {
+                let id = self.allocate_backend_id();
+                known.insert(identity, id);
+                id
+            };
             plan.backend_ids.push(id);
             if in_table {
                 usable.push((b, id));
@@ -1007,18 +1067,19 @@ impl Syncer {
                 return plan;
             }
         }
-        // Sorted identities give every node the same table.
-        let mut usable: Vec<(String, u32)> =
-            usable.iter().map(|(b, id)| (maglev::identity(&b.cluster, b.ip, b.port), *id)).collect();
-        usable.sort();
-        plan.job = Some(TableJob { backends: usable, size, inputs });
+        plan.job = Some(TableJob { size, inputs });
         plan
     }
 
     /// Builds the tables the plans need (on both cores when it pays) and
     /// keeps those that differ from the live ones.
     fn build_tables(&mut self, plans: &mut [PortPlan<'_>]) {
-        let jobs: Vec<&TableJob> = plans.iter().filter_map(|p| p.job.as_ref()).collect();
+        let jobs: Vec<BuildInput<'_>> = plans
+            .iter()
+            .filter_map(|p| {
+                Some((p.job.as_ref()?, p.port.backends.as_slice(), &p.backend_ids[..p.port.backends.len()]))
+            })
+            .collect();
         let tables = build_all(&jobs);
         let mut tables = tables.into_iter();
         for plan in plans.iter_mut() {
@@ -1139,11 +1200,7 @@ impl Syncer {
     fn delete_stale(
         &mut self,
         dp: &mut impl Dataplane,
-        (written_ports, wanted_backends, failed_services): (
-            &BTreeSet<ServiceKey>,
-            &HashMap<u32, Backend>,
-            &BTreeSet<u32>,
-        ),
+        (written_ports, wanted, failed_services): (&BTreeSet<ServiceKey>, &[u32], &BTreeSet<u32>),
         (candidates, listed): (Option<Vec<u32>>, Option<&[ServiceKey]>),
         now: Instant,
         outcome: &mut SyncOutcome,
@@ -1194,7 +1251,7 @@ impl Syncer {
         // Which backends may be unwanted now: every one in a full sync; else
         // those the written and the deleted ports had, and those in grace.
         let unwanted: Vec<u32> = match candidates {
-            None => self.backends.keys().copied().collect(),
+            None => self.backends.ids().collect(),
             Some(mut c) => {
                 c.extend(self.removed.keys().copied());
                 c.sort_unstable();
@@ -1206,32 +1263,25 @@ impl Syncer {
             .into_iter()
             .filter(|id| {
                 self.backends
-                    .get(id)
-                    .is_some_and(|b| !wanted_backends.contains_key(id) && !failed_services.contains(&b.service_id))
+                    .get(*id)
+                    .is_some_and(|b| wanted.binary_search(id).is_err() && !failed_services.contains(&b.service_id))
             })
             .collect();
-        for id in wanted_backends.keys() {
+        for id in wanted {
             self.removed.remove(id);
         }
         for id in self.end_of_grace(dp, unwanted, now, outcome) {
             match dp.delete_backend(id) {
                 Ok(()) => {
-                    if let Some(b) = self.forget_backend(id) {
-                        self.backend_ids.remove(&BackendIdentity::from(&b));
-                    }
+                    self.forget_backend(id);
                     outcome.writes += 1;
                 }
                 Err(error) => outcome.errors.push(SyncError::Delete { what: format!("backend {id}"), error }),
             }
         }
-        // Ids handed out for backends that were never written are free again
-        // (only a failed sync leaves such ids, and the next one is full).
-        // Every backend has its identity there, so there are such ids only
-        // when there are more identities than backends.
-        if outcome.full && self.backend_ids.len() > self.backends.len() {
-            let backends = &self.backends;
-            self.backend_ids.retain(|_, id| backends.contains_key(id));
-        }
+        // Ids handed out for backends that were not written are free again
+        // (the written ones are in the table).
+        self.reserved.clear();
         let refs = &self.cluster_refs;
         let unused_clusters: Vec<u32> =
             self.clusters.keys().filter(|id| refs.get(id).is_none_or(|n| *n == 0)).copied().collect();
@@ -1249,7 +1299,7 @@ impl Syncer {
         let clusters = &self.clusters;
         self.cluster_ids.retain(|_, id| clusters.contains_key(id));
         let backends = &self.backends;
-        self.removed.retain(|id, _| backends.contains_key(id));
+        self.removed.retain(|id, _| backends.contains(*id));
     }
 
     /// Wildcards of addresses left with no port: of `addresses` (those whose
@@ -1290,7 +1340,7 @@ impl Syncer {
                 expired.push(id);
                 continue;
             }
-            let Some(backend) = self.backends.get(&id).copied() else { continue };
+            let Some(backend) = self.backends.get(id).copied() else { continue };
             if backend.flags & BACKEND_F_REMOVED == 0 {
                 let flagged = Backend { flags: backend.flags | BACKEND_F_REMOVED, ..backend };
                 match dp.put_backend(id, flagged) {

@@ -334,10 +334,11 @@ impl SliceBuilder {
         self.endpoint(address, Some(conditions(Some(false), Some(true), Some(true))))
     }
 
-    /// The slice as the agent keeps it ([`k8s::Slice`]).
+    /// The slice as the agent keeps it ([`k8s::Slice`]), shared as the
+    /// translation's inputs hold it.
     #[must_use]
-    pub fn build(self) -> k8s::Slice {
-        self.0.into()
+    pub fn build(self) -> std::sync::Arc<k8s::Slice> {
+        std::sync::Arc::new(self.0.into())
     }
 
     /// The slice as the API serves it.

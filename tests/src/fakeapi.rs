@@ -5,7 +5,10 @@
 //! - discovery: `/api`, `/api/v1`, `/apis`, `/apis/<group>/<version>`;
 //! - LIST of a resource (all namespaces or one), with `labelSelector`
 //!   (`key`, `!key`, `key=value`, `key==value`, `key!=value`, comma-joined)
-//!   and the list's `metadata.resourceVersion`; `limit` is ignored (one page);
+//!   and the list's `metadata.resourceVersion`; with `limit`, in pages that
+//!   `continue` resumes, every page at the first one's version, as the real
+//!   server's consistent lists are (an unknown or evicted token gets `410`
+//!   `Expired`, as a compacted one does);
 //! - WATCH (`?watch=true`): from `resourceVersion` N it replays every change
 //!   after N, then streams live ones, one JSON event per line (`ADDED`,
 //!   `MODIFIED`, `DELETED`, and `BOOKMARK` every bookmark interval when the
@@ -92,12 +95,13 @@ struct Change {
     rv: u64,
     group: &'static str,
     plural: &'static str,
-    old: Option<Value>,
-    new: Option<Value>,
+    old: Option<Arc<Value>>,
+    new: Option<Arc<Value>>,
 }
 
-/// Objects of one resource by (namespace, name).
-type Objects = BTreeMap<(String, String), Value>;
+/// Objects of one resource by (namespace, name). Shared with the history
+/// and with paged lists: a list of 100,000 objects copies none of them.
+type Objects = BTreeMap<(String, String), Arc<Value>>;
 
 /// A fault the server injects until it is cleared ([`Fault::None`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,7 +137,16 @@ struct State {
     /// Watches answered with 410 Gone.
     gone: u64,
     fault: Fault,
+    /// Paged lists in progress, by token id: the list's version and its items.
+    pagings: BTreeMap<u64, (u64, Page)>,
+    next_paging: u64,
 }
+
+/// The items of a paged list, as they were at its first page.
+type Page = Arc<Vec<Arc<Value>>>;
+
+/// Paged lists kept at once; the oldest goes first (its next page then gets 410).
+const PAGINGS_MAX: usize = 16;
 
 struct Shared {
     state: Mutex<State>,
@@ -253,7 +266,8 @@ impl FakeApi {
         meta.insert("namespace".into(), namespace.clone().into());
         meta.insert("resourceVersion".into(), rv.to_string().into());
         meta.insert("uid".into(), uid.into());
-        objects.insert((namespace, name), obj.clone());
+        let obj = Arc::new(obj);
+        objects.insert((namespace, name), Arc::clone(&obj));
         state.history.push(Change { rv, group: kind.group, plural: kind.plural, old, new: Some(obj) });
         drop(state);
         self.shared.wake.send_modify(|n| *n += 1);
@@ -276,7 +290,7 @@ impl FakeApi {
         };
         state.rv += 1;
         let rv = state.rv;
-        old["metadata"]["resourceVersion"] = rv.to_string().into();
+        Arc::make_mut(&mut old)["metadata"]["resourceVersion"] = rv.to_string().into();
         state.history.push(Change { rv, group: kind.group, plural: kind.plural, old: Some(old), new: None });
         if !seen {
             state.compacted = rv;
@@ -515,11 +529,15 @@ impl Target {
         self.namespace.as_deref().is_none_or(|ns| meta_str(obj, "namespace") == Some(ns)) && self.selector.matches(obj)
     }
 
-    /// The object as served at the requested version.
-    fn present(&self, obj: &Value) -> Value {
-        let mut obj = obj.clone();
+    /// The object as served at the requested version (a copy only when
+    /// it was stored under another).
+    fn present(&self, obj: &Arc<Value>) -> Arc<Value> {
+        if obj.get("apiVersion").and_then(Value::as_str) == Some(self.api_version.as_str()) {
+            return Arc::clone(obj);
+        }
+        let mut obj = Value::clone(obj);
         obj["apiVersion"] = self.api_version.clone().into();
-        obj
+        Arc::new(obj)
     }
 }
 
@@ -581,7 +599,7 @@ fn route(shared: &Arc<Shared>, request: &Request<hyper::body::Incoming>) -> Resp
     if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
         watch_response(shared, target, &query)
     } else {
-        list_response(shared, &target)
+        list_response(shared, &target, &query)
     }
 }
 
@@ -614,24 +632,68 @@ fn resource_list(group: &str, version: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
 }
 
-fn list_response(shared: &Shared, target: &Target) -> Response<Body> {
-    let state = shared.lock();
-    let items: Vec<Value> = state
-        .objects
-        .get(&(target.kind.group, target.kind.plural))
-        .into_iter()
-        .flat_map(BTreeMap::values)
-        .filter(|o| target.wants(o))
-        .map(|o| target.present(o))
-        .collect();
-    let body = json!({
-        "kind": format!("{}List", target.kind.kind),
-        "apiVersion": target.api_version,
-        "metadata": {"resourceVersion": state.rv.to_string()},
-        "items": items,
-    });
+fn list_response(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let mut state = shared.lock();
+    // A continued list: the next page of the items as they were at its first page.
+    let (rv, items, offset, paging): (u64, Page, usize, Option<u64>) =
+        if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
+            let parsed = token.split_once('-').and_then(|(id, at)| Some((id.parse::<u64>().ok()?, at.parse().ok()?)));
+            let Some(((id, offset), (rv, items))) =
+                parsed.and_then(|(id, at)| Some(((id, at), state.pagings.get(&id)?.clone())))
+            else {
+                drop(state);
+                let body = status(410, "Expired", "the provided continue parameter is too old or unknown");
+                return respond(StatusCode::GONE, &body);
+            };
+            (rv, items, offset, Some(id))
+        } else {
+            let items: Vec<Arc<Value>> = state
+                .objects
+                .get(&(target.kind.group, target.kind.plural))
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .filter(|o| target.wants(o))
+                .map(|o| target.present(o))
+                .collect();
+            (state.rv, Arc::new(items), 0, None)
+        };
+    let end = limit.map_or(items.len(), |l| offset.saturating_add(l).min(items.len()));
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if end < items.len() {
+        let id = paging.unwrap_or_else(|| {
+            state.next_paging += 1;
+            let id = state.next_paging;
+            state.pagings.insert(id, (rv, Arc::clone(&items)));
+            while state.pagings.len() > PAGINGS_MAX {
+                state.pagings.pop_first();
+            }
+            id
+        });
+        metadata["continue"] = format!("{id}-{end}").into();
+        metadata["remainingItemCount"] = (items.len() - end).into();
+    } else if let Some(id) = paging {
+        state.pagings.remove(&id);
+    }
     drop(state);
-    respond(StatusCode::OK, &body)
+    // Written item by item: a tree of the whole list would copy every object.
+    let head =
+        json!({"kind": format!("{}List", target.kind.kind), "apiVersion": target.api_version, "metadata": metadata});
+    let mut body = serde_json::to_vec(&head).expect("a list head serialises");
+    body.pop(); // its closing brace
+    body.extend_from_slice(br#","items":["#);
+    for (i, item) in items.get(offset.min(end)..end).unwrap_or_default().iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &**item).expect("an object serialises");
+    }
+    body.extend_from_slice(b"]}");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
+        .expect("a valid response")
 }
 
 fn event(kind: &str, object: &Value) -> Bytes {
@@ -655,7 +717,7 @@ fn pending(state: &State, target: &Target, cursor: u64) -> (Vec<Bytes>, u64) {
             // Deleted, or no longer selected: the last state, at the change's version.
             (true, false, new, Some(old)) => {
                 let mut last = new.clone().unwrap_or_else(|| old.clone());
-                last["metadata"]["resourceVersion"] = change.rv.to_string().into();
+                Arc::make_mut(&mut last)["metadata"]["resourceVersion"] = change.rv.to_string().into();
                 ("DELETED", last)
             }
             _ => continue,
@@ -792,6 +854,66 @@ mod tests {
         ] {
             assert_eq!(Selector::parse(selector).matches(&obj), want, "{selector:?}");
         }
+    }
+
+    /// A GET on the server, over one HTTP/1.1 connection: the status and the body.
+    fn get(api: &FakeApi, path: &str) -> (u16, Value) {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(api.addr).expect("connect to the fake API");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\r\n").expect("send the request");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).expect("read the response");
+        let text = String::from_utf8(response).expect("a UTF-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
+        let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("status in {head:?}"));
+        // The body may come chunked: the JSON object is between its first `{` and last `}`.
+        let json = body.find('{').zip(body.rfind('}')).map_or("null", |(a, b)| &body[a..=b]);
+        (code, serde_json::from_str(json).unwrap_or_else(|e| panic!("body of {path}: {e}: {body:?}")))
+    }
+
+    fn slice_object(name: &str) -> Value {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "ns", "labels": {"multicluster.kubernetes.io/service-name": "s"}},
+               "addressType": "IPv4", "endpoints": []})
+    }
+
+    fn names(list: &Value) -> Vec<String> {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().expect("name").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn lists_page_with_limit_and_continue_at_the_first_pages_version() {
+        let api = FakeApi::start();
+        for name in ["a", "b", "c", "d", "e"] {
+            api.apply(slice_object(name));
+        }
+        let base = "/apis/discovery.k8s.io/v1/endpointslices";
+        let (code, first) = get(&api, &format!("{base}?limit=2"));
+        assert_eq!((code, names(&first)), (200, vec!["a".to_owned(), "b".to_owned()]), "first page: {first}");
+        let version = first["metadata"]["resourceVersion"].clone();
+        assert_eq!(first["metadata"]["remainingItemCount"], 3, "{first}");
+        // A change between pages is not in them: they are at the first page's version.
+        api.apply(slice_object("bb"));
+        let token = first["metadata"]["continue"].as_str().expect("a continue token").to_owned();
+        let (_, second) = get(&api, &format!("{base}?limit=2&continue={token}"));
+        assert_eq!(names(&second), ["c", "d"], "second page: {second}");
+        assert_eq!(second["metadata"]["resourceVersion"], version, "{second}");
+        let token = second["metadata"]["continue"].as_str().expect("a continue token").to_owned();
+        let (_, last) = get(&api, &format!("{base}?limit=2&continue={token}"));
+        assert_eq!(names(&last), ["e"], "last page: {last}");
+        assert!(last["metadata"].get("continue").is_none(), "the last page has no token: {last}");
+        // The token is spent with its last page, and an unknown one is expired.
+        let (code, expired) = get(&api, &format!("{base}?limit=2&continue={token}"));
+        assert_eq!((code, expired["code"].clone()), (410, json!(410)), "a spent token: {expired}");
+        // Without a limit, one page of everything now.
+        let (_, whole) = get(&api, base);
+        assert_eq!(names(&whole), ["a", "b", "bb", "c", "d", "e"], "{whole}");
     }
 
     #[test]

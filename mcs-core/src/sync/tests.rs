@@ -150,7 +150,7 @@ fn removing_a_cluster_moves_the_port_to_a_smaller_table_before_deleting_its_back
     let mut syncer = Syncer::new();
     sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), two_clusters()).0);
     let old = entry(&dp, (VIP_A, 80, proto::TCP));
-    let only_c1: Vec<_> = two_clusters().into_iter().filter(|b| b.cluster == "c1").collect();
+    let only_c1: Vec<_> = two_clusters().into_iter().filter(|b| &*b.cluster == "c1").collect();
     let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port((VIP_A, 80, Protocol::Tcp), only_c1).0);
     assert_eq!(outcome.tables_written, 1);
     assert_eq!(table_share(&dp, (VIP_A, 80, proto::TCP)).len(), 2);
@@ -540,7 +540,7 @@ fn a_removed_backend_keeps_its_element_through_the_grace_and_leaves_after_it() {
     sync_checked_at(&mut syncer, &mut dp, &all, t0);
     let id = entry(&dp, (VIP_A, 80, proto::TCP)).service_id;
     let only_c1 = Desired::default()
-        .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| &*b.cluster == "c1").collect())
         .0;
 
     sync_checked_at(&mut syncer, &mut dp, &only_c1, t0);
@@ -572,7 +572,7 @@ fn a_backend_back_within_the_grace_gets_its_id_and_its_table_back() {
     let service_id = dp.services.values().find(|v| v.table_size != 0).expect("a port").service_id;
     let (ids, table) = (dp.backends.clone(), dp.table_of(service_id));
     let only_c1 = Desired::default()
-        .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| b.cluster == "c1").collect())
+        .port((VIP_A, 80, Protocol::Tcp), two_clusters().into_iter().filter(|b| &*b.cluster == "c1").collect())
         .0;
     sync_checked_at(&mut syncer, &mut dp, &only_c1, t0 + Duration::from_secs(1));
 
@@ -842,4 +842,34 @@ fn an_audit_finds_what_drifted_and_the_next_sync_rewrites_it() {
         assert_eq!(audit_round(&mut syncer, &dp, PARTS), [], "{what}: nothing drifted after the full sync");
         assert!(looks(&dp) == untouched, "{what}: the full sync did not put the entries back as they were");
     }
+}
+
+/// Backend ids are the backends array's indices: an agent whose backends
+/// come and go must keep finding free ids below the array's size, however
+/// many it handed out before (ids once only moved forward, and a node ran
+/// out of them after as many backend changes as the array has elements).
+#[test]
+fn backend_ids_are_reused_below_the_arrays_size_after_any_number_of_changes() {
+    let mut dp = FakeDataplane { backends_capacity: Some(16), ..FakeDataplane::default() };
+    let mut syncer = Syncer::new();
+    let key = (VIP_A, 80, Protocol::Tcp);
+    // 40 rounds of four new backends: 160 ids handed out through 15 usable ones.
+    for round in 0..40_u8 {
+        let backends = (0..4).map(|i| backend("c1", [198, 18, round, 10 + i], 8080)).collect();
+        let desired = Desired::default().port(key, backends).0;
+        let outcome = sync_checked(&mut syncer, &mut dp, &desired);
+        assert!(outcome.errors.is_empty(), "round {round}: {:?}", outcome.errors);
+        let ids: Vec<u32> = dp.backends.keys().copied().collect();
+        assert!(ids.len() == 4 && ids.iter().all(|id| (1..16).contains(id)), "round {round}: {ids:?}");
+        assert_eq!(backends_of(&dp, entry(&dp, (VIP_A, 80, 6)).service_id).len(), 4, "round {round}");
+    }
+    // More backends than the array has elements: that port fails, naming the
+    // map, and is left as it was; the maps stay consistent.
+    let many = (0..20).map(|i| backend("c1", [198, 18, 200, i], 8080)).collect();
+    let before = dp.backends.clone();
+    let outcome = sync_checked(&mut syncer, &mut dp, &Desired::default().port(key, many).0);
+    assert!(outcome.errors.iter().any(|e| e.contains("--backends-max")), "{:?}", outcome.errors);
+    assert_eq!(dp.backends.len(), 15, "the free ids were written, the port not switched: {:?}", dp.backends);
+    assert!(before.keys().all(|id| dp.backends.contains_key(id)), "the port keeps its backends");
+    dp.check_consistent().expect("consistent after the failure");
 }

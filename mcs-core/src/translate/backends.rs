@@ -8,7 +8,7 @@ use super::{DesiredBackend, EndpointState, Locality};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Candidate {
     /// The exporting cluster's id; empty for GKE imports.
-    pub(super) cluster: String,
+    pub(super) cluster: std::sync::Arc<str>,
     pub(super) ip: Ipv4Addr,
     /// The target port (of the slice or `Endpoints` port that matched).
     pub(super) port: u16,
@@ -43,7 +43,7 @@ pub(super) fn choose(
     locality: Locality,
     cluster_id: &str,
 ) -> (Vec<DesiredBackend>, Vec<DesiredBackend>) {
-    let is_local = |c: &Candidate| !cluster_id.is_empty() && c.cluster == cluster_id;
+    let is_local = |c: &Candidate| !cluster_id.is_empty() && &*c.cluster == cluster_id;
     let ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
     let preferred: Vec<&Candidate> = match locality {
         Locality::None => Vec::new(),

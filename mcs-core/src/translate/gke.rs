@@ -102,8 +102,9 @@ pub(super) fn collect_candidates(
     let mut candidates = Vec::new();
     match source {
         DerivedSource::Slices(slices) => {
+            let no_cluster: std::sync::Arc<str> = "".into();
             for slice in slices {
-                slice_candidates("", slice, port, warnings, &mut candidates);
+                slice_candidates(&no_cluster, slice, port, warnings, &mut candidates);
             }
         }
         DerivedSource::Endpoints(object) => endpoints_candidates(object, port, warnings, &mut candidates),
@@ -159,7 +160,7 @@ fn endpoints_candidates(
                     continue;
                 };
                 out.push(Candidate {
-                    cluster: String::new(),
+                    cluster: "".into(),
                     ip,
                     port: target_port,
                     ready,

@@ -112,7 +112,7 @@ impl Changes {
     /// Records every object of `inputs`.
     pub fn inputs(&mut self, inputs: &Inputs) {
         inputs.imports.iter().for_each(|i| self.import(i));
-        inputs.slices.iter().for_each(|s| self.slice(s));
+        inputs.slices.iter().for_each(|s| self.slice(&**s));
         inputs.gke_imports.iter().for_each(|i| self.gke_import(i));
         inputs.endpoints.iter().for_each(|e| self.endpoints(e));
     }

@@ -52,8 +52,10 @@ pub const DEFAULT_MAX_EXPORTING_CLUSTERS: usize = 5;
 pub struct Inputs {
     /// MCS `ServiceImport`s (`multicluster.x-k8s.io`, v1alpha1 or v1beta1).
     pub imports: Vec<ServiceImport>,
-    /// `EndpointSlice`s, as kept (all of them; the translation selects by label).
-    pub slices: Vec<Slice>,
+    /// `EndpointSlice`s, as kept (all of them; the translation selects by
+    /// label). Shared: a source that keeps them (the Kubernetes source's
+    /// stores) hands the same ones on, not copies.
+    pub slices: Vec<std::sync::Arc<Slice>>,
     /// GKE `ServiceImport`s (`net.gke.io/v1`).
     pub gke_imports: Vec<GkeServiceImport>,
     /// core/v1 `Endpoints` (the GKE imports' derived services).
@@ -225,8 +227,9 @@ pub struct DesiredServicePort {
 /// One backend of a service port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DesiredBackend {
-    /// The id of the cluster the endpoint is in.
-    pub cluster: String,
+    /// The id of the cluster the endpoint is in: shared by the backends of
+    /// one cluster (millions of backends, a handful of clusters).
+    pub cluster: std::sync::Arc<str>,
     /// The endpoint's address.
     pub ip: Ipv4Addr,
     /// The endpoint's port (the exporting cluster's target port).
@@ -358,7 +361,7 @@ impl<'a> Parts<'a> {
     fn of(inputs: &'a Inputs) -> Self {
         Self {
             imports: inputs.imports.iter().collect(),
-            slices: inputs.slices.iter().collect(),
+            slices: inputs.slices.iter().map(AsRef::as_ref).collect(),
             gke_imports: inputs.gke_imports.iter().collect(),
             endpoints: inputs.endpoints.iter().collect(),
         }

@@ -118,8 +118,9 @@ pub(super) fn collect_candidates(
 ) -> Vec<Candidate> {
     let mut candidates = Vec::new();
     for (cluster, slices) in selected {
+        let cluster: std::sync::Arc<str> = (*cluster).into();
         for slice in slices {
-            slice_candidates(cluster, slice, port, warnings, &mut candidates);
+            slice_candidates(&cluster, slice, port, warnings, &mut candidates);
         }
     }
     candidates
@@ -128,7 +129,7 @@ pub(super) fn collect_candidates(
 /// Appends the endpoints of one IPv4 slice, as backends of `cluster`, when it
 /// has a port matching `port`.
 pub(super) fn slice_candidates(
-    cluster: &str,
+    cluster: &std::sync::Arc<str>,
     slice: &Slice,
     port: &ValidPort,
     warnings: &mut BTreeSet<String>,
@@ -143,7 +144,7 @@ pub(super) fn slice_candidates(
         };
         let ready = endpoint.ready.unwrap_or(true);
         out.push(Candidate {
-            cluster: cluster.to_owned(),
+            cluster: std::sync::Arc::clone(cluster),
             ip,
             port: target_port,
             ready,

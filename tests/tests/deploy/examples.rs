@@ -84,7 +84,7 @@ fn mcs_basic_translates_to_each_clusters_target_ports() {
         for backend in &service.backends {
             let octets = backend.ip.octets();
             assert_eq!(octets[..2], [198, 18], "{backend:?}: pod addresses in 198.18.0.0/16");
-            per_cluster.entry(backend.cluster.as_str()).or_default().insert(backend.port);
+            per_cluster.entry(&*backend.cluster).or_default().insert(backend.port);
         }
         assert_eq!(service.backends.len(), 6, "{port_name}: two pods in each of three clusters");
         for (cluster, ports) in &targets {

@@ -600,7 +600,8 @@ when a private copy of the programs, loaded over the agent's pinned maps, transl
 reported too. Peak RSS is the agent's VmHWM at the end; the maps' memory is the `memlock` of every map pinned under \
 the agent's directory or held by the agent (bpftool, fdinfo), the flat Maglev array (the inner map of `MCS_MAGLEV`) \
 counted once. The Kubernetes source runs the same set through `mcs-agent run --source kubernetes --kubeconfig` \
-against the tests' fake API server (`mcs_tests::fakeapi`, list then watch, one page per list), listening on the \
+against the tests' fake API server (`mcs_tests::fakeapi`, list then watch; the agent lists in pages of 500, as \
+kube-rs does against a real API server, and the server answers every page at the first one's version), listening on the \
 loopback of the agent's namespace and loaded with the same objects before the agent starts; a change is one \
 EndpointSlice replaced through it (one watch event). Both agents get `--max-sync-interval-ms 8000` instead of the \
 default 30 s: the audit (the periodic resync, 128 parts a round) then runs its parts every 62.5 ms, four times as \

@@ -4,12 +4,12 @@
 use super::*;
 
 /// A slice of demo/web from `cluster` with one ready endpoint 198.18.`n`.1:8080.
-fn from(cluster: &str, n: u8) -> Slice {
+fn from(cluster: &str, n: u8) -> std::sync::Arc<Slice> {
     slice("demo", "web", cluster).port("http", None, 8080).ready(format!("198.18.{n}.1")).build()
 }
 
 /// Slices from c1..=c`count`, cluster `ci` with endpoint 198.18.i.1.
-fn clusters(count: u8) -> Vec<Slice> {
+fn clusters(count: u8) -> Vec<std::sync::Arc<Slice>> {
     (1..=count).map(|i| from(&format!("c{i}"), i)).collect()
 }
 
@@ -187,7 +187,7 @@ fn exporting_cluster_cap() {
 }
 
 /// Translates with a cap of `cap` and cluster id east.
-fn translate_capped(imports: &[ServiceImport], slices: &[Slice], cap: usize) -> (DesiredState, Report) {
+fn translate_capped(imports: &[ServiceImport], slices: &[std::sync::Arc<Slice>], cap: usize) -> (DesiredState, Report) {
     translate_lists(imports, slices, &capped(cap))
 }
 
@@ -226,7 +226,7 @@ fn changes_in_an_unselected_cluster_change_nothing() {
     let (state, report) = translate_capped(&imports, &base, 5);
     assert_eq!(cluster_names(&report), ["c6"]);
 
-    let changes: Vec<(&str, Vec<Slice>)> = vec![
+    let changes: Vec<(&str, Vec<std::sync::Arc<Slice>>)> = vec![
         ("c6 gets more ready endpoints", {
             let mut s = base.clone();
             s.push(slice("demo", "web", "c6").named("web-c6-b").port("http", None, 8080).ready("198.18.6.2").build());
@@ -260,7 +260,7 @@ fn changes_in_an_unselected_cluster_change_nothing() {
             assert_eq!(changed_state, state, "{name}: the desired state changed");
         } else {
             let entry = changed_state.services.values().next().expect("one entry");
-            assert!(entry.backends.iter().all(|b| b.cluster != "c1" && b.cluster != "c6"), "{name}: {entry:?}");
+            assert!(entry.backends.iter().all(|b| &*b.cluster != "c1" && &*b.cluster != "c6"), "{name}: {entry:?}");
             assert_eq!(entry.backends.len(), 4, "{name}: c6 must not replace c1: {entry:?}");
         }
     }
@@ -302,7 +302,7 @@ fn ip_changes_and_deletions_across_two_translations() {
     let (without_c1, _) = translate_lists(std::slice::from_ref(&old), &slices[1..], &config());
     assert_eq!(without_c1.services.len(), 2);
     for entry in without_c1.services.values() {
-        let clusters: Vec<_> = entry.backends.iter().map(|b| b.cluster.as_str()).collect();
+        let clusters: Vec<_> = entry.backends.iter().map(|b| &*b.cluster).collect();
         assert_eq!(clusters, ["c2"], "{entry:?}");
     }
 }

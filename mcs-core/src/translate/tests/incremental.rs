@@ -69,7 +69,7 @@ struct Step {
     mode: Mode,
 }
 
-fn replace_slice(inputs: &mut Inputs, changes: &mut Changes, new: Slice) {
+fn replace_slice(inputs: &mut Inputs, changes: &mut Changes, new: std::sync::Arc<Slice>) {
     changes.slice(&new);
     let name = k8s::name_of(&new.metadata).to_owned();
     if let Some(old) = inputs.slices.iter_mut().find(|s| k8s::name_of(&s.metadata) == name) {

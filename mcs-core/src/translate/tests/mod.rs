@@ -36,7 +36,7 @@ fn with_affinity(entry: DesiredServicePort, timeout: u32) -> DesiredServicePort 
 struct Case {
     name: &'static str,
     imports: Vec<ServiceImport>,
-    slices: Vec<Slice>,
+    slices: Vec<std::sync::Arc<Slice>>,
     gke_imports: Vec<GkeServiceImport>,
     endpoints: Vec<Endpoints>,
     /// `None`: [`config`].
@@ -62,7 +62,11 @@ impl Case {
     }
 }
 
-fn translate_lists(imports: &[ServiceImport], slices: &[Slice], config: &Config) -> (DesiredState, Report) {
+fn translate_lists(
+    imports: &[ServiceImport],
+    slices: &[std::sync::Arc<Slice>],
+    config: &Config,
+) -> (DesiredState, Report) {
     let inputs = Inputs { imports: imports.to_vec(), slices: slices.to_vec(), ..Inputs::default() };
     translate(&inputs, config)
 }

@@ -126,7 +126,7 @@ fn readiness_and_terminating_fallback() {
             slices: vec![{
                 let mut s = east().ready("198.18.0.300").ready("fd00::1").ready("198.18.0.1").object();
                 s.endpoints.get_or_insert_default().push(k8s_openapi::api::discovery::v1::Endpoint::default());
-                s.into()
+                std::sync::Arc::new(s.into())
             }],
             want: http(&[("east", "198.18.0.1", 8080, Ready)], &[]),
             warnings: vec![

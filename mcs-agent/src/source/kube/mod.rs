@@ -40,10 +40,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
-use k8s_openapi::{
-    api::{core::v1::Endpoints, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Client, Config, Resource, ResourceExt as _,
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
@@ -61,6 +58,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
+
+mod watched;
+
+pub use watched::WatchedSlice;
 
 use super::{
     Problem, Snapshot,
@@ -156,12 +157,12 @@ pub async fn snapshot_with_problems(kubeconfig: Option<&Path>) -> Result<Snapsho
         Some(ar) => list_all(&Api::<DynamicObject>::all_with(client.clone(), ar), None).await?,
         None => Vec::new(),
     };
-    let slices = list_all(&Api::<EndpointSlice>::all(client.clone()), Some(k8s::LABEL_SERVICE_NAME)).await?;
+    let slices = list_all(&Api::<WatchedSlice>::all(client.clone()), Some(k8s::LABEL_SERVICE_NAME)).await?;
     let (gke_imports, gke_endpoints, gke_slices) = match &found.gke_imports {
         Some(ar) => (
             list_all(&Api::<DynamicObject>::all_with(client.clone(), ar), None).await?,
             list_all(&Api::<Endpoints>::all(client.clone()), None).await?,
-            list_all(&Api::<EndpointSlice>::all(client.clone()), Some(k8s::LABEL_KUBERNETES_SERVICE_NAME)).await?,
+            list_all(&Api::<WatchedSlice>::all(client.clone()), Some(k8s::LABEL_KUBERNETES_SERVICE_NAME)).await?,
         ),
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
@@ -199,10 +200,10 @@ where
 #[derive(Default)]
 struct Objects<'a> {
     imports: Vec<&'a DynamicObject>,
-    slices: Vec<&'a EndpointSlice>,
+    slices: Vec<&'a WatchedSlice>,
     gke_imports: Vec<&'a DynamicObject>,
     gke_endpoints: Vec<&'a Endpoints>,
-    gke_slices: Vec<&'a EndpointSlice>,
+    gke_slices: Vec<&'a WatchedSlice>,
 }
 
 /// Converted objects by (namespace, name): the `resourceVersion` converted,
@@ -298,18 +299,17 @@ impl Converter {
                 Some((i.namespace().to_owned(), name.clone()))
             })
             .collect();
-        let mut slices: BTreeMap<(String, String), Slice> = BTreeMap::new();
-        for slice in &objects.slices {
-            let key = meta_key(&slice.metadata);
-            slices.insert(key, Slice::from(*slice));
+        let mut slices: BTreeMap<(String, String), Arc<Slice>> = BTreeMap::new();
+        for WatchedSlice(slice) in &objects.slices {
+            slices.insert(meta_key(&slice.metadata), Arc::clone(slice));
         }
-        for slice in &objects.gke_slices {
+        for WatchedSlice(slice) in &objects.gke_slices {
             let namespace = k8s::namespace_of(&slice.metadata).to_owned();
             let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) else {
                 continue;
             };
             if derived.contains(&(namespace.clone(), service.to_owned())) {
-                slices.insert((namespace, k8s::name_of(&slice.metadata).to_owned()), Slice::from(*slice));
+                slices.insert((namespace, k8s::name_of(&slice.metadata).to_owned()), Arc::clone(slice));
             }
         }
         let endpoints = objects
@@ -330,8 +330,8 @@ impl Converter {
 /// The stores of one set of watchers, and the tasks that feed them.
 struct Watchers {
     imports: Option<Store<DynamicObject>>,
-    slices: Store<EndpointSlice>,
-    gke: Option<(Store<DynamicObject>, Store<Endpoints>, Store<EndpointSlice>)>,
+    slices: Store<WatchedSlice>,
+    gke: Option<(Store<DynamicObject>, Store<Endpoints>, Store<WatchedSlice>)>,
     synced: Vec<Arc<AtomicBool>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -355,11 +355,11 @@ impl Watchers {
             t.groups.mark(k8s::namespace_of(&o.metadata), &o.name_any());
             t.others = true;
         };
-        let slice = |o: &EndpointSlice, t: &mut Touched| {
+        let slice = |o: &WatchedSlice, t: &mut Touched| {
             t.groups.slice(o);
-            t.slices.insert(meta_key(&o.metadata));
+            t.slices.insert(meta_key(&o.0.metadata));
         };
-        let derived_slice = |o: &EndpointSlice, t: &mut Touched| {
+        let derived_slice = |o: &WatchedSlice, t: &mut Touched| {
             t.groups.slice(o);
             t.others = true;
         };
@@ -427,7 +427,7 @@ impl Watchers {
             let slices_store = slices_writer.as_reader();
             let config = watcher::Config::default().labels(k8s::LABEL_KUBERNETES_SERVICE_NAME);
             spawn(watch_into(
-                Api::<EndpointSlice>::all(client.clone()),
+                Api::<WatchedSlice>::all(client.clone()),
                 config,
                 slices_writer,
                 "EndpointSlice (GKE derived)",
@@ -547,11 +547,11 @@ impl Assembled {
     /// Puts the slice `key` as the store holds it now (`None`: gone). The
     /// slices' order changes; the translation does not depend on it.
     /// The snapshot's group index is kept up to date with it.
-    fn put_slice(&mut self, key: (String, String), current: Option<&EndpointSlice>) {
+    fn put_slice(&mut self, key: (String, String), current: Option<&WatchedSlice>) {
         let snapshot = Arc::make_mut(&mut self.snapshot);
         let slices = &mut snapshot.inputs.slices;
         let groups = snapshot.index.get_or_insert_default();
-        match (current.map(Slice::from), self.index.get(&key).copied()) {
+        match (current.map(|w| Arc::clone(&w.0)), self.index.get(&key).copied()) {
             (Some(slice), Some(at)) => {
                 groups.remove_slice(&slices[at], at);
                 groups.insert_slice(&slice, at);
@@ -848,7 +848,7 @@ mod tests {
         let endpoints = |ns: &str, name: &str| -> Endpoints {
             serde_json::from_value(serde_json::json!({"metadata": {"namespace": ns, "name": name}})).expect("endpoints")
         };
-        let slice = |ns: &str, name: &str, service: &str| -> EndpointSlice {
+        let slice = |ns: &str, name: &str, service: &str| -> WatchedSlice {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": service}},
                 "addressType": "IPv4", "endpoints": []
