@@ -358,12 +358,22 @@ impl MaglevArrayCreation {
         Self(thread)
     }
 
-    fn finish(self, slots: u32) -> Result<aya::maps::Array<aya::maps::MapData, mcs_common::MaglevPair>> {
-        match self.0 {
+    fn finish(mut self, slots: u32) -> Result<aya::maps::Array<aya::maps::MapData, mcs_common::MaglevPair>> {
+        match self.0.take() {
             Some(thread) => {
                 thread.join().map_err(|_| anyhow::anyhow!("the Maglev array's creating thread panicked"))?
             }
             None => create_maglev_array(slots),
+        }
+    }
+}
+
+/// An array not taken (a pinned one was adopted, or the load failed) is
+/// waited for and closed here, not left to a thread nobody joins.
+impl Drop for MaglevArrayCreation {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _unused = thread.join();
         }
     }
 }

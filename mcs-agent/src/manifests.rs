@@ -355,23 +355,44 @@ impl Reader<'_> {
         /// What is read first of every object.
         #[derive(serde::Deserialize)]
         struct Head<'a> {
-            #[serde(rename = "apiVersion", borrow, default)]
-            api_version: Option<std::borrow::Cow<'a, str>>,
-            #[serde(borrow, default)]
-            kind: Option<std::borrow::Cow<'a, str>>,
+            #[serde(rename = "apiVersion", default, deserialize_with = "written")]
+            api_version: TypeField,
+            #[serde(default, deserialize_with = "written")]
+            kind: TypeField,
             #[serde(borrow, default)]
             items: Option<Vec<&'a serde_json::value::RawValue>>,
+        }
+        /// `apiVersion` or `kind` as written.
+        #[derive(Default, PartialEq)]
+        enum TypeField {
+            #[default]
+            Absent,
+            Null,
+            Given(String),
+        }
+        fn written<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TypeField, D::Error> {
+            Ok(<Option<String> as serde::Deserialize>::deserialize(d)?.map_or(TypeField::Null, TypeField::Given))
         }
         /// The object, when it reads as `T` and has a name.
         fn named<T: serde::de::DeserializeOwned + k8s::Object>(text: &str) -> Option<T> {
             serde_json::from_str::<T>(text).ok().filter(|t| !t.name().is_empty())
         }
+        // Only a mapping is an object (serde would read a sequence into the
+        // head's fields in order).
+        if !text.trim_start().starts_with('{') {
+            return false;
+        }
         let Ok(head) = serde_json::from_str::<Head<'_>>(text) else { return false };
+        // A type field written as null is an error the tree path reports.
+        if head.api_version == TypeField::Null || head.kind == TypeField::Null {
+            return false;
+        }
         // A typed list's item may leave out its type fields: the tree path
         // adds them (the typed structs require them).
-        let own_types = head.api_version.is_some() && head.kind.is_some();
-        let given = |field: Option<std::borrow::Cow<'_, str>>, default: Option<&str>| {
-            field.map(std::borrow::Cow::into_owned).or_else(|| default.map(str::to_owned)).filter(|s| !s.is_empty())
+        let own_types = head.api_version != TypeField::Absent && head.kind != TypeField::Absent;
+        let given = |field: TypeField, default: Option<&str>| match field {
+            TypeField::Given(text) => Some(text).filter(|s| !s.is_empty()),
+            TypeField::Absent | TypeField::Null => default.map(str::to_owned).filter(|s| !s.is_empty()),
         };
         let (Some(api_version), Some(kind)) =
             (given(head.api_version, defaults.map(|d| d.0)), given(head.kind, defaults.map(|d| d.1)))
@@ -791,6 +812,10 @@ items:
             r#"{"kind": "ServiceImport"}"#.to_owned(),
             "null".to_owned(),
             "[1, 2]".to_owned(),
+            // A sequence is no object, whatever it holds; a null type field is an error.
+            r#"["v1", "ConfigMap"]"#.to_owned(),
+            format!(r#"["v1", "List", [{}]]"#, import("in-a-sequence", "80")),
+            format!(r#"{{"apiVersion": null, "kind": "List", "items": [{}]}}"#, import("under-null", "80")),
             // A typed list's items may leave their type fields out.
             r#"{"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImportList",
                 "items": [{"metadata": {"name": "typed", "namespace": "demo"},
@@ -801,7 +826,9 @@ items:
         let mut reader =
             Reader { file: Path::new("set.json"), document: 1, inputs: Inputs::default(), errors: Vec::new() };
         for (item, straight) in
-            [(0, true), (1, false), (2, false), (3, true), (4, false), (5, false), (6, true), (7, false)]
+            [(0, true), (1, false), (2, false), (3, true), (4, false), (5, false), (6, true), (7, false), (10, false)]
+                .into_iter()
+                .chain([(11, false), (12, false)])
         {
             assert_eq!(reader.fast_json(&items[item], "", None), straight, "item {item}: {}", items[item]);
         }
@@ -818,7 +845,7 @@ items:
             errors.iter().map(|e| format!("{} {:?} {}", e.document, e.object, e.message)).collect()
         };
         assert_eq!(without_file(&json_errors), without_file(&yaml_errors), "the errors");
-        assert_eq!(json_errors.len(), 6, "{json_errors:#?}");
+        assert_eq!(json_errors.len(), 9, "{json_errors:#?}");
         for (item, field) in [(1, "spec.ports[0].port"), (2, "metadata.name"), (4, "endpoints"), (5, "metadata.name")] {
             let path = format!("items[{item}].{field}");
             assert!(json_errors.iter().any(|e| e.message.starts_with(&path)), "no error at {path}: {json_errors:#?}");

@@ -60,6 +60,8 @@ pub struct FakeDataplane {
     pub services_capacity: Option<usize>,
     /// When set, backend ids are below this, as the backends array's are.
     pub backends_capacity: Option<u32>,
+    /// When set, the clusters map holds at most this many names.
+    pub clusters_capacity: Option<usize>,
 }
 
 impl Default for FakeDataplane {
@@ -76,6 +78,7 @@ impl Default for FakeDataplane {
             ops: Vec::new(),
             services_capacity: None,
             backends_capacity: None,
+            clusters_capacity: None,
         }
     }
 }
@@ -259,6 +262,15 @@ impl Dataplane for FakeDataplane {
             return Err(DataplaneError::Invalid {
                 what: format!("cluster name {name:?}"),
                 reason: cluster_name_reason(),
+            });
+        }
+        if let Some(cap) = self.clusters_capacity
+            && !self.clusters.contains_key(&id)
+            && self.clusters.len() >= cap
+        {
+            return Err(DataplaneError::Full {
+                map: map_names::CLUSTERS,
+                what: format!("writing cluster name {name:?}"),
             });
         }
         self.ops.push(Op::PutCluster(id, name.to_owned()));

@@ -248,8 +248,10 @@ pub struct Syncer {
     services: BTreeMap<ServiceKey, ServiceValue>,
     /// What the backends map holds.
     backends: BackendTable,
-    /// Ids handed out in this sync and not written yet (a bit an id).
+    /// Ids handed out in this sync and not written yet (a bit an id), and
+    /// how many.
     reserved: Vec<u64>,
+    reserved_count: usize,
     /// Ids below this one fit the backends map ([`Dataplane::backend_id_limit`]).
     id_limit: u32,
     /// Cluster names by id, as in the clusters map.
@@ -650,6 +652,11 @@ impl Syncer {
     /// whose write fails as a full map does.
     fn allocate_backend_id(&mut self) -> u32 {
         let limit = self.id_limit.max(2);
+        // Every id taken: no search (a full map would otherwise cost a scan
+        // of the whole id space per backend).
+        if self.backends.len() + self.reserved_count >= (limit - 1) as usize {
+            return limit;
+        }
         let mut id = self.next_backend_id;
         // Bounded: each id below the limit is looked at once at most.
         for _ in 1..limit {
@@ -676,6 +683,7 @@ impl Syncer {
             self.reserved.resize(word + 1, 0);
         }
         self.reserved[word] |= 1 << (id % 64);
+        self.reserved_count += 1;
     }
 
     /// Service ids in use: the entries', the tables', and the backends'. In
@@ -820,7 +828,7 @@ impl Syncer {
         wanted.dedup();
 
         // 1. Cluster names.
-        let failed_clusters = self.write_clusters(dp, &new_clusters, &mut outcome);
+        self.write_clusters(dp, &new_clusters, &mut outcome);
 
         // 2. and 3., a chunk of ports at a time: their backends that are
         // new or changed; then per port its counters, wildcard, table and
@@ -833,7 +841,7 @@ impl Syncer {
             PortWrites { failed_backends: BTreeSet::new(), now, failed_services: BTreeSet::new(), left: Vec::new() };
         let mut digests = digests.into_iter();
         for chunk in plans.chunks_mut(BUILD_CHUNK) {
-            self.write_backends(dp, chunk, &failed_clusters, &mut step.failed_backends, &mut outcome);
+            self.write_backends(dp, chunk, &mut step.failed_backends, &mut outcome);
             self.build_tables(chunk);
             for plan in chunk.iter_mut() {
                 written_ports.insert(plan.service_key);
@@ -899,14 +907,9 @@ impl Syncer {
         self.memo.insert(plan.service_key, PortMemo { digest, backend_ids: std::mem::take(&mut plan.backend_ids) });
     }
 
-    /// Writes the cluster names a sync's plan adds; returns the ids that failed.
-    fn write_clusters(
-        &mut self,
-        dp: &mut impl Dataplane,
-        new_clusters: &NewClusters,
-        outcome: &mut SyncOutcome,
-    ) -> BTreeSet<u32> {
-        let mut failed_clusters = BTreeSet::new();
+    /// Writes the cluster names a sync's plan adds. A name that fails loses
+    /// its id, so its backends are not written (see `write_backends`).
+    fn write_clusters(&mut self, dp: &mut impl Dataplane, new_clusters: &NewClusters, outcome: &mut SyncOutcome) {
         for (id, name) in &new_clusters.names {
             match dp.put_cluster(*id, name) {
                 Ok(()) => {
@@ -914,13 +917,11 @@ impl Syncer {
                     outcome.writes += 1;
                 }
                 Err(error) => {
-                    failed_clusters.insert(*id);
                     self.cluster_ids.remove(name);
                     outcome.errors.push(SyncError::Cluster { name: name.clone(), error });
                 }
             }
         }
-        failed_clusters
     }
 
     /// Step 2 for the ports of `plans`: writes the backends they need that
@@ -931,7 +932,6 @@ impl Syncer {
         &mut self,
         dp: &mut impl Dataplane,
         plans: &[PortPlan<'_>],
-        failed_clusters: &BTreeSet<u32>,
         failed_backends: &mut BTreeSet<u32>,
         outcome: &mut SyncOutcome,
     ) {
@@ -940,14 +940,15 @@ impl Syncer {
             let all = plan.port.backends.iter().map(|b| (b, false)).chain(plan.port.draining.iter().map(|b| (b, true)));
             for ((b, draining), id) in all.zip(&plan.backend_ids) {
                 let flags = if draining || b.state == EndpointState::Terminating { BACKEND_F_TERMINATING } else { 0 };
-                let cluster_id = self.cluster_ids[&*b.cluster];
+                // A cluster whose name could not be written has no id: its
+                // backends are not written, and their ports stay as they were.
+                let Some(cluster_id) = self.cluster_ids.get(&*b.cluster).copied() else {
+                    failed_backends.insert(*id);
+                    continue;
+                };
                 let backend =
                     Backend::new(b.ip, b.port, plan.key.protocol.number(), flags, cluster_id, plan.value.service_id);
                 if self.backends.get(*id) == Some(&backend) {
-                    continue;
-                }
-                if failed_clusters.contains(&cluster_id) {
-                    failed_backends.insert(*id);
                     continue;
                 }
                 changed.push((*id, backend));
@@ -1282,6 +1283,7 @@ impl Syncer {
         // Ids handed out for backends that were not written are free again
         // (the written ones are in the table).
         self.reserved.clear();
+        self.reserved_count = 0;
         let refs = &self.cluster_refs;
         let unused_clusters: Vec<u32> =
             self.clusters.keys().filter(|id| refs.get(id).is_none_or(|n| *n == 0)).copied().collect();

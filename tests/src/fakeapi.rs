@@ -138,7 +138,7 @@ struct State {
     gone: u64,
     fault: Fault,
     /// Paged lists in progress, by token id: the list's version and its items.
-    pagings: BTreeMap<u64, (u64, Page)>,
+    pagings: BTreeMap<u64, (String, u64, Page)>,
     next_paging: u64,
 }
 
@@ -146,7 +146,7 @@ struct State {
 type Page = Arc<Vec<Arc<Value>>>;
 
 /// Paged lists kept at once; the oldest goes first (its next page then gets 410).
-const PAGINGS_MAX: usize = 16;
+const PAGINGS_MAX: usize = 64;
 
 struct Shared {
     state: Mutex<State>,
@@ -634,14 +634,23 @@ fn resource_list(group: &str, version: &str) -> Value {
 
 fn list_response(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    // A token continues the list it came from: the same resource, namespace and selector.
+    let list = format!(
+        "{}/{} {:?} {}",
+        target.kind.group,
+        target.kind.plural,
+        target.namespace,
+        query.get("labelSelector").map_or("", String::as_str)
+    );
     let mut state = shared.lock();
     // A continued list: the next page of the items as they were at its first page.
     let (rv, items, offset, paging): (u64, Page, usize, Option<u64>) =
         if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
             let parsed = token.split_once('-').and_then(|(id, at)| Some((id.parse::<u64>().ok()?, at.parse().ok()?)));
-            let Some(((id, offset), (rv, items))) =
-                parsed.and_then(|(id, at)| Some(((id, at), state.pagings.get(&id)?.clone())))
-            else {
+            let Some(((id, offset), (rv, items))) = parsed.and_then(|(id, at)| {
+                let (of, rv, items) = state.pagings.get(&id)?;
+                (*of == list).then(|| ((id, at), (*rv, Arc::clone(items))))
+            }) else {
                 drop(state);
                 let body = status(410, "Expired", "the provided continue parameter is too old or unknown");
                 return respond(StatusCode::GONE, &body);
@@ -664,7 +673,7 @@ fn list_response(shared: &Shared, target: &Target, query: &BTreeMap<String, Stri
         let id = paging.unwrap_or_else(|| {
             state.next_paging += 1;
             let id = state.next_paging;
-            state.pagings.insert(id, (rv, Arc::clone(&items)));
+            state.pagings.insert(id, (list, rv, Arc::clone(&items)));
             while state.pagings.len() > PAGINGS_MAX {
                 state.pagings.pop_first();
             }
@@ -901,6 +910,9 @@ mod tests {
         // A change between pages is not in them: they are at the first page's version.
         api.apply(slice_object("bb"));
         let token = first["metadata"]["continue"].as_str().expect("a continue token").to_owned();
+        // A token continues only its own list.
+        let (code, _) = get(&api, &format!("{base}?limit=2&continue={token}&labelSelector=other"));
+        assert_eq!(code, 410, "a token used for another selector");
         let (_, second) = get(&api, &format!("{base}?limit=2&continue={token}"));
         assert_eq!(names(&second), ["c", "d"], "second page: {second}");
         assert_eq!(second["metadata"]["resourceVersion"], version, "{second}");

@@ -48,6 +48,11 @@ impl BackendTable {
         self.get(id).is_some()
     }
 
+    /// Backends held.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Records `backend` at `id` (a backend names a service port, so it is
     /// not empty); returns what was there.
     pub(super) fn insert(&mut self, id: u32, backend: Backend) -> Option<Backend> {

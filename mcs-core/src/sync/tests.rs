@@ -873,3 +873,25 @@ fn backend_ids_are_reused_below_the_arrays_size_after_any_number_of_changes() {
     assert!(before.keys().all(|id| dp.backends.contains_key(id)), "the port keeps its backends");
     dp.check_consistent().expect("consistent after the failure");
 }
+
+/// A cluster name the clusters map refuses (full, say) fails the ports of
+/// that cluster's backends, leaving them as they were; the others are
+/// written, and the next sync writes the rest once there is room.
+#[test]
+fn a_cluster_name_that_cannot_be_written_fails_its_ports_only() {
+    let mut dp = FakeDataplane { clusters_capacity: Some(1), ..FakeDataplane::default() };
+    let mut syncer = Syncer::new();
+    let desired = Desired::default()
+        .port((VIP_A, 80, Protocol::Tcp), vec![backend("c1", [198, 18, 0, 1], 8080)])
+        .port((VIP_B, 80, Protocol::Tcp), vec![backend("c2", [198, 18, 0, 2], 8080)])
+        .0;
+    let outcome = sync_checked(&mut syncer, &mut dp, &desired);
+    assert!(outcome.errors.iter().any(|e| e.contains("\"c2\"")), "{:?}", outcome.errors);
+    assert!(outcome.errors.iter().any(|e| e.contains(&VIP_B.to_string())), "{:?}", outcome.errors);
+    assert_eq!(backends_of(&dp, entry(&dp, (VIP_A, 80, 6)).service_id).len(), 1, "the other port is written");
+    assert!(!dp.services.contains_key(&ServiceKey::new(VIP_B, 80, 6)), "the failed port is not");
+    dp.clusters_capacity = None;
+    let outcome = sync_checked(&mut syncer, &mut dp, &desired);
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+    assert_eq!(backends_of(&dp, entry(&dp, (VIP_B, 80, 6)).service_id).len(), 1, "written once there is room");
+}
