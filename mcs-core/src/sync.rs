@@ -870,6 +870,10 @@ impl Syncer {
             &mut outcome,
         );
 
+        // Ids handed out for backends that were not written are free again
+        // (the written ones are in the table).
+        self.reserved.clear();
+        self.reserved_count = 0;
         if !outcome.errors.is_empty() {
             // After any failure the next sync re-reads the maps.
             self.stale = true;
@@ -1280,10 +1284,6 @@ impl Syncer {
                 Err(error) => outcome.errors.push(SyncError::Delete { what: format!("backend {id}"), error }),
             }
         }
-        // Ids handed out for backends that were not written are free again
-        // (the written ones are in the table).
-        self.reserved.clear();
-        self.reserved_count = 0;
         let refs = &self.cluster_refs;
         let unused_clusters: Vec<u32> =
             self.clusters.keys().filter(|id| refs.get(id).is_none_or(|n| *n == 0)).copied().collect();
