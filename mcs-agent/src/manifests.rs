@@ -21,6 +21,7 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Endpoints;
@@ -285,7 +286,7 @@ impl Reader<'_> {
         let object = object_label(&kind, map);
         if k8s::is_service_import(&api_version, &kind) {
             if let Some(import) = self.typed::<ServiceImport>(value, prefix, object) {
-                self.inputs.imports.push(import);
+                self.inputs.imports.push(Arc::new(import));
             }
         } else if k8s::is_gke_service_import(&api_version, &kind) {
             if let Some(import) = self.typed::<GkeServiceImport>(value, prefix, object) {
@@ -429,7 +430,7 @@ impl Reader<'_> {
         }
         if k8s::is_service_import(&api_version, &kind) {
             let Some(import) = named::<ServiceImport>(text) else { return false };
-            self.inputs.imports.push(import);
+            self.inputs.imports.push(Arc::new(import));
         } else if k8s::is_gke_service_import(&api_version, &kind) {
             let Some(import) = named::<GkeServiceImport>(text) else { return false };
             self.inputs.gke_imports.push(import);

@@ -69,13 +69,15 @@ fn valid_set() -> Inputs {
                 .tcp("http", 80)
                 .udp("dns", 53)
                 .status_clusters(&["east", "west"])
-                .build(),
-            import("valid", "api").ips(&["198.19.1.2"]).tcp("grpc", 9000).client_ip_affinity(600).build(),
+                .build()
+                .into(),
+            import("valid", "api").ips(&["198.19.1.2"]).tcp("grpc", 9000).client_ip_affinity(600).build().into(),
             import("valid", "near")
                 .ips(&["198.19.1.3"])
                 .tcp("http", 80)
                 .annotation("mcs-ebpf.dev/locality", "local")
-                .build(),
+                .build()
+                .into(),
         ],
         slices: vec![
             slice("valid", "web", "east")

@@ -204,7 +204,7 @@ impl GroupIndex {
     }
 
     /// Files every import of `imports` again (the slices are left as they are).
-    pub fn set_imports(&mut self, imports: &[ServiceImport]) {
+    pub fn set_imports(&mut self, imports: &[std::sync::Arc<ServiceImport>]) {
         self.imports.clear();
         for (at, import) in imports.iter().enumerate() {
             file_under(&mut self.imports, import_group(import), at);

@@ -51,7 +51,8 @@ pub const DEFAULT_MAX_EXPORTING_CLUSTERS: usize = 5;
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     /// MCS `ServiceImport`s (`multicluster.x-k8s.io`, v1alpha1 or v1beta1).
-    pub imports: Vec<ServiceImport>,
+    /// Shared, as the slices are.
+    pub imports: Vec<std::sync::Arc<ServiceImport>>,
     /// `EndpointSlice`s, as kept (all of them; the translation selects by
     /// label). Shared: a source that keeps them (the Kubernetes source's
     /// stores) hands the same ones on, not copies.
@@ -360,7 +361,7 @@ struct Parts<'a> {
 impl<'a> Parts<'a> {
     fn of(inputs: &'a Inputs) -> Self {
         Self {
-            imports: inputs.imports.iter().collect(),
+            imports: inputs.imports.iter().map(AsRef::as_ref).collect(),
             slices: inputs.slices.iter().map(AsRef::as_ref).collect(),
             gke_imports: inputs.gke_imports.iter().collect(),
             endpoints: inputs.endpoints.iter().collect(),

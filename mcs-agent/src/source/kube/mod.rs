@@ -13,11 +13,11 @@
 //!   only the ones a GKE import names in its `net.gke.io/derived-service`
 //!   annotation.
 //!
-//! The CRD types are watched as [`DynamicObject`]s and converted with serde
-//! when a snapshot is taken, so a malformed object can never fail a list or a
-//! watch: it is reported (namespace/name and the serde path of the bad field)
-//! and skipped, and the others are used. Conversions are cached per
-//! `resourceVersion`.
+//! The CRD types are watched as [`WatchedImport`]s, decoded into their typed
+//! form when they arrive, so a malformed object can never fail a list or a
+//! watch: it is kept with what is wrong, reported when a snapshot is taken
+//! (namespace/name and the serde path of the bad field) and skipped, and the
+//! others are used.
 //!
 //! Watchers back off on errors (kube's default backoff) and relist on 410
 //! Gone; the reflector replaces a store's content when a relist completes, so
@@ -42,8 +42,8 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use k8s_openapi::{api::core::v1::Endpoints, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
-    Api, Client, Config, Resource, ResourceExt as _,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    Api, Client, Config, Resource,
+    api::{ApiResource, GroupVersionKind, ListParams},
     config::{KubeConfigOptions, Kubeconfig},
     discovery,
     runtime::{
@@ -61,7 +61,7 @@ use tracing::{debug, info, warn};
 
 mod watched;
 
-pub use watched::WatchedSlice;
+pub use watched::{ImportKind, WatchedImport, WatchedSlice};
 
 use super::{
     Problem, Snapshot,
@@ -154,19 +154,19 @@ pub async fn snapshot_with_problems(kubeconfig: Option<&Path>) -> Result<Snapsho
     let client = client(kubeconfig).await?;
     let found = discover(&client).await?;
     let imports = match &found.imports {
-        Some(ar) => list_all(&Api::<DynamicObject>::all_with(client.clone(), ar), None).await?,
+        Some(ar) => list_all(&Api::<WatchedImport<ServiceImport>>::all_with(client.clone(), ar), None).await?,
         None => Vec::new(),
     };
     let slices = list_all(&Api::<WatchedSlice>::all(client.clone()), Some(k8s::LABEL_SERVICE_NAME)).await?;
     let (gke_imports, gke_endpoints, gke_slices) = match &found.gke_imports {
         Some(ar) => (
-            list_all(&Api::<DynamicObject>::all_with(client.clone(), ar), None).await?,
+            list_all(&Api::<WatchedImport<GkeServiceImport>>::all_with(client.clone(), ar), None).await?,
             list_all(&Api::<Endpoints>::all(client.clone()), None).await?,
             list_all(&Api::<WatchedSlice>::all(client.clone()), Some(k8s::LABEL_KUBERNETES_SERVICE_NAME)).await?,
         ),
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
-    Ok(Converter::default().assemble(&Objects {
+    Ok(assemble(&Objects {
         imports: imports.iter().collect(),
         slices: slices.iter().collect(),
         gke_imports: gke_imports.iter().collect(),
@@ -199,23 +199,11 @@ where
 /// Borrowed objects of every kind, from stores or lists.
 #[derive(Default)]
 struct Objects<'a> {
-    imports: Vec<&'a DynamicObject>,
+    imports: Vec<&'a WatchedImport<ServiceImport>>,
     slices: Vec<&'a WatchedSlice>,
-    gke_imports: Vec<&'a DynamicObject>,
+    gke_imports: Vec<&'a WatchedImport<GkeServiceImport>>,
     gke_endpoints: Vec<&'a Endpoints>,
     gke_slices: Vec<&'a WatchedSlice>,
-}
-
-/// Converted objects by (namespace, name): the `resourceVersion` converted,
-/// and the result.
-type Cache<T> = HashMap<(String, String), (Option<String>, Result<T, String>)>;
-
-/// Converts CRD objects into the typed structs, remembering the result per
-/// object and `resourceVersion`.
-#[derive(Default)]
-struct Converter {
-    imports: Cache<ServiceImport>,
-    gke_imports: Cache<GkeServiceImport>,
 }
 
 /// An object's (namespace, name).
@@ -223,115 +211,77 @@ fn meta_key(meta: &ObjectMeta) -> (String, String) {
     (k8s::namespace_of(meta).to_owned(), k8s::name_of(meta).to_owned())
 }
 
-fn object_key(obj: &DynamicObject) -> (String, String) {
-    (k8s::namespace_of(&obj.metadata).to_owned(), obj.name_any())
-}
-
-/// Deserialises `obj` into `T`; the error names the path of the bad field.
-fn convert<T: DeserializeOwned>(obj: &DynamicObject, api_version: &str, kind: &str) -> Result<T, String> {
-    let mut value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
-    if let Some(map) = value.as_object_mut() {
-        // List items may come without their type fields.
-        map.entry("apiVersion").or_insert_with(|| api_version.into());
-        map.entry("kind").or_insert_with(|| kind.into());
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
-}
-
-fn convert_cached<T: DeserializeOwned + Clone>(
-    cache: &mut Cache<T>,
-    objects: &[&DynamicObject],
-    what: &'static str,
-    default_api_version: &str,
-    problems: &mut Vec<Problem>,
-) -> Vec<T> {
-    let mut seen = BTreeSet::new();
+/// The imports that read as their type; a problem for each that does not.
+fn typed_imports<T: ImportKind>(objects: &[&WatchedImport<T>], problems: &mut Vec<Problem>) -> Vec<Arc<T>> {
     let mut out = Vec::with_capacity(objects.len());
     for obj in objects {
-        let key = object_key(obj);
-        let version = obj.metadata.resource_version.clone();
-        let api_version = obj.types.as_ref().map_or(default_api_version, |t| t.api_version.as_str());
-        let entry = cache.entry(key.clone()).or_insert_with(|| (None, Err(String::new())));
-        if entry.0.is_none() || entry.0 != version {
-            *entry = (version, convert(obj, api_version, k8s::SERVICE_IMPORT_KIND));
-        }
-        match &entry.1 {
-            Ok(typed) => out.push(typed.clone()),
+        match &obj.typed {
+            Ok(typed) => out.push(Arc::clone(typed)),
             Err(message) => {
+                let (namespace, name) = meta_key(&obj.metadata);
                 problems.push(Problem::Object {
-                    kind: what,
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
-                    api_version: api_version.to_owned(),
+                    kind: T::WHAT,
+                    namespace,
+                    name,
+                    api_version: obj.api_version.clone(),
                     message: message.clone(),
                 });
             }
         }
-        seen.insert(key);
     }
-    cache.retain(|key, _| seen.contains(key));
     out
 }
 
-impl Converter {
-    fn assemble(&mut self, objects: &Objects<'_>) -> Snapshot {
-        let mut problems = Vec::new();
-        let imports = convert_cached(
-            &mut self.imports,
-            &objects.imports,
-            "ServiceImport",
-            k8s::SERVICE_IMPORT_API_VERSIONS[1],
-            &mut problems,
-        );
-        let gke_imports = convert_cached(
-            &mut self.gke_imports,
-            &objects.gke_imports,
-            "GKE ServiceImport",
-            k8s::GKE_SERVICE_IMPORT_API_VERSION,
-            &mut problems,
-        );
-        // The derived services the GKE imports name: only their Endpoints and
-        // slices are handed on.
-        let derived: BTreeSet<(String, String)> = gke_imports
-            .iter()
-            .filter_map(|i| {
-                let name = i.metadata.annotations.as_ref()?.get(k8s::GKE_DERIVED_SERVICE_ANNOTATION)?;
-                Some((i.namespace().to_owned(), name.clone()))
-            })
-            .collect();
-        let mut slices: BTreeMap<(String, String), Arc<Slice>> = BTreeMap::new();
-        for WatchedSlice(slice) in &objects.slices {
-            slices.insert(meta_key(&slice.metadata), Arc::clone(slice));
+/// The snapshot of `objects`.
+fn assemble(objects: &Objects<'_>) -> Snapshot {
+    let mut problems = Vec::new();
+    let imports = typed_imports(&objects.imports, &mut problems);
+    let gke_imports: Vec<GkeServiceImport> =
+        typed_imports(&objects.gke_imports, &mut problems).iter().map(|i| (**i).clone()).collect();
+    // The derived services the GKE imports name: only their Endpoints and
+    // slices are handed on.
+    let derived: BTreeSet<(String, String)> = gke_imports
+        .iter()
+        .filter_map(|i| {
+            let name = i.metadata.annotations.as_ref()?.get(k8s::GKE_DERIVED_SERVICE_ANNOTATION)?;
+            Some((i.namespace().to_owned(), name.clone()))
+        })
+        .collect();
+    let mut slices: BTreeMap<(String, String), Arc<Slice>> = BTreeMap::new();
+    for WatchedSlice(slice) in &objects.slices {
+        slices.insert(meta_key(&slice.metadata), Arc::clone(slice));
+    }
+    for WatchedSlice(slice) in &objects.gke_slices {
+        let namespace = k8s::namespace_of(&slice.metadata).to_owned();
+        let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) else {
+            continue;
+        };
+        if derived.contains(&(namespace.clone(), service.to_owned())) {
+            slices.insert((namespace, k8s::name_of(&slice.metadata).to_owned()), Arc::clone(slice));
         }
-        for WatchedSlice(slice) in &objects.gke_slices {
-            let namespace = k8s::namespace_of(&slice.metadata).to_owned();
-            let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) else {
-                continue;
-            };
-            if derived.contains(&(namespace.clone(), service.to_owned())) {
-                slices.insert((namespace, k8s::name_of(&slice.metadata).to_owned()), Arc::clone(slice));
-            }
-        }
-        let endpoints = objects
-            .gke_endpoints
-            .iter()
-            .filter(|e| derived.contains(&meta_key(&e.metadata)))
-            .map(|e| (*e).clone())
-            .collect();
-        problems.sort_by_cached_key(ToString::to_string);
-        Snapshot {
-            inputs: Inputs { imports, slices: slices.into_values().collect(), gke_imports, endpoints },
-            problems,
-            index: None,
-        }
+    }
+    let endpoints = objects
+        .gke_endpoints
+        .iter()
+        .filter(|e| derived.contains(&meta_key(&e.metadata)))
+        .map(|e| (*e).clone())
+        .collect();
+    problems.sort_by_cached_key(ToString::to_string);
+    Snapshot {
+        inputs: Inputs { imports, slices: slices.into_values().collect(), gke_imports, endpoints },
+        problems,
+        index: None,
     }
 }
 
+/// The stores of the GKE watchers: imports, Endpoints, derived slices.
+type GkeStores = (Store<WatchedImport<GkeServiceImport>>, Store<Endpoints>, Store<WatchedSlice>);
+
 /// The stores of one set of watchers, and the tasks that feed them.
 struct Watchers {
-    imports: Option<Store<DynamicObject>>,
+    imports: Option<Store<WatchedImport<ServiceImport>>>,
     slices: Store<WatchedSlice>,
-    gke: Option<(Store<DynamicObject>, Store<Endpoints>, Store<WatchedSlice>)>,
+    gke: Option<GkeStores>,
     synced: Vec<Arc<AtomicBool>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -351,10 +301,10 @@ impl Watchers {
         (changes, touched): (&watch::Sender<u64>, &Arc<Mutex<Touched>>),
         health: &Arc<Health>,
     ) -> Self {
-        let crd = |o: &DynamicObject, t: &mut Touched| {
-            t.groups.mark(k8s::namespace_of(&o.metadata), &o.name_any());
+        fn crd<T>(o: &WatchedImport<T>, t: &mut Touched) {
+            t.groups.mark(k8s::namespace_of(&o.metadata), k8s::name_of(&o.metadata));
             t.others = true;
-        };
+        }
         let slice = |o: &WatchedSlice, t: &mut Touched| {
             t.groups.slice(o);
             t.slices.insert(meta_key(&o.0.metadata));
@@ -376,7 +326,7 @@ impl Watchers {
         let imports = found.imports.as_ref().map(|ar| {
             let writer = Writer::new(ar.clone());
             let store = writer.as_reader();
-            let api = Api::<DynamicObject>::all_with(client.clone(), ar);
+            let api = Api::<WatchedImport<ServiceImport>>::all_with(client.clone(), ar);
             spawn(watch_into(
                 api,
                 watcher::Config::default(),
@@ -404,7 +354,7 @@ impl Watchers {
         let gke = found.gke_imports.as_ref().map(|ar| {
             let import_writer = Writer::new(ar.clone());
             let import_store = import_writer.as_reader();
-            let api = Api::<DynamicObject>::all_with(client.clone(), ar);
+            let api = Api::<WatchedImport<GkeServiceImport>>::all_with(client.clone(), ar);
             spawn(watch_into(
                 api,
                 watcher::Config::default(),
@@ -588,7 +538,6 @@ pub struct KubeSource {
     touched: Arc<Mutex<Touched>>,
     /// The last snapshot handed out, kept to be brought up to date in place.
     assembled: Mutex<Option<Assembled>>,
-    converter: Mutex<Converter>,
     changes: watch::Receiver<u64>,
     supervisor: JoinHandle<()>,
     health: Arc<Health>,
@@ -615,15 +564,7 @@ impl KubeSource {
         let touched = Arc::new(Mutex::new(Touched::everything()));
         let supervisor =
             tokio::spawn(supervise(client, Arc::clone(&current), (tx, Arc::clone(&touched)), Arc::clone(&health)));
-        Self {
-            current,
-            touched,
-            assembled: Mutex::new(None),
-            converter: Mutex::new(Converter::default()),
-            changes,
-            supervisor,
-            health,
-        }
+        Self { current, touched, assembled: Mutex::new(None), changes, supervisor, health }
     }
 
     /// How discovery and each watch are doing.
@@ -676,7 +617,7 @@ impl KubeSource {
                     let imports = watchers.imports.as_ref().map(Store::state).unwrap_or_default();
                     let objects =
                         Objects { imports: imports.iter().map(AsRef::as_ref).collect(), ..Objects::default() };
-                    let fresh = self.converter.lock().unwrap_or_else(PoisonError::into_inner).assemble(&objects);
+                    let fresh = assemble(&objects);
                     snapshot.inputs.imports = fresh.inputs.imports;
                     snapshot.problems = fresh.problems;
                     snapshot.index.get_or_insert_default().set_imports(&snapshot.inputs.imports);
@@ -715,7 +656,7 @@ impl KubeSource {
             gke_endpoints: gke_endpoints.iter().map(AsRef::as_ref).collect(),
             gke_slices: gke_slices.iter().map(AsRef::as_ref).collect(),
         };
-        self.converter.lock().unwrap_or_else(PoisonError::into_inner).assemble(&objects)
+        assemble(&objects)
     }
 }
 
@@ -787,59 +728,66 @@ fn describe(found: &Discovered) {
 mod tests {
     use super::*;
 
-    fn dynamic(json: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(json).expect("a dynamic object")
+    fn import<T: ImportKind>(json: serde_json::Value) -> WatchedImport<T> {
+        serde_json::from_value(json).expect("a watched import")
     }
 
     #[test]
     fn malformed_imports_are_reported_with_the_field_and_skipped() {
-        let good = dynamic(serde_json::json!({
+        let good = import(serde_json::json!({
             "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
             "metadata": {"namespace": "demo", "name": "good", "resourceVersion": "1"},
             "spec": {"type": "ClusterSetIP", "ips": ["198.19.0.1"], "ports": [{"port": 80}]}
         }));
-        let bad = dynamic(serde_json::json!({
+        let bad = import(serde_json::json!({
             "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
             "metadata": {"namespace": "demo", "name": "bad", "resourceVersion": "2"},
             "spec": {"ports": [{"port": "eighty"}]}
         }));
-        let mut converter = Converter::default();
         let objects = Objects { imports: vec![&good, &bad], ..Objects::default() };
-        let snapshot = converter.assemble(&objects);
+        let snapshot = assemble(&objects);
         assert_eq!(snapshot.inputs.imports.len(), 1);
         assert_eq!(snapshot.inputs.imports[0].name(), "good");
         assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
         let problem = snapshot.problems[0].to_string();
         assert!(problem.contains("demo/bad") && problem.contains("spec.ports[0].port"), "{problem}");
 
-        // A fixed object (new resourceVersion) is converted again; a deleted
-        // one leaves the cache.
-        let fixed = dynamic(serde_json::json!({
+        // The fixed object, as its next version arrives.
+        let fixed = import(serde_json::json!({
             "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
             "metadata": {"namespace": "demo", "name": "bad", "resourceVersion": "3"},
             "spec": {"ports": [{"port": 81}]}
         }));
-        let snapshot = converter.assemble(&Objects { imports: vec![&fixed], ..Objects::default() });
+        let snapshot = assemble(&Objects { imports: vec![&fixed], ..Objects::default() });
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
         assert_eq!(snapshot.inputs.imports[0].spec.ports[0].port, 81);
-        assert_eq!(converter.imports.len(), 1);
     }
 
     #[test]
     fn list_items_without_type_fields_convert() {
-        let item = dynamic(serde_json::json!({
-            "metadata": {"namespace": "demo", "name": "web"},
+        let item: WatchedImport<ServiceImport> = import(serde_json::json!({
+            "metadata": {"namespace": "demo", "name": "web", "managedFields": [{"manager": "kubectl"}],
+                         "annotations": {"a": "b"}},
             "spec": {"ips": ["198.19.0.1"], "ports": [{"port": 80}]}
         }));
-        let import: ServiceImport =
-            convert(&item, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").expect("converts");
-        assert_eq!(import.api_version, "multicluster.x-k8s.io/v1alpha1");
-        assert_eq!(import.kind, "ServiceImport");
+        let typed = item.typed.expect("converts");
+        assert_eq!(typed.api_version, "multicluster.x-k8s.io/v1beta1");
+        assert_eq!(typed.kind, "ServiceImport");
+        assert_eq!(item.api_version, typed.api_version);
+        assert_eq!(typed.metadata.managed_fields, None, "managedFields are dropped");
+        assert_eq!(typed.metadata.annotations.as_ref().map(BTreeMap::len), Some(1), "annotations are kept");
+        assert_eq!(item.metadata.annotations, None, "the reflector's key holds no more than the name");
+        assert_eq!(k8s::name_of(&item.metadata), "web");
+
+        // An object without a name to report it under fails the read (as it
+        // failed a dynamic object's); the fake API never serves one.
+        let unnamed = serde_json::from_value::<WatchedImport<ServiceImport>>(serde_json::json!({"metadata": 5}));
+        assert!(unnamed.is_err(), "{unnamed:?}");
     }
 
     #[test]
     fn only_the_derived_services_of_gke_imports_are_handed_on() {
-        let gke = dynamic(serde_json::json!({
+        let gke = import(serde_json::json!({
             "apiVersion": "net.gke.io/v1", "kind": "ServiceImport",
             "metadata": {"namespace": "demo", "name": "web",
                          "annotations": {"net.gke.io/derived-service": "gke-mcs-abc"}},
@@ -860,8 +808,7 @@ mod tests {
         let other_ns_e = endpoints("other", "gke-mcs-abc");
         let wanted_s = slice("demo", "gke-mcs-abc-x1", "gke-mcs-abc");
         let other_s = slice("demo", "web-x1", "web");
-        let mut converter = Converter::default();
-        let snapshot = converter.assemble(&Objects {
+        let snapshot = assemble(&Objects {
             gke_imports: vec![&gke],
             gke_endpoints: vec![&wanted_e, &other_e, &other_ns_e],
             gke_slices: vec![&wanted_s, &other_s],

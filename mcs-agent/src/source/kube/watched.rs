@@ -1,5 +1,6 @@
-//! The form the Kubernetes source watches, stores and hands on
-//! `EndpointSlice`s in: the kept [`Slice`], decoded straight from the API's
+//! The forms the Kubernetes source watches and stores objects in.
+//!
+//! `EndpointSlice`s: the kept [`Slice`], decoded straight from the API's
 //! JSON.
 //!
 //! A reflector store of whole `EndpointSlice` objects held every endpoint's
@@ -8,16 +9,23 @@
 //! [`WatchedSlice`] decodes only what the translation reads (the fields
 //! [`Slice`] keeps; the rest of the text is skipped, not built), and the
 //! store and every snapshot share one [`Slice`].
-use std::{borrow::Cow, sync::Arc};
+//!
+//! ServiceImports (MCS and GKE): the typed import, or why the object does not
+//! read as one ([`WatchedImport`]). A store of [`kube::api::DynamicObject`]s
+//! kept every import as a tree of JSON values, and converting them kept a
+//! second, typed copy; an import is now decoded once, when it arrives, and a
+//! malformed one still never fails a list or a watch.
+use std::{borrow::Cow, fmt::Debug, sync::Arc};
 
 use k8s_openapi::{
     Resource as _,
     api::discovery::v1::{EndpointConditions, EndpointPort, EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::Deserialize;
+use kube::api::ApiResource;
+use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::k8s::{Slice, SliceEndpoint};
+use crate::k8s::{self, GkeServiceImport, ServiceImport, Slice, SliceEndpoint};
 
 /// An `EndpointSlice` as the Kubernetes source watches it.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,6 +103,112 @@ impl<'de> Deserialize<'de> for WatchedSlice {
 impl crate::k8s::Object for WatchedSlice {
     fn meta(&self) -> &ObjectMeta {
         &self.0.metadata
+    }
+}
+
+/// An import type the source watches.
+pub trait ImportKind: DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static {
+    /// What a problem calls an object of this type.
+    const WHAT: &'static str;
+    /// The `apiVersion` a list item without type fields is read as.
+    const DEFAULT_API_VERSION: &'static str;
+}
+
+impl ImportKind for ServiceImport {
+    const WHAT: &'static str = "ServiceImport";
+    const DEFAULT_API_VERSION: &'static str = k8s::SERVICE_IMPORT_API_VERSIONS[1];
+}
+
+impl ImportKind for GkeServiceImport {
+    const WHAT: &'static str = "GKE ServiceImport";
+    const DEFAULT_API_VERSION: &'static str = k8s::GKE_SERVICE_IMPORT_API_VERSION;
+}
+
+/// A ServiceImport as the Kubernetes source watches it: what the reflector
+/// keys it by, and the typed import or the reason it is not one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchedImport<T> {
+    /// Namespace, name, `resourceVersion` and `uid` only.
+    pub metadata: ObjectMeta,
+    /// The object's `apiVersion` (list items may come without it).
+    pub api_version: String,
+    /// The import (shared with the snapshots), or the serde path of the bad
+    /// field and what is wrong.
+    pub typed: Result<Arc<T>, String>,
+}
+
+impl<T: ImportKind> kube::Resource for WatchedImport<T> {
+    type DynamicType = ApiResource;
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(ar: &ApiResource) -> Cow<'_, str> {
+        ar.kind.as_str().into()
+    }
+
+    fn group(ar: &ApiResource) -> Cow<'_, str> {
+        ar.group.as_str().into()
+    }
+
+    fn version(ar: &ApiResource) -> Cow<'_, str> {
+        ar.version.as_str().into()
+    }
+
+    fn api_version(ar: &ApiResource) -> Cow<'_, str> {
+        ar.api_version.as_str().into()
+    }
+
+    fn plural(ar: &ApiResource) -> Cow<'_, str> {
+        ar.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<T: ImportKind> WatchedImport<T> {
+    /// Reads `value` as a `T`: its `managedFields` are dropped, and a list
+    /// item without type fields is given `T`'s kind and default version.
+    ///
+    /// # Errors
+    /// Only when `value` is not an object or its metadata does not read (the
+    /// object cannot be named); anything else wrong is kept in `typed`.
+    pub fn from_value(mut value: serde_json::Value) -> Result<Self, String> {
+        let map = value.as_object_mut().ok_or("a ServiceImport is a JSON object")?;
+        if let Some(meta) = map.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+        let full = match map.get("metadata") {
+            Some(meta) => ObjectMeta::deserialize(meta).map_err(|e| format!("metadata: {e}"))?,
+            None => ObjectMeta::default(),
+        };
+        let metadata = ObjectMeta {
+            namespace: full.namespace,
+            name: full.name,
+            resource_version: full.resource_version,
+            uid: full.uid,
+            ..ObjectMeta::default()
+        };
+        let api_version = match map.get("apiVersion").and_then(serde_json::Value::as_str) {
+            Some(v) => v.to_owned(),
+            None => T::DEFAULT_API_VERSION.to_owned(),
+        };
+        map.entry("apiVersion").or_insert_with(|| api_version.clone().into());
+        map.entry("kind").or_insert_with(|| k8s::SERVICE_IMPORT_KIND.into());
+        let typed =
+            serde_path_to_error::deserialize(value).map(Arc::new).map_err(|e| format!("{}: {}", e.path(), e.inner()));
+        Ok(Self { metadata, api_version, typed })
+    }
+}
+
+impl<'de, T: ImportKind> Deserialize<'de> for WatchedImport<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Self::from_value(value).map_err(serde::de::Error::custom)
     }
 }
 

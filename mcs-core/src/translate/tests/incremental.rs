@@ -92,7 +92,7 @@ fn remove_import(inputs: &mut Inputs, changes: &mut Changes, namespace: &str, na
 
 fn add_import(inputs: &mut Inputs, changes: &mut Changes, import: ServiceImport) {
     changes.import(&import);
-    inputs.imports.push(import);
+    inputs.imports.push(import.into());
 }
 
 /// A ClusterSet of a few services, then changes one at a time; after each,
@@ -191,9 +191,9 @@ fn a_sequence_of_changes_matches_translate() {
     let config = Config { max_exporting_clusters: 1, ..config() };
     let mut inputs = Inputs {
         imports: vec![
-            web().port("http", None, 80).build(),
-            import("demo", "dns").ip(VIP2).udp("udp", 53).build(),
-            import("prod", "web").ip("198.19.0.3").port("http", None, 80).build(),
+            web().port("http", None, 80).build().into(),
+            import("demo", "dns").ip(VIP2).udp("udp", 53).build().into(),
+            import("prod", "web").ip("198.19.0.3").port("http", None, 80).build().into(),
         ],
         slices: vec![
             slice("demo", "web", "east").port("http", None, 8080).ready("198.18.0.1").build(),

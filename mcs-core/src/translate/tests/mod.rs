@@ -54,7 +54,7 @@ struct Case {
 impl Case {
     fn inputs(&self) -> Inputs {
         Inputs {
-            imports: self.imports.clone(),
+            imports: self.imports.iter().cloned().map(std::sync::Arc::new).collect(),
             slices: self.slices.clone(),
             gke_imports: self.gke_imports.clone(),
             endpoints: self.endpoints.clone(),
@@ -67,7 +67,8 @@ fn translate_lists(
     slices: &[std::sync::Arc<Slice>],
     config: &Config,
 ) -> (DesiredState, Report) {
-    let inputs = Inputs { imports: imports.to_vec(), slices: slices.to_vec(), ..Inputs::default() };
+    let imports = imports.iter().cloned().map(std::sync::Arc::new).collect();
+    let inputs = Inputs { imports, slices: slices.to_vec(), ..Inputs::default() };
     translate(&inputs, config)
 }
 

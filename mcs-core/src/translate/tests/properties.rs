@@ -72,6 +72,7 @@ fn mixed_inputs() -> Inputs {
             .build(),
         endpoints("demo", "gke-mcs-sliced").subset(&[("http", None, 8080)], &["198.18.3.9"], &[]).build(),
     ];
+    let imports = imports.into_iter().map(std::sync::Arc::new).collect();
     Inputs { imports, slices, gke_imports, endpoints }
 }
 
