@@ -109,11 +109,15 @@ pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-/// An object the agent reads: its metadata, and the namespace and name read
-/// from it the way the API server does.
+/// An object the agent reads: its metadata, and the namespace, name and
+/// labels read from it the way the API server does.
 pub trait Object {
     /// The object's metadata.
     fn meta(&self) -> &ObjectMeta;
+
+    /// The value of label `key` (see [`label`]; a [`Slice`] keeps its labels
+    /// apart from its metadata, so every implementation says where they are).
+    fn label(&self, key: &str) -> Option<&str>;
 
     /// The namespace (see [`namespace_of`]).
     fn namespace(&self) -> &str {
@@ -131,11 +135,19 @@ impl<T: Object> Object for std::sync::Arc<T> {
     fn meta(&self) -> &ObjectMeta {
         (**self).meta()
     }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        (**self).label(key)
+    }
 }
 
 impl Object for ServiceImport {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        label(&self.metadata, key)
     }
 }
 
@@ -143,11 +155,19 @@ impl Object for GkeServiceImport {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        label(&self.metadata, key)
+    }
 }
 
 impl Object for k8s_openapi::api::discovery::v1::EndpointSlice {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        label(&self.metadata, key)
     }
 }
 
@@ -155,11 +175,49 @@ impl Object for k8s_openapi::api::core::v1::Endpoints {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        label(&self.metadata, key)
+    }
 }
 
 impl Object for Slice {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
+    }
+}
+
+/// The labels of a slice the translation reads; [`SliceLabels`] keeps these
+/// and drops the others.
+pub const SLICE_LABELS_READ: [&str; 4] =
+    [LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, LABEL_MANAGED_BY, LABEL_KUBERNETES_SERVICE_NAME];
+
+/// The labels of a [`Slice`] that the translation reads ([`SLICE_LABELS_READ`]),
+/// in the order of that list.
+///
+/// A `BTreeMap<String, String>` of two labels is a 544-byte tree node and
+/// four strings; this is one allocation of a few entries (the keys are the
+/// list's own `&'static str`s) and the values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceLabels(Box<[(&'static str, Box<str>)]>);
+
+impl SliceLabels {
+    /// The labels of `labels` the translation reads.
+    #[must_use]
+    pub fn keep(labels: Option<&std::collections::BTreeMap<String, String>>) -> Self {
+        let Some(labels) = labels else { return Self::default() };
+        Self(SLICE_LABELS_READ.iter().filter_map(|&key| Some((key, labels.get(key)?.as_str().into()))).collect())
+    }
+
+    /// The value of label `key`, if the slice has it (and it is one of
+    /// [`SLICE_LABELS_READ`]).
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v)
     }
 }
 
@@ -172,13 +230,16 @@ impl Object for Slice {
 /// translation reads an endpoint's first address (the API says an
 /// endpoint's addresses are fungible; kube-proxy reads only the first) and
 /// its three conditions, and a slice's labels, address type and ports. Of
-/// the metadata, the namespace, name, labels and `resourceVersion` are kept
-/// ([`Slice::kept_metadata`]); annotations, owner references, `uid`,
-/// timestamps and server-side apply's `managedFields` are dropped.
+/// the metadata, the namespace, name and `resourceVersion` are kept, and the
+/// labels the translation reads ([`Slice::kept_metadata`]); other labels,
+/// annotations, owner references, `uid`, timestamps and server-side apply's
+/// `managedFields` are dropped.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Slice {
-    /// The object's namespace, name, labels and `resourceVersion`.
+    /// The object's namespace, name and `resourceVersion`.
     pub metadata: ObjectMeta,
+    /// The labels the translation reads.
+    pub labels: SliceLabels,
     /// `addressType`: `IPv4`, `IPv6` or `FQDN`.
     pub address_type: String,
     /// `ports`, as in the object.
@@ -241,17 +302,19 @@ impl From<&k8s_openapi::api::discovery::v1::Endpoint> for SliceEndpoint {
 }
 
 impl Slice {
-    /// What is kept of a slice's metadata: its namespace, name, labels and
-    /// `resourceVersion`.
+    /// What is kept of a slice's metadata: its namespace, name and
+    /// `resourceVersion`, and apart from them the labels the translation
+    /// reads.
     #[must_use]
-    pub fn kept_metadata(metadata: ObjectMeta) -> ObjectMeta {
-        ObjectMeta {
+    pub fn kept_metadata(metadata: ObjectMeta) -> (ObjectMeta, SliceLabels) {
+        let labels = SliceLabels::keep(metadata.labels.as_ref());
+        let metadata = ObjectMeta {
             namespace: metadata.namespace,
             name: metadata.name,
-            labels: metadata.labels,
             resource_version: metadata.resource_version,
             ..ObjectMeta::default()
-        }
+        };
+        (metadata, labels)
     }
 
     /// What is kept of a slice's ports: all of them, without spare capacity
@@ -271,8 +334,10 @@ impl Slice {
         ports: Option<Vec<k8s_openapi::api::discovery::v1::EndpointPort>>,
         endpoints: Option<&[k8s_openapi::api::discovery::v1::Endpoint]>,
     ) -> Self {
+        let (metadata, labels) = Self::kept_metadata(metadata);
         Self {
-            metadata: Self::kept_metadata(metadata),
+            metadata,
+            labels,
             address_type,
             ports: ports.map(Self::kept_ports),
             endpoints: endpoints.into_iter().flatten().map(SliceEndpoint::from).collect(),
@@ -446,7 +511,8 @@ mod tests {
             "kind": "EndpointSlice",
             "metadata": {
                 "namespace": "demo", "name": "web-east",
-                "labels": {"multicluster.kubernetes.io/service-name": "web"},
+                "labels": {"multicluster.kubernetes.io/service-name": "web", "app": "web",
+                           "multicluster.kubernetes.io/source-cluster": "east"},
                 "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-03T00:00:00Z"},
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u1"}],
                 "uid": "u2", "resourceVersion": "42", "generation": 3,
@@ -469,13 +535,17 @@ mod tests {
             ObjectMeta {
                 namespace: Some("demo".into()),
                 name: Some("web-east".into()),
-                labels: Some([(LABEL_SERVICE_NAME.to_owned(), "web".to_owned())].into()),
                 resource_version: Some("42".into()),
                 ..ObjectMeta::default()
             },
-            "annotations, owner references, uid, generation and managedFields are dropped"
+            "labels (kept apart), annotations, owner references, uid, generation and managedFields are dropped"
         );
-        assert_eq!(label(&kept.metadata, LABEL_SERVICE_NAME), Some("web"));
+        assert_eq!(
+            (kept.label(LABEL_SERVICE_NAME), kept.label(LABEL_SOURCE_CLUSTER), kept.label(LABEL_MANAGED_BY)),
+            (Some("web"), Some("east"), None)
+        );
+        assert_eq!(kept.label("app"), None, "a label the translation does not read is dropped");
+        assert_eq!(kept.labels.0.len(), 2, "{:?}", kept.labels);
         assert_eq!(
             (kept.address_type.as_str(), kept.ports, name_of(&kept.metadata)),
             ("IPv4", object.ports, "web-east")

@@ -36,7 +36,7 @@ impl<'a> DerivedIndex<'a> {
     pub(super) fn new(slices: &[&'a Slice], endpoints: &[&'a Endpoints]) -> Self {
         let mut by_service: BTreeMap<(&str, &str), Vec<&Slice>> = BTreeMap::new();
         for &slice in slices {
-            if let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) {
+            if let Some(service) = slice.labels.get(k8s::LABEL_KUBERNETES_SERVICE_NAME) {
                 by_service.entry((k8s::namespace_of(&slice.metadata), service)).or_default().push(slice);
             }
         }

@@ -91,10 +91,9 @@ impl Changes {
     /// Records that `slice` (an `EndpointSlice`, as kept or as served)
     /// appeared, changed or went away.
     pub fn slice(&mut self, slice: &impl k8s::Object) {
-        let meta = slice.meta();
         for label in [k8s::LABEL_SERVICE_NAME, k8s::LABEL_KUBERNETES_SERVICE_NAME] {
-            if let Some(service) = k8s::label(meta, label) {
-                self.mark(k8s::namespace_of(meta), service);
+            if let Some(service) = slice.label(label) {
+                self.mark(slice.namespace(), service);
             }
         }
     }
@@ -142,9 +141,8 @@ type Group = (String, String);
 /// The group an `EndpointSlice` belongs to without GKE imports: its
 /// namespace and its MCS service-name label, when that is not empty.
 fn slice_group(slice: &Slice) -> Option<(&str, &str)> {
-    let meta = &slice.metadata;
-    let service = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
-    Some((k8s::namespace_of(meta), service))
+    let service = slice.labels.get(k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
+    Some((k8s::namespace_of(&slice.metadata), service))
 }
 
 /// The group of an MCS import.

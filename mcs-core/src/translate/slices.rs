@@ -26,13 +26,13 @@ impl<'a> SliceIndex<'a> {
         let mut by_service: BTreeMap<(&str, &str), ClusterSlices<'a>> = BTreeMap::new();
         for &slice in slices {
             let meta = &slice.metadata;
-            let Some(service) = k8s::label(meta, k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
+            let Some(service) = slice.labels.get(k8s::LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
                 continue; // Not an MCS slice.
             };
-            if k8s::label(meta, k8s::LABEL_MANAGED_BY) == Some(k8s::MANAGED_BY_ENDPOINTSLICE_CONTROLLER) {
+            if slice.labels.get(k8s::LABEL_MANAGED_BY) == Some(k8s::MANAGED_BY_ENDPOINTSLICE_CONTROLLER) {
                 continue; // A single-cluster Service's slice.
             }
-            let Some(cluster) = k8s::label(meta, k8s::LABEL_SOURCE_CLUSTER).filter(|c| !c.is_empty()) else {
+            let Some(cluster) = slice.labels.get(k8s::LABEL_SOURCE_CLUSTER).filter(|c| !c.is_empty()) else {
                 warnings.insert(format!(
                     "{}: has label {} but no {} label; ignored",
                     slice_label(slice),

@@ -253,7 +253,7 @@ fn assemble(objects: &Objects<'_>) -> Snapshot {
     }
     for WatchedSlice(slice) in &objects.gke_slices {
         let namespace = k8s::namespace_of(&slice.metadata).to_owned();
-        let Some(service) = k8s::label(&slice.metadata, k8s::LABEL_KUBERNETES_SERVICE_NAME) else {
+        let Some(service) = slice.labels.get(k8s::LABEL_KUBERNETES_SERVICE_NAME) else {
             continue;
         };
         if derived.contains(&(namespace.clone(), service.to_owned())) {

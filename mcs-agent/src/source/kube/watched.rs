@@ -86,8 +86,10 @@ struct WireEndpoint {
 impl<'de> Deserialize<'de> for WatchedSlice {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(deserializer)?;
+        let (metadata, labels) = Slice::kept_metadata(wire.metadata);
         Ok(Self(Arc::new(Slice {
-            metadata: Slice::kept_metadata(wire.metadata),
+            metadata,
+            labels,
             address_type: wire.address_type,
             ports: wire.ports.map(Slice::kept_ports),
             endpoints: wire
@@ -103,6 +105,10 @@ impl<'de> Deserialize<'de> for WatchedSlice {
 impl crate::k8s::Object for WatchedSlice {
     fn meta(&self) -> &ObjectMeta {
         &self.0.metadata
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0.labels.get(key)
     }
 }
 
@@ -228,6 +234,7 @@ mod tests {
         object.metadata.managed_fields =
             Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry::default()]);
         object.metadata.uid = Some("u1".into());
+        object.metadata.labels.get_or_insert_default().insert("app".into(), "web".into());
         // Fields the translation does not read are skipped, whatever they hold.
         let mut json = serde_json::to_value(&object).expect("serialise the slice");
         json["endpoints"][0]["nodeName"] = "node-a".into();
@@ -238,6 +245,11 @@ mod tests {
         assert_eq!(*watched.0, Slice::from(&object), "the watched form is the kept form");
         assert_eq!(watched.0.metadata.managed_fields, None, "managedFields are dropped");
         assert_eq!(watched.0.metadata.uid, None, "what the translation does not read is dropped");
+        assert_eq!(
+            (watched.0.labels.get(k8s::LABEL_SERVICE_NAME), watched.0.labels.get("app")),
+            (Some("web"), None),
+            "the labels the translation reads are kept, the others dropped"
+        );
         assert_eq!(watched.0.endpoints.len(), 3, "{watched:?}");
     }
 

@@ -206,14 +206,14 @@ fn a_selected_cluster_that_disappears_is_replaced_by_the_next() {
 
     // c2 goes (every slice deleted): c3, the best one left, moves up.
     let without_c2: Vec<_> =
-        clusters(6).into_iter().filter(|s| k8s::label(&s.metadata, k8s::LABEL_SOURCE_CLUSTER) != Some("c2")).collect();
+        clusters(6).into_iter().filter(|s| s.labels.get(k8s::LABEL_SOURCE_CLUSTER) != Some("c2")).collect();
     let (state, report) = translate_capped(&imports, &without_c2, 3);
     assert_eq!(only_entry(state), http_from(&[("c1", 1), ("c3", 3), ("c4", 4)]));
     assert_eq!(cluster_names(&report), ["c5", "c6"]);
 
     // c4 goes too: c5 moves up.
     let without_c2_c4: Vec<_> =
-        without_c2.into_iter().filter(|s| k8s::label(&s.metadata, k8s::LABEL_SOURCE_CLUSTER) != Some("c4")).collect();
+        without_c2.into_iter().filter(|s| s.labels.get(k8s::LABEL_SOURCE_CLUSTER) != Some("c4")).collect();
     let (state, report) = translate_capped(&imports, &without_c2_c4, 3);
     assert_eq!(only_entry(state), http_from(&[("c1", 1), ("c3", 3), ("c5", 5)]));
     assert_eq!(cluster_names(&report), ["c6"]);
