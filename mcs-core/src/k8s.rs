@@ -103,9 +103,11 @@ pub fn name_of(meta: &ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or_default()
 }
 
-/// The value of label `key`, if the object has it.
+/// The value of label `key`, if the metadata has it. Private: a kept
+/// [`Slice`] keeps its labels apart from its metadata, so callers read labels
+/// through [`Object::label`], which knows where each object keeps them.
 #[must_use]
-pub fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
@@ -115,8 +117,9 @@ pub trait Object {
     /// The object's metadata.
     fn meta(&self) -> &ObjectMeta;
 
-    /// The value of label `key` (see [`label`]; a [`Slice`] keeps its labels
-    /// apart from its metadata, so every implementation says where they are).
+    /// The value of label `key`, if the object has it (a [`Slice`] keeps its
+    /// labels apart from its metadata, so every implementation says where
+    /// they are).
     fn label(&self, key: &str) -> Option<&str>;
 
     /// The namespace (see [`namespace_of`]).

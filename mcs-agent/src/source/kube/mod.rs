@@ -403,7 +403,7 @@ struct Touched {
     /// just these.
     slices: BTreeSet<(String, String)>,
     /// Whether anything but an MCS `EndpointSlice` changed: the snapshot
-    /// then converts the imports again.
+    /// then gathers the (already decoded) imports again.
     others: bool,
 }
 
@@ -594,8 +594,8 @@ impl KubeSource {
     ///
     /// The snapshot is shared, not copied: the one handed out last is
     /// brought up to date, replacing only the MCS `EndpointSlice`s that
-    /// changed, and converting the imports again only when an import (or a
-    /// GKE object) changed. It is assembled anew after a relist, and while
+    /// changed, and gathering the decoded imports again only when an import
+    /// (or a GKE object) changed. It is assembled anew after a relist, and while
     /// GKE imports exist.
     #[must_use]
     pub fn take(&self) -> (Arc<Snapshot>, Changes) {
@@ -752,7 +752,8 @@ mod tests {
         let problem = snapshot.problems[0].to_string();
         assert!(problem.contains("demo/bad") && problem.contains("spec.ports[0].port"), "{problem}");
 
-        // The fixed object, as its next version arrives.
+        // Its next version, fixed: read as any other object (nothing of the
+        // bad version is kept).
         let fixed = import(serde_json::json!({
             "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
             "metadata": {"namespace": "demo", "name": "bad", "resourceVersion": "3"},
@@ -767,7 +768,8 @@ mod tests {
     fn list_items_without_type_fields_convert() {
         let item: WatchedImport<ServiceImport> = import(serde_json::json!({
             "metadata": {"namespace": "demo", "name": "web", "managedFields": [{"manager": "kubectl"}],
-                         "annotations": {"a": "b"}},
+                         "annotations": {"a": "b"}, "labels": {"c": "d"}, "resourceVersion": "7", "uid": "u7",
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "u0"}]},
             "spec": {"ips": ["198.19.0.1"], "ports": [{"port": 80}]}
         }));
         let typed = item.typed.expect("converts");
@@ -776,13 +778,24 @@ mod tests {
         assert_eq!(item.api_version, typed.api_version);
         assert_eq!(typed.metadata.managed_fields, None, "managedFields are dropped");
         assert_eq!(typed.metadata.annotations.as_ref().map(BTreeMap::len), Some(1), "annotations are kept");
-        assert_eq!(item.metadata.annotations, None, "the reflector's key holds no more than the name");
-        assert_eq!(k8s::name_of(&item.metadata), "web");
+        assert_eq!(
+            item.metadata,
+            ObjectMeta {
+                namespace: Some("demo".into()),
+                name: Some("web".into()),
+                resource_version: Some("7".into()),
+                uid: Some("u7".into()),
+                ..ObjectMeta::default()
+            },
+            "the reflector keeps what it keys and resumes by: namespace, name, resourceVersion, uid"
+        );
 
-        // An object without a name to report it under fails the read (as it
-        // failed a dynamic object's); the fake API never serves one.
-        let unnamed = serde_json::from_value::<WatchedImport<ServiceImport>>(serde_json::json!({"metadata": 5}));
-        assert!(unnamed.is_err(), "{unnamed:?}");
+        // Metadata that does not read fails the read (as it failed a dynamic
+        // object's); metadata without a name reads, under the empty name.
+        let unreadable = serde_json::from_value::<WatchedImport<ServiceImport>>(serde_json::json!({"metadata": 5}));
+        assert!(unreadable.is_err(), "{unreadable:?}");
+        let unnamed: WatchedImport<ServiceImport> = import(serde_json::json!({"metadata": {}, "spec": {}}));
+        assert_eq!((k8s::name_of(&unnamed.metadata), unnamed.typed.is_ok()), ("", true));
     }
 
     #[test]

@@ -181,8 +181,9 @@ impl<T: ImportKind> WatchedImport<T> {
     /// item without type fields is given `T`'s kind and default version.
     ///
     /// # Errors
-    /// Only when `value` is not an object or its metadata does not read (the
-    /// object cannot be named); anything else wrong is kept in `typed`.
+    /// Only when `value` is not an object or its metadata does not read (a
+    /// problem could not name the object); anything else wrong is kept in
+    /// `typed`.
     pub fn from_value(mut value: serde_json::Value) -> Result<Self, String> {
         let map = value.as_object_mut().ok_or("a ServiceImport is a JSON object")?;
         if let Some(meta) = map.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
