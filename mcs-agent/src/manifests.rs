@@ -290,7 +290,7 @@ impl Reader<'_> {
             }
         } else if k8s::is_gke_service_import(&api_version, &kind) {
             if let Some(import) = self.typed::<GkeServiceImport>(value, prefix, object) {
-                self.inputs.gke_imports.push(import);
+                self.inputs.gke_imports.push(Arc::new(import));
             }
         } else if k8s::is_endpoint_slice(&api_version, &kind) {
             if let Some(slice) = self.typed::<EndpointSlice>(value, prefix, object) {
@@ -433,7 +433,7 @@ impl Reader<'_> {
             self.inputs.imports.push(Arc::new(import));
         } else if k8s::is_gke_service_import(&api_version, &kind) {
             let Some(import) = named::<GkeServiceImport>(text) else { return false };
-            self.inputs.gke_imports.push(import);
+            self.inputs.gke_imports.push(Arc::new(import));
         } else if k8s::is_endpoint_slice(&api_version, &kind) {
             let Some(slice) = named::<EndpointSlice>(text) else { return false };
             self.inputs.slices.push(std::sync::Arc::new(slice.into()));

@@ -57,8 +57,8 @@ pub struct Inputs {
     /// label). Shared: a source that keeps them (the Kubernetes source's
     /// stores) hands the same ones on, not copies.
     pub slices: Vec<std::sync::Arc<Slice>>,
-    /// GKE `ServiceImport`s (`net.gke.io/v1`).
-    pub gke_imports: Vec<GkeServiceImport>,
+    /// GKE `ServiceImport`s (`net.gke.io/v1`), shared as the MCS ones are.
+    pub gke_imports: Vec<std::sync::Arc<GkeServiceImport>>,
     /// core/v1 `Endpoints` (the GKE imports' derived services).
     pub endpoints: Vec<Endpoints>,
 }
@@ -363,7 +363,7 @@ impl<'a> Parts<'a> {
         Self {
             imports: inputs.imports.iter().map(AsRef::as_ref).collect(),
             slices: inputs.slices.iter().map(AsRef::as_ref).collect(),
-            gke_imports: inputs.gke_imports.iter().collect(),
+            gke_imports: inputs.gke_imports.iter().map(AsRef::as_ref).collect(),
             endpoints: inputs.endpoints.iter().collect(),
         }
     }

@@ -236,8 +236,7 @@ fn typed_imports<T: ImportKind>(objects: &[&WatchedImport<T>], problems: &mut Ve
 fn assemble(objects: &Objects<'_>) -> Snapshot {
     let mut problems = Vec::new();
     let imports = typed_imports(&objects.imports, &mut problems);
-    let gke_imports: Vec<GkeServiceImport> =
-        typed_imports(&objects.gke_imports, &mut problems).iter().map(|i| (**i).clone()).collect();
+    let gke_imports = typed_imports(&objects.gke_imports, &mut problems);
     // The derived services the GKE imports name: only their Endpoints and
     // slices are handed on.
     let derived: BTreeSet<(String, String)> = gke_imports

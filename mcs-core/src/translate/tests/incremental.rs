@@ -165,7 +165,7 @@ fn a_sequence_of_changes_matches_translate() {
             change: |i, c| {
                 let gke = gke_import("demo", "g", "g-derived").ip("198.19.0.20").port("http", None, 80).build();
                 c.gke_import(&gke);
-                i.gke_imports.push(gke);
+                i.gke_imports.push(gke.into());
                 let derived =
                     endpoints("demo", "g-derived").subset(&[("http", None, 8080)], &["198.18.3.1"], &[]).build();
                 c.endpoints(&derived);

@@ -56,7 +56,7 @@ impl Case {
         Inputs {
             imports: self.imports.iter().cloned().map(std::sync::Arc::new).collect(),
             slices: self.slices.clone(),
-            gke_imports: self.gke_imports.clone(),
+            gke_imports: self.gke_imports.iter().cloned().map(std::sync::Arc::new).collect(),
             endpoints: self.endpoints.clone(),
         }
     }

@@ -73,6 +73,7 @@ fn mixed_inputs() -> Inputs {
         endpoints("demo", "gke-mcs-sliced").subset(&[("http", None, 8080)], &["198.18.3.9"], &[]).build(),
     ];
     let imports = imports.into_iter().map(std::sync::Arc::new).collect();
+    let gke_imports = gke_imports.into_iter().map(std::sync::Arc::new).collect();
     Inputs { imports, slices, gke_imports, endpoints }
 }
 
